@@ -1,0 +1,198 @@
+"""The `pneumotune` command line: it parses arguments and calls importable functions.
+
+Every heavy import (Ray, TensorFlow, pydicom) happens inside the handler that needs it,
+so `pneumotune --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+# albumentations calls the network at import unless told not to (DESIGN.md).
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+EPILOG = """\
+The pipeline, one stage per command (each writes what the next one reads):
+  pneumotune synth    OUT                 a synthetic SIIM-layout dataset (DICOM + RLE CSV)
+  pneumotune convert  SRC DATASET         DICOMs + labels -> Parquet + manifest + error ledger
+  pneumotune report   DATASET             EDA report (HTML + PNG)
+
+Run `pneumotune COMMAND --help` for the options of one command.
+"""
+
+
+class UsageError(Exception):
+    """A problem with the user's input that stops the command (exit code 2)."""
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(sorted({int(s) for s in text.split(",") if s.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not sizes or min(sizes) < 16:
+        raise argparse.ArgumentTypeError(f"sizes must be integers >= 16, got {text!r}")
+    return sizes
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+# --------------------------------------------------------------------------- synth
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="write a synthetic dataset in the SIIM-ACR layout",
+        description=(
+            "Write a synthetic chest X-ray dataset that follows the real SIIM-ACR layout: "
+            "OUT/dicom-images-<split>/<study>/<series>/<SOPInstanceUID>.dcm (JPEG Baseline, "
+            "8-bit MONOCHROME2, real tags) and the label CSV in the stage-1 (train-rle.csv, "
+            "leading spaces) or stage-2 (stage_2_train.csv) dialect. Deterministic for a seed."
+        ),
+    )
+    p.add_argument("out", type=Path, help="output folder (created)")
+    p.add_argument("--images", type=_positive_int, default=200, help="DICOM files to write, "
+                   "including the --unlabelled ones (default 200)")
+    p.add_argument("--size", type=int, default=1024, help="image side in pixels (default 1024, as SIIM)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--positive-fraction", type=_fraction, default=0.22,
+                   help="share of labelled images with a pneumothorax (default 0.22, as SIIM)")
+    p.add_argument("--unlabelled", type=int, default=0, metavar="K",
+                   help="how many of the images get no CSV row at all (default 0)")
+    p.add_argument("--dialect", choices=("stage1", "stage2"), default="stage1",
+                   help="stage1: train-rle.csv with leading spaces; stage2: stage_2_train.csv")
+    p.add_argument("--split", choices=("train", "test"), default="train",
+                   help="folder name dicom-images-<split>; a test split's labels go to "
+                        "test-rle.csv, kept only for scoring (default train)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.set_defaults(func=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from data.synth import SynthConfig, write_dataset
+
+    if args.unlabelled > args.images:
+        raise UsageError(f"--unlabelled {args.unlabelled} exceeds --images {args.images}")
+    cfg = SynthConfig(
+        n_images=args.images,
+        size=args.size,
+        seed=args.seed,
+        positive_fraction=args.positive_fraction,
+        unlabelled=args.unlabelled,
+        dialect=args.dialect,
+        split=args.split,
+    )
+    summary = write_dataset(args.out, cfg, workers=args.workers, progress=True)
+    print(summary.describe())
+    return 0
+
+
+# --------------------------------------------------------------------------- convert
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="DICOMs + RLE labels -> Parquet dataset (Ray Data)",
+        description=(
+            "Convert a folder of DICOM files and an RLE label CSV into a Parquet dataset with "
+            "a manifest.json and an errors.csv ledger, using Ray Data on all local cores (or "
+            "the cluster given by --address). Bad files and bad label rows are recorded with "
+            "their reason and the run goes on: files_seen == converted + errors."
+        ),
+        epilog=(
+            "SRC may be the top of a SIIM download: if it holds dicom-images-train/, only that "
+            "folder is read, and train-rle.csv or stage_2_train.csv at its top is the default "
+            "label file. With no label file at all, every image is stored as unlabelled."
+        ),
+    )
+    p.add_argument("src", type=Path, help="folder searched recursively for *.dcm")
+    p.add_argument("out", type=Path, help="dataset folder to write (must be empty or absent)")
+    p.add_argument("--labels", type=Path, default=None, metavar="CSV",
+                   help="label CSV with columns ImageId, EncodedPixels (default: found in SRC)")
+    p.add_argument("--sizes", type=_sizes, default=(256, 512),
+                   help="comma-separated square sizes to store (default 256,512)")
+    p.add_argument("--rle-dialect", choices=("relative", "standard"), default="relative",
+                   help="relative: SIIM (default); standard: absolute 1-based starts")
+    p.add_argument("--folds", type=int, default=5, help="patient-grouped folds (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument("--address", default=None,
+                   help="Ray address to join (default: start a local Ray)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from data.convert import ConvertConfig, ConvertInputError, convert
+
+    cfg = ConvertConfig(
+        src=args.src,
+        out=args.out,
+        labels=args.labels,
+        sizes=args.sizes,
+        rle_dialect=args.rle_dialect,
+        n_folds=args.folds,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    try:
+        result = convert(cfg, address=args.address, progress=True)
+    except ConvertInputError as exc:
+        raise UsageError(str(exc)) from exc
+    print(result.describe())
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_synth,
+    _add_convert,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pneumotune",
+        description="Hyperparameter search for pneumothorax segmentation on chest X-rays, "
+                    "on a laptop or a Ray cluster.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"pneumotune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pneumotune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
