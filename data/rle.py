@@ -148,4 +148,3 @@ def encode(mask: np.ndarray, dialect: Dialect = "relative") -> str:
     out = np.empty(2 * len(starts), np.int64)
     out[0::2], out[1::2] = firsts, lengths
     return " ".join(map(str, out.tolist()))
-

@@ -34,7 +34,9 @@ def _sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(sorted({int(s) for s in text.split(",") if s.strip()}))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
     if not sizes or min(sizes) < 16:
         raise argparse.ArgumentTypeError(f"sizes must be integers >= 16, got {text!r}")
     return sizes
@@ -67,19 +69,42 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("out", type=Path, help="output folder (created)")
-    p.add_argument("--images", type=_positive_int, default=200, help="DICOM files to write, "
-                   "including the --unlabelled ones (default 200)")
-    p.add_argument("--size", type=int, default=1024, help="image side in pixels (default 1024, as SIIM)")
+    p.add_argument(
+        "--images",
+        type=_positive_int,
+        default=200,
+        help="DICOM files to write, including the --unlabelled ones (default 200)",
+    )
+    p.add_argument(
+        "--size", type=int, default=1024, help="image side in pixels (default 1024, as SIIM)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--positive-fraction", type=_fraction, default=0.22,
-                   help="share of labelled images with a pneumothorax (default 0.22, as SIIM)")
-    p.add_argument("--unlabelled", type=int, default=0, metavar="K",
-                   help="how many of the images get no CSV row at all (default 0)")
-    p.add_argument("--dialect", choices=("stage1", "stage2"), default="stage1",
-                   help="stage1: train-rle.csv with leading spaces; stage2: stage_2_train.csv")
-    p.add_argument("--split", choices=("train", "test"), default="train",
-                   help="folder name dicom-images-<split>; a test split's labels go to "
-                        "test-rle.csv, kept only for scoring (default train)")
+    p.add_argument(
+        "--positive-fraction",
+        type=_fraction,
+        default=0.22,
+        help="share of labelled images with a pneumothorax (default 0.22, as SIIM)",
+    )
+    p.add_argument(
+        "--unlabelled",
+        type=int,
+        default=0,
+        metavar="K",
+        help="how many of the images get no CSV row at all (default 0)",
+    )
+    p.add_argument(
+        "--dialect",
+        choices=("stage1", "stage2"),
+        default="stage1",
+        help="stage1: train-rle.csv with leading spaces; stage2: stage_2_train.csv",
+    )
+    p.add_argument(
+        "--split",
+        choices=("train", "test"),
+        default="train",
+        help="folder name dicom-images-<split>; a test split's labels go to "
+        "test-rle.csv, kept only for scoring (default train)",
+    )
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.set_defaults(func=_run_synth)
 
@@ -122,16 +147,30 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", type=Path, help="folder searched recursively for *.dcm")
     p.add_argument("out", type=Path, help="dataset folder to write (must be empty or absent)")
-    p.add_argument("--labels", type=Path, default=None, metavar="CSV",
-                   help="label CSV with columns ImageId, EncodedPixels (default: found in SRC)")
-    p.add_argument("--sizes", type=_sizes, default=(256, 512),
-                   help="comma-separated square sizes to store (default 256,512)")
-    p.add_argument("--rle-dialect", choices=("relative", "standard"), default="relative",
-                   help="relative: SIIM (default); standard: absolute 1-based starts")
+    p.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="label CSV with columns ImageId, EncodedPixels (default: found in SRC)",
+    )
+    p.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=(256, 512),
+        help="comma-separated square sizes to store (default 256,512)",
+    )
+    p.add_argument(
+        "--rle-dialect",
+        choices=("relative", "standard"),
+        default="relative",
+        help="relative: SIIM (default); standard: absolute 1-based starts",
+    )
     p.add_argument("--folds", type=int, default=5, help="patient-grouped folds (default 5)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    p.add_argument("--address", default=None,
-                   help="Ray address to join (default: start a local Ray)")
+    p.add_argument(
+        "--address", default=None, help="Ray address to join (default: start a local Ray)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=_run_convert)
 
@@ -168,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pneumotune",
         description="Hyperparameter search for pneumothorax segmentation on chest X-rays, "
-                    "on a laptop or a Ray cluster.",
+        "on a laptop or a Ray cluster.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

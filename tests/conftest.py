@@ -9,7 +9,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")
