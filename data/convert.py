@@ -1,0 +1,454 @@
+"""DICOM tree + RLE CSV -> Parquet dataset, manifest.json and errors.csv, with Ray Data.
+
+Two passes over the files, both Ray Data jobs on every core of the cluster:
+
+1. **headers** (``read_meta``, no pixels): patient pseudonyms, tags, and the files
+   that are not DICOM at all. Patient-grouped folds need every image's patient
+   *before* any row is written, and this pass is cheap (a few KB per file).
+2. **pixels** (``read_binary_files`` -> ``map_batches``): decode, union the label
+   regions, resize image (area) and mask (area + 0.5) to every stored size. The
+   driver streams the results into Parquet and the error ledger.
+
+Nothing is lost: every file ends up either as a row or as a line of
+``errors.csv`` (``files_seen == converted + errors``), and every label row that
+cannot be used is a line there too. An image whose label is malformed is stored
+unlabelled, never as a negative.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data import dataset, labels, rle
+from data.ray_session import ensure_ray, quiet_ray_data
+from data.split import assign_folds
+
+SIIM_TRAIN_DIR = "dicom-images-train"
+PART_ROWS = 2048  # rows per Parquet file
+ROW_GROUP_ROWS = 128  # rows per row group: small enough to stream, large enough to compress
+ERROR_COLUMNS = ("path", "image_id", "stage", "reason")
+
+
+class ConvertInputError(Exception):
+    """The conversion cannot run at all (no DICOMs, unusable label file, unwritable output)."""
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    src: Path
+    out: Path
+    labels: Path | None = None  # None: the SIIM CSV at the top of src, if any
+    sizes: tuple[int, ...] = (256, 512)
+    rle_dialect: rle.Dialect = "relative"
+    n_folds: int = 5
+    seed: int = 0
+    overwrite: bool = False
+    batch_size: int = 16  # files per decode task
+
+    def __post_init__(self) -> None:
+        if not self.sizes or min(self.sizes) < 16:
+            raise ValueError(f"sizes must be a non-empty list of integers >= 16, got {self.sizes}")
+        if self.rle_dialect not in rle.DIALECTS:
+            raise ValueError(f"rle_dialect must be one of {rle.DIALECTS}, got {self.rle_dialect!r}")
+        if self.n_folds < 2:
+            raise ValueError(f"n_folds must be >= 2, got {self.n_folds}")
+
+
+@dataclass
+class ConvertResult:
+    out: Path
+    manifest: dict[str, Any]
+    seconds: float
+    error_reasons: Counter = field(default_factory=Counter)
+
+    def describe(self) -> str:
+        c = self.manifest["counts"]
+        rate = c["converted"] / self.seconds if self.seconds else 0.0
+        lines = [
+            f"Converted {c['converted']} of {c['files_seen']} DICOM files into {self.out} "
+            f"in {self.seconds:.1f} s ({rate:.1f} images/s); sizes {self.manifest['sizes']}.",
+            f"  labelled    {c['labelled']:>7}  ({c['positive']} with pneumothorax, "
+            f"{c['negative']} without, {c['regions']} regions)",
+            f"  unlabelled  {c['unlabelled']:>7}  (no label row, or a malformed one)",
+            f"  patients    {c['patients']:>7}  in {self.manifest['split']['n_folds']} folds",
+            f"  file errors {c['errors']:>7}   label rows rejected {c['label_errors']}",
+        ]
+        for reason, n in self.error_reasons.most_common(5):
+            lines.append(f"    {n:>5} x {reason}")
+        if c["errors"] or c["label_errors"]:
+            lines.append(
+                f"  Every rejected file and label row is listed in {self.out / 'errors.csv'}"
+            )
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ worker functions
+def read_headers(batch: dict[str, np.ndarray], key: bytes) -> dict[str, list]:
+    """Ray Data UDF: ``{"path"}`` -> header fields, or an ``error`` per file."""
+    from data.dicom import DicomError, read_meta
+
+    rows: list[dict[str, Any]] = []
+    for path in batch["path"]:
+        try:
+            meta = read_meta(str(path), image_id=Path(path).stem, key=key)
+            rows.append({"path": str(path), "error": "", **dataclasses.asdict(meta)})
+        except DicomError as exc:
+            rows.append({"path": str(path), "error": str(exc), "image_id": Path(path).stem})
+        except Exception as exc:  # a reader bug must not stop the run: record it
+            rows.append(
+                {"path": str(path), "error": f"unreadable: {exc!r}", "image_id": Path(path).stem}
+            )
+    columns = sorted({k for row in rows for k in row})
+    return {k: [row.get(k) for row in rows] for k in columns}
+
+
+def decode_pixels(
+    batch: dict[str, np.ndarray],
+    sizes: tuple[int, ...],
+    regions: dict[str, list[tuple[int, str]]],
+    dialect: rle.Dialect,
+) -> dict[str, list]:
+    """Ray Data UDF: ``{"bytes", "path"}`` -> resized image and mask bytes per size."""
+    from data.dicom import DicomError, read_image
+    from data.resize import resize_image, resize_mask
+
+    columns = ["image_id", "error", "label_error", "height", "width", "mask_fraction"]
+    columns += [f"{kind}_{s}" for kind in ("image", "mask") for s in sizes]
+    out: dict[str, list] = {k: [] for k in columns}
+    for data, path in zip(batch["bytes"], batch["path"], strict=True):
+        image_id = Path(path).stem
+        error = label_error = ""
+        image = mask = None
+        try:
+            image = read_image(bytes(data))
+        except DicomError as exc:
+            error = str(exc)
+        except Exception as exc:  # a reader bug must not stop the run: record it
+            error = f"undecodable: {exc!r}"
+        if image is not None and image_id in regions:
+            mask, label_error = _union_regions(regions[image_id], image.shape, dialect)
+        out["image_id"].append(image_id)
+        out["error"].append(error)
+        out["label_error"].append(label_error)
+        out["height"].append(image.shape[0] if image is not None else 0)
+        out["width"].append(image.shape[1] if image is not None else 0)
+        out["mask_fraction"].append(float(mask.mean()) if mask is not None else None)
+        for s in sizes:
+            out[f"image_{s}"].append(resize_image(image, s).tobytes() if image is not None else b"")
+            out[f"mask_{s}"].append(resize_mask(mask, s).tobytes() if mask is not None else None)
+    return out
+
+
+def _union_regions(
+    rows: list[tuple[int, str]], shape: tuple[int, int], dialect: rle.Dialect
+) -> tuple[np.ndarray | None, str]:
+    """The OR of an image's regions at its own size, or ``(None, reasons)`` if a row is bad."""
+    problems = []
+    for line, text in rows:
+        try:
+            rle.check_bounds(*rle.parse_runs(text, dialect), shape)
+        except rle.RLEError as exc:
+            problems.append(f"line {line}: {exc}")
+    if problems:
+        return None, "; ".join(problems)
+    return rle.merge([text for _, text in rows], shape, dialect), ""
+
+
+# ------------------------------------------------------------------ driver
+def convert(
+    cfg: ConvertConfig, address: str | None = None, progress: bool = False
+) -> ConvertResult:
+    """Run the conversion; see the module docstring. Returns the manifest and timing."""
+    t0 = time.perf_counter()
+    root = _dicom_root(cfg.src)
+    paths = find_dicoms(root)
+    if not paths:
+        raise ConvertInputError(f"no *.dcm files found under {root}")
+    label_path = cfg.labels if cfg.labels is not None else labels.find_label_file(cfg.src)
+    try:
+        table = (
+            labels.read_labels(label_path, cfg.rle_dialect)
+            if label_path is not None
+            else labels.LabelTable(dialect=cfg.rle_dialect)
+        )
+    except labels.LabelFileError as exc:
+        raise ConvertInputError(str(exc)) from None
+    _prepare_out(cfg.out, cfg.overwrite)
+
+    ensure_ray(address)
+    quiet_ray_data()
+    import ray
+
+    key = _pseudonym_key()
+    ledger: list[dict[str, str]] = []
+
+    def rel(path: str) -> str:
+        try:
+            return str(Path(path).relative_to(cfg.src))
+        except ValueError:
+            return str(path)
+
+    # Pass 1: headers.
+    headers: dict[str, dict[str, Any]] = {}  # image_id -> header row
+    header_ds = ray.data.from_items([{"path": str(p)} for p in paths]).map_batches(
+        read_headers, batch_size=64, fn_kwargs={"key": key}
+    )
+    with _bar(progress, len(paths), "reading headers") as bar:
+        for batch in header_ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for row in batch.to_pylist():
+                bar.update(1)
+                image_id = row["image_id"]
+                if row["error"]:
+                    ledger.append(_ledger(rel(row["path"]), image_id, "read", row["error"]))
+                elif image_id in headers:
+                    other = rel(headers[image_id]["path"])
+                    ledger.append(
+                        _ledger(
+                            rel(row["path"]),
+                            image_id,
+                            "read",
+                            f"duplicate image id: the same id was already read from {other}",
+                        )
+                    )
+                else:
+                    headers[image_id] = row
+    # Duplicates are decided by listing order, not by which task finished first.
+    headers = dict(sorted(headers.items(), key=lambda kv: kv[1]["path"]))
+
+    # Labels: rows for images that have no DICOM, and rows that are malformed.
+    for problem in table.orphans:
+        ledger.append(_ledger("", "", "label", f"line {problem.line}: {problem.reason}"))
+    for image_id, rows in table.rows.items():
+        if image_id not in headers:
+            for r in rows:
+                ledger.append(
+                    _ledger(
+                        "", image_id, "label", f"line {r.line}: label for an image id with no DICOM"
+                    )
+                )
+    for image_id, problems in table.bad.items():
+        for p in problems:
+            suffix = "" if image_id in headers else " (and no DICOM has this image id)"
+            ledger.append(_ledger("", image_id, "label", p.reason + suffix))
+
+    # Folds, on patient pseudonyms, stratified by the label as known so far.
+    ids = list(headers)
+    status = {i: table.status(i) for i in ids}
+    folds = dict(
+        zip(
+            ids,
+            assign_folds(
+                ids,
+                [headers[i].get("patient_id") for i in ids],
+                [{"positive": True, "negative": False}.get(status[i]) for i in ids],
+                n_folds=cfg.n_folds,
+                seed=cfg.seed,
+            ).tolist(),
+            strict=True,
+        )
+    )
+
+    # Pass 2: pixels.
+    regions = {
+        i: [(r.line, r.rle) for r in table.regions(i)] for i in ids if status[i] == "positive"
+    }
+    pixel_ds = ray.data.read_binary_files(
+        [headers[i]["path"] for i in ids], include_paths=True
+    ).map_batches(
+        decode_pixels,
+        batch_size=cfg.batch_size,
+        fn_kwargs={"sizes": cfg.sizes, "regions": regions, "dialect": cfg.rle_dialect},
+    )
+    writer = dataset.PartWriter(cfg.out, cfg.sizes, part_rows=PART_ROWS)
+    counts: Counter = Counter()
+    patients: set[str] = set()
+    with _bar(progress, len(ids), "decoding") as bar:
+        for batch in pixel_ds.iter_batches(batch_size=ROW_GROUP_ROWS, batch_format="pyarrow"):
+            rows = []
+            for row in batch.to_pylist():
+                bar.update(1)
+                header = headers[row["image_id"]]
+                if row["error"]:
+                    ledger.append(
+                        _ledger(rel(header["path"]), row["image_id"], "decode", row["error"])
+                    )
+                    continue
+                label_status = status[row["image_id"]]
+                if row["label_error"]:
+                    ledger.append(
+                        _ledger(rel(header["path"]), row["image_id"], "label", row["label_error"])
+                    )
+                    label_status = "bad"
+                out = _output_row(
+                    row, header, label_status, folds[row["image_id"]], table, cfg.sizes
+                )
+                rows.append(out)
+                counts[label_status] += 1
+                counts["regions"] += out["n_regions"]
+                counts["invalid_age"] += header.get("age_status") == "invalid"
+                patients.add(header.get("patient_id") or f"image:{row['image_id']}")
+            writer.write(rows)
+    files = writer.close()
+
+    n_errors = sum(1 for e in ledger if e["stage"] in ("read", "decode"))
+    converted = writer.rows
+    manifest = {
+        "schema_version": dataset.SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "sizes": list(cfg.sizes),
+        "files": files,
+        "source": {
+            "dicom_root": str(root),
+            "labels": label_path.name if label_path else None,
+            "labels_sha256": table.sha256,
+            "label_rows": table.n_rows,
+            "rle_dialect": cfg.rle_dialect,
+        },
+        "split": {
+            "n_folds": cfg.n_folds,
+            "seed": cfg.seed,
+            "method": "patient-grouped, stratified by has_pneumothorax",
+        },
+        "counts": {
+            "files_seen": len(paths),
+            "converted": converted,
+            "errors": n_errors,
+            "labelled": counts["positive"] + counts["negative"],
+            "unlabelled": counts["unlabelled"] + counts["bad"],
+            "positive": counts["positive"],
+            "negative": counts["negative"],
+            "regions": counts["regions"],
+            "label_rows": table.n_rows,
+            "label_errors": sum(1 for e in ledger if e["stage"] == "label"),
+            "patients": len(patients),
+            "invalid_age": counts["invalid_age"],
+        },
+    }
+    # The ledger's invariant; a failure here is a bug in this module, not bad input.
+    assert len(paths) == converted + n_errors, (len(paths), converted, n_errors)
+    _write_ledger(cfg.out / "errors.csv", ledger)
+    (cfg.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    reasons = Counter(_reason_kind(e["reason"]) for e in ledger)
+    return ConvertResult(cfg.out, manifest, time.perf_counter() - t0, reasons)
+
+
+def _output_row(
+    row: dict[str, Any],
+    header: dict[str, Any],
+    label_status: str,
+    fold: int,
+    table: labels.LabelTable,
+    sizes: tuple[int, ...],
+) -> dict[str, Any]:
+    labelled = label_status in ("positive", "negative")
+    out = {name: header.get(name) for name in dataset.HEADER_COLUMNS}
+    out.update(
+        image_id=row["image_id"],
+        height=int(row["height"]),
+        width=int(row["width"]),
+        labelled=labelled,
+        has_pneumothorax=(label_status == "positive") if labelled else None,
+        n_regions=len(table.regions(row["image_id"])) if labelled else 0,
+        mask_fraction=(row["mask_fraction"] if label_status == "positive" else 0.0)
+        if labelled
+        else None,
+        fold=fold,
+    )
+    for s in sizes:
+        out[f"image_{s}"] = row[f"image_{s}"]
+        if label_status == "positive":
+            out[f"mask_{s}"] = row[f"mask_{s}"]
+        elif labelled:
+            out[f"mask_{s}"] = bytes(s * s)  # a true negative: known empty mask
+        else:
+            out[f"mask_{s}"] = None  # unknown: never an empty mask
+    return out
+
+
+def _dicom_root(src: Path) -> Path:
+    if not src.is_dir():
+        raise ConvertInputError(f"source folder {src} does not exist or is not a folder")
+    # A SIIM download holds dicom-images-train/ and dicom-images-test/ side by side:
+    # only the training images belong in a training dataset.
+    return src / SIIM_TRAIN_DIR if (src / SIIM_TRAIN_DIR).is_dir() else src
+
+
+def find_dicoms(root: Path) -> list[Path]:
+    """Every ``*.dcm`` below ``root`` (any depth, any case of the suffix), sorted."""
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConvertInputError(
+                f"output folder {out} is not empty (use --overwrite to replace it)"
+            )
+        if not (out / "manifest.json").exists() and not (out / "errors.csv").exists():
+            raise ConvertInputError(
+                f"refusing to overwrite {out}: it is not empty and does not look like a "
+                "pneumotune dataset"
+            )
+        for child in out.iterdir():
+            if child.is_file() and (child.suffix in (".parquet", ".json", ".csv")):
+                child.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConvertInputError(f"cannot write to output folder {out}: {exc.strerror}") from None
+
+
+def _pseudonym_key() -> bytes:
+    # A fresh random key per run: pseudonyms are unlinkable across conversions unless the
+    # user sets PNEUMOTUNE_PSEUDONYM_KEY to make them stable. Folds do not depend on it.
+    env = os.environ.get("PNEUMOTUNE_PSEUDONYM_KEY")
+    return env.encode() if env else os.urandom(32)
+
+
+def _ledger(path: str, image_id: str, stage: str, reason: str) -> dict[str, str]:
+    return {"path": path, "image_id": image_id, "stage": stage, "reason": reason}
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without its per-row details, for the summary's top-5 list."""
+    text = reason.split(": ", 1)[1] if reason.startswith("line ") else reason
+    return text.split(" (")[0][:90]
+
+
+def _write_ledger(path: Path, ledger: list[dict[str, str]]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=ERROR_COLUMNS)
+        writer.writeheader()
+        writer.writerows(sorted(ledger, key=lambda e: (e["stage"], e["path"], e["image_id"])))
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _bar(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
