@@ -78,13 +78,18 @@ ROBUST_PERCENTILES = (0.5, 99.5)
 # the estimate barely moves, and a full-size sort would cost more than the decode.
 _PERCENTILE_SIDE = 512
 _LUMA = np.array([0.299, 0.587, 0.114])
+_ADDRESS_RE = re.compile(r" at 0x[0-9a-fA-F]+")
 _AGE_RE = re.compile(r"^(\d{1,3})([DWMY]?)$")
 _AGE_UNIT_DAYS_PER_YEAR = {"": 1, "Y": 1, "M": 12, "W": 52, "D": 365}
 _T = TypeVar("_T")
 
 
 class DicomError(ValueError):
-    """A file the reader rejects; ``str(exc)`` is a sentence a person can act on."""
+    """A file the reader rejects; ``str(exc)`` is a sentence a person can act on.
+
+    One line; details that differ from file to file (sizes, decoder messages) come
+    last, in parentheses, so that the text before `` (`` groups files by reason.
+    """
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,7 @@ def read_meta(source: Source, image_id: str | None = None, key: bytes = b"") -> 
     :class:`DicomError` for non-DICOM files, truncated headers, headers without
     Rows/Columns, and when there is neither an ``image_id`` nor a SOPInstanceUID.
     """
+    _check_arguments(source, key)
     with _as_dicom_error():
         return _meta(_parse(source, header_only=True), image_id, key)
 
@@ -150,6 +156,7 @@ def read_image(source: Source) -> np.ndarray:
     mapping). Raises :class:`DicomError` for anything that is not one decodable
     grayscale or colour radiograph.
     """
+    _check_arguments(source, b"")
     with _as_dicom_error():
         return _image(_parse(source, header_only=False))
 
@@ -158,12 +165,21 @@ def read(
     source: Source, image_id: str | None = None, key: bytes = b""
 ) -> tuple[DicomMeta, np.ndarray]:
     """:func:`read_meta` and :func:`read_image` in one pass over the file."""
+    _check_arguments(source, key)
     with _as_dicom_error():
         parsed = _parse(source, header_only=False)
         return _meta(parsed, image_id, key), _image(parsed)
 
 
 # --------------------------------------------------------------------------- parsing
+
+
+def _check_arguments(source: object, key: object) -> None:
+    # A caller's mistake, not a bad file: a TypeError, never a ledger row.
+    if not isinstance(source, bytes | bytearray | memoryview | str | PathLike):
+        raise TypeError(f"source must be bytes or a path, got {type(source).__name__}")
+    if not isinstance(key, bytes | bytearray):
+        raise TypeError(f"key must be bytes, got {type(key).__name__}")
 
 
 @contextmanager
@@ -180,8 +196,9 @@ def _as_dicom_error() -> Iterator[None]:
 
 
 def _one_line(exc: BaseException) -> str:
-    # Decoder errors span several lines (one per plugin); a ledger row is one line.
-    return " ".join(str(exc).split())
+    # Decoder errors span several lines (one per plugin) and name objects by memory
+    # address; a ledger row is one line and should read the same for every file.
+    return _ADDRESS_RE.sub("", " ".join(str(exc).split()))
 
 
 class _TrackedReader:
@@ -253,8 +270,6 @@ def _open(source: Source) -> Iterator[IO[bytes]]:
     if isinstance(source, bytes | bytearray | memoryview):
         yield io.BytesIO(source)
         return
-    if not isinstance(source, str | PathLike):
-        raise TypeError(f"source must be bytes or a path, got {type(source).__name__}")
     try:
         handle = open(source, "rb")  # noqa: SIM115 - closed below, after the parse
     except OSError as exc:
@@ -457,8 +472,8 @@ def _decode_jpeg_baseline(ds: Dataset, rows: int, cols: int) -> np.ndarray | Non
     Returns the ``uint8`` ``(rows, cols)`` luminance image (before any MONOCHROME1
     inversion), or None whenever OpenCV's answer cannot be trusted: no frame,
     a frame without an end-of-image marker (OpenCV would fill the missing part
-    with grey and only print a warning), a decode failure, or a size that does not
-    match the header.
+    with grey and only print a warning), or a decode failure. A frame that decodes
+    to another size than the header's raises :class:`DicomError`.
     """
     try:
         frame = encaps.get_frame(ds.PixelData, 0, number_of_frames=1)
@@ -468,8 +483,14 @@ def _decode_jpeg_baseline(ds: Dataset, rows: int, cols: int) -> np.ndarray | Non
     if b"\xff\xd9" not in frame[-8:]:
         return None
     image = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None or image.dtype != np.uint8 or image.shape[:2] != (rows, cols):
+    if image is None or image.dtype != np.uint8:
         return None
+    if image.shape[:2] != (rows, cols):
+        # A well-formed JPEG of another size: no decoder can make it fit the header.
+        raise DicomError(
+            "JPEG frame size differs from the header "
+            f"({image.shape[0]}x{image.shape[1]} vs {rows}x{cols})"
+        )
     if image.ndim == 3:
         if image.shape[2] != 3:
             return None
@@ -491,14 +512,18 @@ def _decode_with_pydicom(ds: Dataset, uid: UID, rows: int, cols: int) -> np.ndar
         expected = get_expected_length(ds, "bytes")
         got = len(ds.PixelData)
         if got < expected:
-            raise DicomError(f"truncated file: pixel data has {got} of {expected} expected bytes")
+            raise DicomError(
+                "truncated file: pixel data is shorter than the header says "
+                f"({got} of {expected} bytes)"
+            )
     try:
         array = ds.pixel_array
     except Exception as exc:
         raise DicomError(f"cannot decode {uid.name} pixel data ({_one_line(exc)})") from exc
     if array.shape[:2] != (rows, cols):
         raise DicomError(
-            f"decoded image is {array.shape[0]}x{array.shape[1]}, header says {rows}x{cols}"
+            "decoded image size differs from the header "
+            f"({array.shape[0]}x{array.shape[1]} vs {rows}x{cols})"
         )
     return array
 

@@ -303,7 +303,8 @@ def voi_lut_sequence(first: int, entries: np.ndarray, depth: int = 8) -> list[Da
     """A VOI LUT Sequence with one LUT mapping values ``first ..`` to ``entries``."""
     item = Dataset()
     item.LUTDescriptor = [len(entries), first, depth]
-    item.LUTData = [int(v) for v in entries]
+    item.LUTData = np.asarray(entries, "<u2").tobytes()
+    item["LUTData"].VR = "OW"
     return [item]
 
 

@@ -1,0 +1,396 @@
+"""The DICOM reader on real files in every form (written by dicom_factory), no mocks."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom import encaps
+from pydicom.uid import JPEG2000
+
+from data import dicom
+from tests.data_tests import dicom_factory as fac
+
+IMG8 = fac.smooth_image((60, 84), seed=1)
+IMG12 = fac.smooth_image((60, 84), seed=2, high=4095, dtype=np.uint16)
+RGB = np.stack([fac.smooth_image((60, 84), seed=s) for s in (3, 4, 5)], axis=-1)
+GRAY_OF_RGB = cv2.cvtColor(RGB, cv2.COLOR_RGB2GRAY)
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(a.astype(np.int32) - b.astype(np.int32))
+
+
+# --------------------------------------------------------------------------- supported forms
+
+LOSSLESS_8BIT = fac.all_supported_8bit(IMG8)
+
+
+@pytest.mark.parametrize("form", sorted(LOSSLESS_8BIT))
+def test_lossless_8bit_forms_decode_exactly(form):
+    image = dicom.read_image(LOSSLESS_8BIT[form])
+    assert image.dtype == np.uint8
+    assert image.shape == IMG8.shape
+    np.testing.assert_array_equal(image, IMG8)
+
+
+# (name, file, expected, max abs diff, max mean abs diff): lossy codecs and colour
+# conversions get a tolerance, everything else is exact.
+MONO1 = {"photometric": "MONOCHROME1"}
+APPROX_TABLE = [
+    ("jpeg-baseline", fac.jpeg_baseline(IMG8), IMG8, 6, 1.5),
+    ("jpeg-3-fragments-no-bot", fac.jpeg_baseline(IMG8, fragments=3, has_bot=False), IMG8, 6, 1.5),
+    ("jpeg-2000-lossy", fac.compressed(IMG8, JPEG2000), IMG8, 8, 2.0),
+    ("monochrome1-native", fac.native(IMG8, **MONO1), 255 - IMG8, 0, 0.0),
+    ("monochrome1-jpeg", fac.jpeg_baseline(IMG8, **MONO1), 255 - IMG8, 6, 1.5),
+    ("monochrome1-rle", fac.compressed(IMG8, fac.LOSSLESS["rle"], **MONO1), 255 - IMG8, 0, 0.0),
+    ("rgb-native", fac.rgb(RGB), GRAY_OF_RGB, 0, 0.0),
+    ("ybr-full-native", fac.ybr_full(RGB), GRAY_OF_RGB, 2, 0.1),
+    ("ybr-full-422-jpeg", fac.jpeg_baseline(RGB), GRAY_OF_RGB, 8, 1.5),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("data", "expected", "max_diff", "mean_diff"),
+    [row[1:] for row in APPROX_TABLE],
+    ids=[row[0] for row in APPROX_TABLE],
+)
+def test_forms_decode_to_the_source_image(data, expected, max_diff, mean_diff):
+    image = dicom.read_image(data)
+    assert image.dtype == np.uint8
+    assert image.shape == expected.shape
+    diff = _diff(image, expected)
+    assert diff.max() <= max_diff
+    assert diff.mean() <= mean_diff
+
+
+def test_8bit_jpeg_baseline_is_byte_identical_to_opencv():
+    # The SIIM contract: pixels arrive exactly as OpenCV decodes the frame, no rescaling.
+    data = fac.jpeg_baseline(IMG8)
+    frame = encaps.get_frame(fac.read_back(data).PixelData, 0, number_of_frames=1)
+    expected = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(dicom.read_image(data), expected)
+
+
+def test_fast_path_matches_pydicoms_decoder():
+    img = fac.smooth_image((256, 256), seed=9)
+    data = fac.jpeg_baseline(img, quality=90)
+    ds = fac.read_back(data)
+    fast = dicom._decode_jpeg_baseline(ds, 256, 256)
+    assert fast is not None, "the OpenCV fast path was not taken"
+    np.testing.assert_array_equal(dicom.read_image(data), fast)
+    assert _diff(fast, ds.pixel_array).max() <= 2
+
+
+def test_frame_opencv_declines_falls_back_to_pydicom():
+    # Without its end-of-image marker OpenCV would grey-fill silently; the fast path
+    # declines and pydicom's decoder (which reads every scan present) is used instead.
+    frame = fac.jpeg_frame(IMG8)[:-2]
+    data = fac.jpeg_baseline(IMG8, frame=frame)
+    assert dicom._decode_jpeg_baseline(fac.read_back(data), *IMG8.shape) is None
+    assert _diff(dicom.read_image(data), IMG8).max() <= 6
+
+
+def test_sources_bytes_str_and_path_agree(tmp_path):
+    data = fac.jpeg_baseline(IMG8)
+    path = tmp_path / f"{fac.SOP_UID}.dcm"
+    path.write_bytes(data)
+    from_bytes = dicom.read(data)
+    for source in (path, str(path), bytearray(data), memoryview(data)):
+        meta, image = dicom.read(source)
+        assert meta == from_bytes[0]
+        np.testing.assert_array_equal(image, from_bytes[1])
+
+
+def test_read_gives_what_read_meta_and_read_image_give():
+    data = fac.compressed(IMG8, fac.LOSSLESS["jpeg-ls"])
+    meta, image = dicom.read(data, image_id="x", key=b"k")
+    assert meta == dicom.read_meta(data, image_id="x", key=b"k")
+    np.testing.assert_array_equal(image, dicom.read_image(data))
+
+
+def test_reading_a_siim_file_emits_no_warnings():
+    # pydicom would warn (and log) on SIIM's PatientAge "58" for every file.
+    data = fac.jpeg_baseline(IMG8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dicom.read(data)
+
+
+# --------------------------------------------------------------------------- > 8 bits
+
+# Stored s -> modality x = 2 s - 1024, window center 0 / width 401 (LINEAR):
+# y = clip((x + 0.5) / 400 + 0.5, 0, 1) * 255, rounded. Hand-computed pairs:
+WINDOW_TAGS = {
+    **fac.modality_lut_tags(2, -1024),
+    "WindowCenter": 0,
+    "WindowWidth": 401,
+}
+WINDOW_TABLE = [
+    (0, 0),  # x = -1024, far below the window
+    (412, 0),  # x = -200: 0.00125 * 255 = 0.3
+    (462, 64),  # x = -100: 0.25125 * 255 = 64.1
+    (512, 128),  # x = 0 (the center): 0.50125 * 255 = 127.8
+    (562, 192),  # x = 100: 0.75125 * 255 = 191.6
+    (612, 255),  # x = 200: above center - 0.5 + 200
+    (4095, 255),  # x = 7166
+]
+WINDOW_STORED = np.array([[s for s, _ in WINDOW_TABLE]] * 3, np.uint16)
+WINDOW_EXPECTED = np.array([[y for _, y in WINDOW_TABLE]] * 3, np.uint8)
+
+
+def test_window_maps_to_0_255_after_rescale():
+    data = fac.native(WINDOW_STORED, bits_stored=12, **WINDOW_TAGS)
+    np.testing.assert_array_equal(dicom.read_image(data), WINDOW_EXPECTED)
+
+
+def test_window_monochrome1_is_inverted_after_windowing():
+    data = fac.native(WINDOW_STORED, bits_stored=12, photometric="MONOCHROME1", **WINDOW_TAGS)
+    np.testing.assert_array_equal(dicom.read_image(data), 255 - WINDOW_EXPECTED)
+
+
+def test_signed_pixels_with_multi_valued_window_use_the_first():
+    stored = WINDOW_STORED.astype(np.int16) - 512  # -512 .. 3583, the center at 0
+    tags = {"RescaleSlope": 2, "RescaleIntercept": 0, "WindowCenter": [0, 999]}
+    data = fac.native(stored, bits_stored=16, signed=True, WindowWidth=[401, 5], **tags)
+    np.testing.assert_array_equal(dicom.read_image(data), WINDOW_EXPECTED)
+
+
+@pytest.mark.parametrize(("function", "expected"), [("LINEAR_EXACT", 128), ("SIGMOID", 128)])
+def test_voi_functions_put_the_center_at_mid_grey(function, expected):
+    stored = np.full((4, 4), 512, np.uint16)
+    data = fac.native(stored, bits_stored=12, VOILUTFunction=function, **WINDOW_TAGS)
+    assert int(dicom.read_image(data)[0, 0]) == expected
+
+
+def test_voi_lut_sequence_without_window():
+    stored = np.array([[100, 101, 102, 103]], np.uint16)
+    lut = fac.voi_lut_sequence(first=100, entries=np.array([0, 51, 204, 255]))
+    data = fac.native(stored, bits_stored=12, VOILUTSequence=lut)
+    np.testing.assert_array_equal(dicom.read_image(data), [[0, 51, 204, 255]])
+
+
+def test_16bit_lossless_forms_match_native_little_endian():
+    tags = {"bits_stored": 12, **WINDOW_TAGS, "WindowCenter": 2000, "WindowWidth": 3000}
+    reference = dicom.read_image(fac.native(IMG12, **tags))
+    assert reference.min() < 40 and reference.max() > 215  # the window spans the image
+    forms = {"big-endian": fac.big_endian(IMG12, **tags)}
+    forms |= {name: fac.compressed(IMG12, uid, **tags) for name, uid in fac.LOSSLESS.items()}
+    for name, data in forms.items():
+        np.testing.assert_array_equal(dicom.read_image(data), reference, err_msg=name)
+
+
+def test_without_window_robust_min_max_ignores_hot_pixels():
+    ramp = np.tile(np.linspace(1000, 2000, 100), (100, 1)).astype(np.uint16)
+    ramp[0, 0] = 65535  # one hot pixel would squeeze plain min-max into 1/65 of the range
+    image = dicom.read_image(fac.native(ramp, bits_stored=16))
+    body = image[1:]
+    assert body.min() <= 2 and body.max() >= 253
+    assert image[0, 0] == 255
+    assert np.all(np.diff(body[0].astype(int)) >= 0)  # monotone: no wrap-around
+
+
+def test_constant_16bit_image_is_black_not_an_error():
+    image = dicom.read_image(fac.native(np.full((8, 8), 777, np.uint16), bits_stored=12))
+    np.testing.assert_array_equal(image, np.zeros((8, 8), np.uint8))
+
+
+# --------------------------------------------------------------------------- rejected forms
+
+JPEG_SIIM = fac.jpeg_baseline(IMG8)
+NATIVE_SIIM = fac.native(IMG8)
+
+REJECT_TABLE = [
+    ("multi-frame", fac.multi_frame(12), "multi-frame DICOM (12 frames): expected one radiograph"),
+    ("no-pixel-data", fac.no_pixel_data(), "no pixel data"),
+    ("zero-sized", fac.zero_sized(), "zero-sized image (0x84)"),
+    ("palette-color", fac.palette_color(), "unsupported photometric interpretation PALETTE COLOR"),
+    ("mpeg2", fac.encapsulated_without_decoder(fac.MPEG2),
+     "unsupported transfer syntax 1.2.840.10008.1.2.4.100 (MPEG2 Main Profile / Main Level) "
+     "and no decoder installed"),
+    ("private-syntax", fac.encapsulated_without_decoder(fac.PRIVATE_SYNTAX),
+     f"unsupported transfer syntax {fac.PRIVATE_SYNTAX} (unknown) and no decoder installed"),
+    ("png", fac.png(), "not a DICOM file (no DICM preamble and no valid DICOM header)"),
+    ("text", fac.text(), "not a DICOM file"),
+    ("empty", b"", "empty file (0 bytes)"),
+    ("truncated-jpeg-pixel-data", JPEG_SIIM[: len(JPEG_SIIM) * 2 // 3], "truncated file"),
+    ("truncated-native-pixel-data", NATIVE_SIIM[:-100],
+     f"truncated file: pixel data is shorter than the header says "
+     f"({IMG8.size - 100} of {IMG8.size} bytes)"),
+    ("truncated-header", NATIVE_SIIM[:420], "truncated file"),
+    ("truncated-file-meta", NATIVE_SIIM[:200], "truncated file"),
+    ("compressed-without-file-meta", fac.without_file_meta(JPEG_SIIM),
+     "compressed pixel data but no Transfer Syntax UID"),
+    ("corrupt-jpeg-frame", fac.jpeg_baseline(IMG8, frame=b"\xff\xd8" + bytes(64) + b"\xff\xd9"),
+     "cannot decode JPEG Baseline (Process 1) pixel data"),
+    ("frame-smaller-than-header", fac.jpeg_baseline(IMG8, frame=fac.jpeg_frame(IMG8[:30])),
+     "JPEG frame size differs from the header (30x84 vs 60x84)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"), [row[1:] for row in REJECT_TABLE], ids=[row[0] for row in REJECT_TABLE]
+)
+def test_rejected_forms_raise_dicom_error_with_a_reason(data, fragment):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about some of these files itself
+        with pytest.raises(dicom.DicomError) as info:
+            dicom.read(data)
+        with pytest.raises(dicom.DicomError):
+            dicom.read_image(data)
+    message = str(info.value)
+    assert fragment in message
+    assert "\n" not in message  # one ledger row per file
+    assert fac.PATIENT_ID not in message
+    assert " at 0x" not in message  # no memory addresses: the same reason reads the same
+    assert isinstance(info.value, ValueError)
+
+
+def test_missing_file_is_a_dicom_error(tmp_path):
+    with pytest.raises(dicom.DicomError, match="cannot open file"):
+        dicom.read_image(tmp_path / "absent.dcm")
+
+
+def test_caller_mistakes_are_type_errors_not_ledger_rows():
+    with pytest.raises(TypeError, match="source must be bytes or a path"):
+        dicom.read_image(12)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="key must be bytes"):
+        dicom.read(JPEG_SIIM, key="secret")  # type: ignore[arg-type]
+
+
+def test_read_meta_does_not_need_decodable_pixels():
+    # Header only: a multi-frame or palette file still has a readable header.
+    assert dicom.read_meta(fac.multi_frame(3)).height == 60
+    assert dicom.read_meta(fac.palette_color()).photometric == "PALETTE COLOR"
+    assert dicom.read_meta(JPEG_SIIM[: len(JPEG_SIIM) // 2]).width == 84
+    with pytest.raises(dicom.DicomError, match="truncated file"):
+        dicom.read_meta(NATIVE_SIIM[:420])
+    with pytest.raises(dicom.DicomError, match="not a DICOM file"):
+        dicom.read_meta(fac.png())
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def test_siim_meta_fields():
+    meta = dicom.read_meta(JPEG_SIIM, key=b"secret")
+    assert meta == dicom.DicomMeta(
+        image_id=fac.SOP_UID,
+        sop_instance_uid=fac.SOP_UID,
+        patient_id=dicom.pseudonymise(fac.PATIENT_ID, b"secret"),
+        sex="M",
+        age=58,
+        age_status="ok",
+        view_position="PA",
+        pixel_spacing=0.143,
+        modality="CR",
+        body_part="CHEST",
+        height=60,
+        width=84,
+        photometric="MONOCHROME2",
+        bits_stored=8,
+        transfer_syntax=dicom.JPEG_BASELINE,
+    )
+
+
+def test_image_id_argument_wins_over_sop_instance_uid():
+    assert dicom.read_meta(JPEG_SIIM, image_id="ID_0011fe81e").image_id == "ID_0011fe81e"
+    assert dicom.read_meta(JPEG_SIIM, image_id=" ").image_id == fac.SOP_UID
+    no_uid = fac.native(IMG8, SOPInstanceUID=None)
+    assert dicom.read_meta(no_uid, image_id="stem").sop_instance_uid is None
+    with pytest.raises(dicom.DicomError, match="no SOPInstanceUID"):
+        dicom.read_meta(no_uid)
+
+
+@pytest.mark.parametrize(
+    ("age", "years", "status"),
+    [
+        ("58", 58, "ok"),  # SIIM's plain number
+        ("058Y", 58, "ok"),  # DICOM AS form
+        ("7", 7, "ok"),
+        ("120", 120, "ok"),
+        ("006M", 0, "ok"),  # months / weeks / days count as whole years
+        ("030M", 2, "ok"),
+        ("010W", 0, "ok"),
+        ("400D", 1, "ok"),
+        ("130", None, "invalid"),  # SIIM has two of these
+        ("121Y", None, "invalid"),
+        ("5x", None, "invalid"),
+        ("-5", None, "invalid"),
+        ("58.5", None, "invalid"),
+        ("", None, "missing"),
+        (None, None, "missing"),
+    ],
+)
+def test_age_table(age, years, status):
+    meta = dicom.read_meta(fac.native(IMG8, PatientAge=age))
+    assert (meta.age, meta.age_status) == (years, status)
+
+
+@pytest.mark.parametrize(
+    ("sex", "expected"), [("M", "M"), ("F", "F"), ("O", "O"), ("f", "F"), ("U", None), (None, None)]
+)
+def test_sex_table(sex, expected):
+    assert dicom.read_meta(fac.native(IMG8, PatientSex=sex)).sex == expected
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        ({"PixelSpacing": [0.168, 0.16]}, 0.168),
+        ({"PixelSpacing": None, "ImagerPixelSpacing": [0.15, 0.15]}, 0.15),
+        ({"PixelSpacing": [0, 0], "ImagerPixelSpacing": [0.15, 0.15]}, 0.15),
+        ({"PixelSpacing": None}, None),
+    ],
+)
+def test_pixel_spacing_table(tags, expected):
+    assert dicom.read_meta(fac.native(IMG8, **tags)).pixel_spacing == expected
+
+
+def test_missing_codes_are_none():
+    data = fac.native(IMG8, ViewPosition=None, Modality=None, BodyPartExamined=None, PatientID=None)
+    meta = dicom.read_meta(data)
+    assert (meta.view_position, meta.modality, meta.body_part, meta.patient_id) == (None,) * 4
+
+
+def test_pseudonymise_table():
+    a = dicom.pseudonymise(fac.PATIENT_ID, b"key-1")
+    assert a == dicom.pseudonymise(fac.PATIENT_ID, b"key-1")
+    assert a == dicom.pseudonymise(f" {fac.PATIENT_ID} ", b"key-1")  # DICOM space padding
+    assert a != dicom.pseudonymise(fac.PATIENT_ID, b"key-2")
+    assert a != dicom.pseudonymise(fac.PATIENT_ID + "0", b"key-1")
+    assert len(a) == 16 and int(a, 16) >= 0
+    assert dicom.pseudonymise(None, b"k") is None
+    assert dicom.pseudonymise("  ", b"k") is None
+    with pytest.raises(TypeError, match="key must be bytes"):
+        dicom.pseudonymise("x", "k")  # type: ignore[arg-type]
+
+
+def test_meta_holds_no_direct_identifier():
+    data = fac.jpeg_baseline(IMG8, PatientName="Doe^Jane", PatientID="MRN-0042-7731")
+    meta = dicom.read_meta(data, key=b"k")
+    text = repr(meta)
+    for raw in ("Doe", "Jane", "MRN-0042-7731", "19600101", "St Elsewhere"):
+        assert raw not in text
+    assert meta.patient_id == dicom.pseudonymise("MRN-0042-7731", b"k")
+    siim = repr(dicom.read_meta(JPEG_SIIM))
+    assert fac.PATIENT_ID not in siim  # PatientID = PatientName = this UUID in SIIM
+
+
+def test_transfer_syntax_is_inferred_for_files_without_file_meta():
+    implicit = dicom.read_meta(LOSSLESS_8BIT["no-file-meta-implicit"])
+    explicit = dicom.read_meta(LOSSLESS_8BIT["no-file-meta-explicit"])
+    assert implicit.transfer_syntax == "1.2.840.10008.1.2"
+    assert explicit.transfer_syntax == "1.2.840.10008.1.2.1"
+
+
+def test_factory_files_are_what_pydicom_reads():
+    # Guards the factory itself: the forms are real, standard files.
+    ds = pydicom.dcmread(io.BytesIO(JPEG_SIIM))
+    assert ds.file_meta.TransferSyntaxUID == dicom.JPEG_BASELINE
+    assert ds.SOPClassUID == fac.SECONDARY_CAPTURE
+    assert ds.PatientName == ds.PatientID == fac.PATIENT_ID
