@@ -1,0 +1,323 @@
+"""Segmentation scores: pure numpy references, and Keras metrics that agree with them.
+
+Shapes. Masks come as a batch ``(B, H, W)`` or ``(B, H, W, 1)``, or as one image
+``(H, W)`` (a batch of one). A 3-D array is always a batch: write a single
+channel-last image as ``(1, H, W, 1)`` or ``(H, W)``.
+
+Binarisation. Predictions are probabilities and count as foreground when
+``> threshold`` (strictly, as in :mod:`model.postprocess`); truths are 0/1 and count
+as foreground when ``> 0.5``, so ``uint8`` 0/1, ``bool`` and float masks all work.
+
+Empty masks. ``iou`` and ``dice`` pool the pixels of the whole batch; when truth and
+prediction are both empty the ratio is 0/0 and the score is ``empty_score`` (1.0 by
+default: nothing to find, nothing found). ``kaggle_dice`` scores each image on its
+own (the SIIM-ACR rule): empty truth and empty prediction score 1, empty truth with
+any predicted pixel scores 0, non-empty truth with an empty prediction scores 0.
+``positive_iou`` pools only images whose truth is non-empty, so the ~78% of
+negative images cannot hide whether a model finds pneumothoraces at all.
+
+The Keras metrics (:class:`IoU`, :class:`Dice`, :class:`KaggleDice`,
+:class:`PositiveIoU`) accumulate the same sums over ``update_state`` calls, so after
+any number of batches their ``result()`` equals the numpy function of the
+concatenated batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+__all__ = [
+    "Dice",
+    "IoU",
+    "KaggleDice",
+    "PositiveIoU",
+    "dice",
+    "dice_from_counts",
+    "iou",
+    "kaggle_dice",
+    "per_image_dice",
+    "positive_iou",
+]
+
+
+# --------------------------------------------------------------------------- numpy core
+
+
+def _as_batch(x: np.ndarray, what: str) -> np.ndarray:
+    """``(H, W)``, ``(B, H, W)`` or ``(B, H, W, 1)`` -> ``(B, H * W)``."""
+    x = np.asarray(x)
+    if x.ndim == 2:
+        x = x[None]
+    elif x.ndim == 4:
+        if x.shape[-1] != 1:
+            raise ValueError(
+                f"{what} has shape {x.shape}: a 4-D mask must be (B, H, W, 1) with one channel"
+            )
+        x = x[..., 0]
+    elif x.ndim != 3:
+        raise ValueError(f"{what} has shape {x.shape}: expected (H, W), (B, H, W) or (B, H, W, 1)")
+    if x.shape[0] == 0:
+        raise ValueError(f"{what} holds no images (the batch is empty)")
+    return x.reshape(x.shape[0], -1)
+
+
+def _counts(
+    y_true: np.ndarray, y_pred: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image ``(intersection, truth size, prediction size)`` as int64 arrays of shape (B,)."""
+    t = _as_batch(y_true, "y_true") > 0.5
+    p = _as_batch(y_pred, "y_pred") > threshold
+    if t.shape != p.shape:
+        raise ValueError(
+            f"y_true and y_pred disagree: {np.shape(y_true)} vs {np.shape(y_pred)} "
+            "(expected the same number of images and pixels)"
+        )
+    inter = np.count_nonzero(t & p, axis=1)
+    return inter, np.count_nonzero(t, axis=1), np.count_nonzero(p, axis=1)
+
+
+def iou(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    threshold: float = 0.5,
+    empty_score: float = 1.0,
+) -> float:
+    """Intersection over union with the pixels of the whole batch pooled.
+
+    ``|T & P| / |T | P|``; ``empty_score`` when truth and prediction are both empty.
+    """
+    inter, t, p = _counts(y_true, y_pred, threshold)
+    union = int(t.sum() + p.sum() - inter.sum())
+    return float(empty_score) if union == 0 else float(inter.sum() / union)
+
+
+def dice(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    threshold: float = 0.5,
+    empty_score: float = 1.0,
+) -> float:
+    """Dice coefficient with the pixels of the whole batch pooled.
+
+    ``2 |T & P| / (|T| + |P|)``; ``empty_score`` when truth and prediction are both empty.
+    """
+    inter, t, p = _counts(y_true, y_pred, threshold)
+    total = int(t.sum() + p.sum())
+    return float(empty_score) if total == 0 else float(2 * inter.sum() / total)
+
+
+def per_image_dice(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Dice of each image, shape ``(B,)`` float64, with the SIIM empty rules.
+
+    Both empty -> 1. Exactly one empty -> 0 (falls out of ``2|T&P| / (|T|+|P|)``).
+    """
+    inter, t, p = _counts(y_true, y_pred, threshold)
+    return dice_from_counts(inter, t + p)
+
+
+def dice_from_counts(inter: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """Per-image Dice from intersection and ``|T| + |P|`` counts (arrays of equal shape).
+
+    ``total == 0`` only when both masks are empty: that image scores 1.
+    """
+    safe = np.maximum(total, 1)
+    return np.where(total == 0, 1.0, 2.0 * inter / safe)
+
+
+def kaggle_dice(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = 0.5) -> float:
+    """The SIIM-ACR leaderboard score: :func:`per_image_dice` averaged over images."""
+    return float(per_image_dice(y_true, y_pred, threshold).mean())
+
+
+def positive_iou(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    threshold: float = 0.5,
+    empty_score: float = math.nan,
+) -> float:
+    """IoU pooled over the images whose truth is non-empty; predictions on the others
+    are ignored.
+
+    With no positive image the score is undefined and ``empty_score`` (NaN by default,
+    so that it cannot be mistaken for a real score) is returned.
+    """
+    inter, t, p = _counts(y_true, y_pred, threshold)
+    pos = t > 0
+    if not pos.any():
+        return float(empty_score)
+    return float(inter[pos].sum() / (t[pos] + p[pos] - inter[pos]).sum())
+
+
+# --------------------------------------------------------------------------- Keras wrappers
+
+
+def _flat_counts(y_true, y_pred, threshold: float):
+    """Per-image counts as float32 tensors of shape (B,) (exact: < 2**24 pixels per image)."""
+    batch = ops.shape(y_pred)[0]
+    t = ops.reshape(ops.cast(y_true, "float32"), (batch, -1))
+    p = ops.reshape(ops.cast(y_pred, "float32"), (batch, -1))
+    t = ops.cast(t > 0.5, "float32")
+    p = ops.cast(p > threshold, "float32")
+    return ops.sum(t * p, axis=1), ops.sum(t, axis=1), ops.sum(p, axis=1)
+
+
+class _ThresholdMetric(keras.metrics.Metric):
+    """Shared constructor / config for the mask metrics below.
+
+    Accumulators are float64: a validation set of 1024x1024 images sums billions of
+    pixels, past float32's exact integer range (2**24).
+    """
+
+    def __init__(self, threshold: float = 0.5, name: str | None = None, dtype=None) -> None:
+        super().__init__(name=name, dtype=dtype)
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1]; got {threshold!r}")
+        self.threshold = float(threshold)
+
+    def _sum_var(self, name: str):
+        return self.add_variable(shape=(), initializer="zeros", dtype="float64", name=name)
+
+    @staticmethod
+    def _no_weights(sample_weight) -> None:
+        if sample_weight is not None:
+            raise ValueError(
+                "pneumotune mask metrics do not support sample_weight "
+                "(every image counts once); got a sample_weight"
+            )
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "threshold": self.threshold}
+
+
+@keras.saving.register_keras_serializable(package="pneumotune")
+class IoU(_ThresholdMetric):
+    """Keras version of :func:`iou`: pixels pooled over every image seen since reset.
+
+    Inputs ``(B, H, W, 1)`` (or any shape with the batch first); ``empty_score`` when
+    nothing was found and nothing was there.
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        empty_score: float = 1.0,
+        name: str = "iou",
+        dtype=None,
+    ) -> None:
+        super().__init__(threshold=threshold, name=name, dtype=dtype)
+        self.empty_score = float(empty_score)
+        self.intersection = self._sum_var("intersection")
+        self.union = self._sum_var("union")
+
+    def update_state(self, y_true, y_pred, sample_weight=None) -> None:
+        self._no_weights(sample_weight)
+        inter, t, p = _flat_counts(y_true, y_pred, self.threshold)
+        self.intersection.assign_add(ops.cast(ops.sum(inter), "float64"))
+        self.union.assign_add(ops.cast(ops.sum(t + p - inter), "float64"))
+
+    def result(self):
+        score = ops.where(
+            self.union > 0,
+            self.intersection / ops.maximum(self.union, 1.0),
+            ops.cast(self.empty_score, "float64"),
+        )
+        return ops.cast(score, self.dtype)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "empty_score": self.empty_score}
+
+
+@keras.saving.register_keras_serializable(package="pneumotune")
+class Dice(_ThresholdMetric):
+    """Keras version of :func:`dice`: pixels pooled over every image seen since reset."""
+
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        empty_score: float = 1.0,
+        name: str = "dice",
+        dtype=None,
+    ) -> None:
+        super().__init__(threshold=threshold, name=name, dtype=dtype)
+        self.empty_score = float(empty_score)
+        self.intersection = self._sum_var("intersection")
+        self.total = self._sum_var("total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None) -> None:
+        self._no_weights(sample_weight)
+        inter, t, p = _flat_counts(y_true, y_pred, self.threshold)
+        self.intersection.assign_add(ops.cast(ops.sum(inter), "float64"))
+        self.total.assign_add(ops.cast(ops.sum(t + p), "float64"))
+
+    def result(self):
+        score = ops.where(
+            self.total > 0,
+            2.0 * self.intersection / ops.maximum(self.total, 1.0),
+            ops.cast(self.empty_score, "float64"),
+        )
+        return ops.cast(score, self.dtype)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "empty_score": self.empty_score}
+
+
+@keras.saving.register_keras_serializable(package="pneumotune")
+class KaggleDice(_ThresholdMetric):
+    """Keras version of :func:`kaggle_dice`: the mean of per-image Dice over every image
+    seen since reset (empty/empty = 1, exactly one empty = 0). 0.0 before any update."""
+
+    def __init__(self, threshold: float = 0.5, name: str = "kaggle_dice", dtype=None) -> None:
+        super().__init__(threshold=threshold, name=name, dtype=dtype)
+        self.score_sum = self._sum_var("score_sum")
+        self.count = self._sum_var("count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None) -> None:
+        self._no_weights(sample_weight)
+        inter, t, p = _flat_counts(y_true, y_pred, self.threshold)
+        total = t + p
+        scores = ops.where(total > 0, 2.0 * inter / ops.maximum(total, 1.0), 1.0)
+        self.score_sum.assign_add(ops.cast(ops.sum(scores), "float64"))
+        self.count.assign_add(ops.cast(ops.sum(ops.ones_like(scores)), "float64"))
+
+    def result(self):
+        return ops.cast(self.score_sum / ops.maximum(self.count, 1.0), self.dtype)
+
+
+@keras.saving.register_keras_serializable(package="pneumotune")
+class PositiveIoU(_ThresholdMetric):
+    """Keras version of :func:`positive_iou`: IoU pooled over images with a non-empty
+    truth. Before any positive image it returns ``empty_score`` (NaN by default)."""
+
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        empty_score: float = math.nan,
+        name: str = "positive_iou",
+        dtype=None,
+    ) -> None:
+        super().__init__(threshold=threshold, name=name, dtype=dtype)
+        self.empty_score = float(empty_score)
+        self.intersection = self._sum_var("intersection")
+        self.union = self._sum_var("union")
+
+    def update_state(self, y_true, y_pred, sample_weight=None) -> None:
+        self._no_weights(sample_weight)
+        inter, t, p = _flat_counts(y_true, y_pred, self.threshold)
+        pos = ops.cast(t > 0, "float32")
+        self.intersection.assign_add(ops.cast(ops.sum(inter * pos), "float64"))
+        self.union.assign_add(ops.cast(ops.sum((t + p - inter) * pos), "float64"))
+
+    def result(self):
+        score = ops.where(
+            self.union > 0,
+            self.intersection / ops.maximum(self.union, 1.0),
+            ops.cast(self.empty_score, "float64"),
+        )
+        return ops.cast(score, self.dtype)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "empty_score": self.empty_score}
