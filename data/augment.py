@@ -41,7 +41,8 @@ _REFERENCE_SIZE = 256
 _MAX_ROTATE_DEGREES = 45.0
 
 # (field, lower, upper) for the strengths; the upper bounds keep every transform well defined
-# (gamma stays > 0, scale stays > 0, grid cells never collapse to zero width).
+# (gamma stays > 0, the affine scale stays > 0; the grid's limit is capped at 0.9 below so that
+# its cells never collapse to zero width).
 _STRENGTH_RANGES: tuple[tuple[str, float, float], ...] = (
     ("color_strength", 0.0, 0.8),
     ("distort_strength", 0.0, 1.0),
@@ -110,7 +111,7 @@ class AugmentConfig:
         elastic alpha 120 / sigma 6 and the grid's 0.3 limit are strength 0.3. Two parts are not
         reproduced: ``alpha_affine`` (an extra random affine inside the elastic transform, gone
         in 2.x) and the optical limit of 2, which in the same camera model pushes most of the
-        image out of frame or zooms it ~2.7x; here the optical limit is the strength (0.3).
+        image out of frame or zooms it up to ~2.7x; here the optical limit is the strength (0.3).
         """
         return cls(
             flip_p=0.5,
@@ -150,8 +151,9 @@ _BORDER = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": 0}
 # Masks are resampled by nearest neighbour so they stay 0/1. Warps (remap / warpAffine) sample
 # at exact coordinates, so cv2.INTER_NEAREST is aligned with the image's bilinear; a resize
 # with cv2.INTER_NEAREST samples at floor(x * scale) instead of pixel centres and shifts the
-# mask by up to half an output pixel per unit of zoom (4% of pixels off the image's edges at
-# a 3x crop zoom), so the crop uses INTER_NEAREST_EXACT (which warps do not accept).
+# mask by up to half an output pixel per unit of zoom (~4% of the pixels of the alignment test
+# disagree with the image at up to 3x zoom, 0.2% with the fix), so the crop uses
+# INTER_NEAREST_EXACT (which remap and warpAffine reject).
 _WARP_MASK = {"mask_interpolation": cv2.INTER_NEAREST}
 _RESIZE_MASK = {"mask_interpolation": cv2.INTER_NEAREST_EXACT}
 
@@ -279,7 +281,7 @@ def worker_seed(seed: int, worker: int) -> int:
     """A 32-bit seed for parallel consumer ``worker`` (0, 1, ...) derived from ``seed``.
 
     Statistically independent streams for different workers (``numpy.random.SeedSequence``
-    spawning), unlike ``seed + worker``, which makes neighbouring runs share streams.
+    spawning), unlike ``seed + worker``, with which run 0's worker 1 repeats run 1's worker 0.
     """
     if worker < 0:
         raise ValueError(f"worker must be >= 0, got {worker}")
