@@ -79,6 +79,7 @@ ROBUST_PERCENTILES = (0.5, 99.5)
 _PERCENTILE_SIDE = 512
 _LUMA = np.array([0.299, 0.587, 0.114])
 _ADDRESS_RE = re.compile(r" at 0x[0-9a-fA-F]+")
+_BYTES_RE = re.compile(r"\bb'(?:[^'\\]|\\.)*'" + r'|\bb"(?:[^"\\]|\\.)*"')
 _AGE_RE = re.compile(r"^(\d{1,3})([DWMY]?)$")
 _AGE_UNIT_DAYS_PER_YEAR = {"": 1, "Y": 1, "M": 12, "W": 52, "D": 365}
 _T = TypeVar("_T")
@@ -198,7 +199,10 @@ def _as_dicom_error() -> Iterator[None]:
 def _one_line(exc: BaseException) -> str:
     # Decoder errors span several lines (one per plugin) and name objects by memory
     # address; a ledger row is one line and should read the same for every file.
-    return _ADDRESS_RE.sub("", " ".join(str(exc).split()))
+    # pydicom quotes raw element bytes when a value has the wrong length, and in a
+    # damaged file those bytes can be a patient's id or name: they are dropped.
+    text = _BYTES_RE.sub("<bytes>", " ".join(str(exc).split()))
+    return _ADDRESS_RE.sub("", text)
 
 
 class _TrackedReader:
@@ -247,9 +251,14 @@ def _parse(source: Source, *, header_only: bool) -> _Parsed:
         reader = _TrackedReader(raw, _name(source))
         try:
             ds = pydicom.dcmread(reader, stop_before_pixels=header_only)
-            return _check_parsed(_Parsed(ds, reader.ended_early, False, header_only, size))
         except InvalidDicomError:
             pass  # no preamble / DICM prefix: try again as a raw dataset below
+        except Exception as exc:
+            if reader.ended_early:  # a parser error caused by the missing end of the file
+                raise _truncated(size) from exc
+            raise
+        else:
+            return _check_parsed(_Parsed(ds, reader.ended_early, False, header_only, size))
         # Old (ACR-NEMA style) and some vendor files start directly with the data
         # elements. force=True parses anything, so a result only counts if it holds
         # an image header (Rows and Columns); a PNG or a text file does not.
@@ -284,11 +293,15 @@ def _name(source: Source) -> str:
     return "<bytes>" if isinstance(source, bytes | bytearray | memoryview) else str(source)
 
 
+def _truncated(size: int) -> DicomError:
+    return DicomError(
+        f"truncated file: the data ends in the middle of a data element ({size} bytes)"
+    )
+
+
 def _check_parsed(parsed: _Parsed) -> _Parsed:
     ds = parsed.ds
-    truncated = DicomError(
-        f"truncated file: the data ends in the middle of a data element ({parsed.size} bytes)"
-    )
+    truncated = _truncated(parsed.size)
     # pydicom drops everything it had read when a file ends inside pixel data that
     # is encapsulated, so "no Rows" is often a truncation: check that first.
     if "Rows" not in ds or "Columns" not in ds:
@@ -500,6 +513,9 @@ def _decode_jpeg_baseline(ds: Dataset, rows: int, cols: int) -> np.ndarray | Non
 
 
 def _decode_with_pydicom(ds: Dataset, uid: UID, rows: int, cols: int) -> np.ndarray:
+    for keyword in ("SamplesPerPixel", "BitsAllocated", "PixelRepresentation"):
+        if _us(ds, keyword) is None:
+            raise DicomError(f"incomplete image header (no {keyword})")
     try:
         decoder = get_decoder(uid)
         available = decoder.is_available

@@ -86,6 +86,14 @@ def test_fast_path_matches_pydicoms_decoder():
     assert _diff(fast, ds.pixel_array).max() <= 2
 
 
+@pytest.mark.parametrize(("fragments", "has_bot"), [(1, True), (1, False), (3, True), (3, False)])
+def test_fast_path_reads_fragmented_frames_with_or_without_offset_table(fragments, has_bot):
+    data = fac.jpeg_baseline(IMG8, fragments=fragments, has_bot=has_bot)
+    fast = dicom._decode_jpeg_baseline(fac.read_back(data), *IMG8.shape)
+    assert fast is not None
+    np.testing.assert_array_equal(fast, dicom.read_image(fac.jpeg_baseline(IMG8)))
+
+
 def test_frame_opencv_declines_falls_back_to_pydicom():
     # Without its end-of-image marker OpenCV would grey-fill silently; the fast path
     # declines and pydicom's decoder (which reads every scan present) is used instead.
@@ -394,3 +402,45 @@ def test_factory_files_are_what_pydicom_reads():
     assert ds.file_meta.TransferSyntaxUID == dicom.JPEG_BASELINE
     assert ds.SOPClassUID == fac.SECONDARY_CAPTURE
     assert ds.PatientName == ds.PatientID == fac.PATIENT_ID
+
+
+def test_damaged_patient_id_does_not_leak_into_the_reason():
+    # PatientID's VR damaged to FD: pydicom's error quotes the raw value bytes.
+    data = NATIVE_SIIM.replace(b"\x10\x00\x20\x00LO", b"\x10\x00\x20\x00FD", 1)
+    assert data != NATIVE_SIIM
+    with pytest.raises(dicom.DicomError) as info:
+        dicom.read(data)
+    assert "<bytes>" in str(info.value)
+    assert fac.PATIENT_ID[:8] not in str(info.value)
+
+
+# --------------------------------------------------------------------------- damaged files
+
+
+def _damaged_files(seed: int) -> list[bytes]:
+    """Seeded truncations and byte flips of a few forms (header and pixel data alike)."""
+    rng = np.random.default_rng(seed)
+    forms = [JPEG_SIIM, NATIVE_SIIM, LOSSLESS_8BIT["rle"], fac.big_endian(IMG12, bits_stored=12)]
+    cases = []
+    for data in forms:
+        cases += [data[:k] for k in rng.integers(0, len(data), 12)]
+        for _ in range(12):
+            damaged = bytearray(data)
+            for i in rng.integers(0, len(data), int(rng.integers(1, 6))):
+                damaged[i] = int(rng.integers(0, 256))
+            cases.append(bytes(damaged))
+    return cases
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_damaged_files_give_an_image_or_a_dicom_error(seed):
+    # Whatever the damage: a consistent image, or a DicomError; never another exception.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for data in _damaged_files(seed):
+            try:
+                meta, image = dicom.read(data, image_id="x")
+            except dicom.DicomError:
+                continue
+            assert image.dtype == np.uint8
+            assert image.shape == (meta.height, meta.width)
