@@ -25,7 +25,8 @@ Whatever the reader cannot turn into one grayscale radiograph raises
 non-DICOM files, truncated files, missing pixel data, multi-frame data, zero-sized
 images, unsupported photometric interpretations, transfer syntaxes without an
 installed decoder. No other exception type escapes :func:`read`,
-:func:`read_image` or :func:`read_meta`.
+:func:`read_image` or :func:`read_meta` (except a ``TypeError`` for a source or
+key of the wrong type: a caller's bug, not a bad file).
 
 Privacy: :class:`DicomMeta` never holds a direct identifier. The patient id is
 replaced by a keyed pseudonym (:func:`pseudonymise`); PatientName, birth date,
@@ -236,7 +237,6 @@ class _TrackedReader:
 class _Parsed:
     ds: Dataset
     ended_early: bool  # the data ran out inside an element (a truncated file)
-    forced: bool  # parsed without the DICM preamble (force=True)
     header_only: bool
     size: int  # bytes in the file
 
@@ -258,7 +258,7 @@ def _parse(source: Source, *, header_only: bool) -> _Parsed:
                 raise _truncated(size) from exc
             raise
         else:
-            return _check_parsed(_Parsed(ds, reader.ended_early, False, header_only, size))
+            return _check_parsed(_Parsed(ds, reader.ended_early, header_only, size))
         # Old (ACR-NEMA style) and some vendor files start directly with the data
         # elements. force=True parses anything, so a result only counts if it holds
         # an image header (Rows and Columns); a PNG or a text file does not.
@@ -271,7 +271,7 @@ def _parse(source: Source, *, header_only: bool) -> _Parsed:
             has_image_header = False
         if not has_image_header:
             raise DicomError("not a DICOM file (no DICM preamble and no valid DICOM header)")
-        return _check_parsed(_Parsed(ds, reader.ended_early, True, header_only, size))
+        return _check_parsed(_Parsed(ds, reader.ended_early, header_only, size))
 
 
 @contextmanager

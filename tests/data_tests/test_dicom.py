@@ -51,7 +51,7 @@ APPROX_TABLE = [
     ("rgb-native", fac.rgb(RGB), GRAY_OF_RGB, 0, 0.0),
     ("ybr-full-native", fac.ybr_full(RGB), GRAY_OF_RGB, 2, 0.1),
     ("ybr-full-422-jpeg", fac.jpeg_baseline(RGB), GRAY_OF_RGB, 8, 1.5),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(
@@ -95,8 +95,8 @@ def test_fast_path_reads_fragmented_frames_with_or_without_offset_table(fragment
 
 
 def test_frame_opencv_declines_falls_back_to_pydicom():
-    # Without its end-of-image marker OpenCV would grey-fill silently; the fast path
-    # declines and pydicom's decoder (which reads every scan present) is used instead.
+    # Without its end-of-image marker OpenCV might grey-fill a cut-off frame silently, so
+    # the fast path declines; pydicom's decoder is used instead and, here, recovers it.
     frame = fac.jpeg_frame(IMG8)[:-2]
     data = fac.jpeg_baseline(IMG8, frame=frame)
     assert dicom._decode_jpeg_baseline(fac.read_back(data), *IMG8.shape) is None
