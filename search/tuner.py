@@ -1,0 +1,191 @@
+"""Build, run and resume the Ray Tune search: OptunaSearch (TPE) + ASHA on one metric.
+
+* OptunaSearch samples the define-by-run space (search/space.py) with a seeded TPE
+  sampler; Optuna's own pruning is off (NopPruner, Ray's default): ASHA stops trials.
+* ASHA's time unit is the epoch: the trainable reports once per epoch.
+* The tutorial's settings are enqueued as the first point, so every search can say
+  how far it got beyond the tutorial.
+* Each stored resolution is read from Parquet once per search and shared with every
+  trial through the object store (``tune.with_parameters``).
+* The experiment directory is Ray Tune's own layout under ``<storage>/<name>``, so
+  ``Tuner.restore`` and Ray's tools read it; ``search.json`` is added at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from search.config import ExperimentConfig
+from search.results import PLAN_FILE, SearchSummary, summarise
+
+Trainable = Callable[[dict[str, Any], dict[int, Any]], None]
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """Everything a run needs besides Ray: the experiment with its sizes resolved."""
+
+    experiment: ExperimentConfig
+    data_dir: Path
+    name: str
+    storage: Path
+    tutorial_point: dict[str, Any]
+    tutorial_notes: tuple[str, ...]
+
+    @property
+    def path(self) -> Path:
+        return self.storage / self.name
+
+
+def plan_search(
+    exp: ExperimentConfig,
+    data_dir: Path | None = None,
+    *,
+    name: str | None = None,
+    storage: Path | None = None,
+    num_samples: int | None = None,
+    max_concurrent: int | None = None,
+) -> SearchPlan:
+    """Validate the experiment against its dataset before anything starts."""
+    from data.dataset import read_manifest
+    from search.space import tutorial_point
+
+    data_dir = Path(data_dir or exp.data or "")
+    if not str(data_dir) or str(data_dir) == ".":
+        raise ValueError("no dataset: pass --data DATASET or set `data:` in the experiment")
+    manifest = read_manifest(data_dir)
+    exp = exp.resolve_sizes(manifest["sizes"])
+    if num_samples is not None:
+        exp = replace(exp, num_samples=num_samples)
+    if max_concurrent is not None:
+        exp = replace(exp, max_concurrent=max_concurrent)
+    point, notes = tutorial_point(exp) if exp.enqueue_tutorial else ({}, [])
+    storage = (storage or exp.storage).expanduser().absolute()
+    name = name or f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return SearchPlan(exp, data_dir.absolute(), name, storage, point, tuple(notes))
+
+
+def load_data(plan: SearchPlan) -> dict[int, Any]:
+    """The labelled arrays of every img_size the space can choose, read once."""
+    from data.dataset import load_arrays
+
+    sizes = sorted({int(s) for s in plan.experiment.param_values("img_size")})
+    return {s: load_arrays(plan.data_dir, s) for s in sizes}
+
+
+def wrapped_trainable(plan: SearchPlan, data: dict[int, Any], trainable: Trainable | None = None):
+    from ray import tune
+
+    from search.trainable import train_trial
+
+    res = plan.experiment.resources
+    fn = tune.with_parameters(trainable or train_trial, data=data)
+    return tune.with_resources(fn, {"cpu": res.cpu, "gpu": res.gpu})
+
+
+def build_tuner(plan: SearchPlan, trainable: Any):
+    """A fresh Tuner for ``plan`` (``trainable`` already wrapped with data and resources)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search.space import make_space
+
+    exp = plan.experiment
+    searcher = OptunaSearch(
+        space=make_space(exp),
+        metric=exp.metric,
+        mode=exp.mode,
+        points_to_evaluate=[plan.tutorial_point] if plan.tutorial_point else None,
+        seed=exp.seed,
+    )
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",  # one report per epoch
+        max_t=exp.epochs,
+        grace_period=exp.asha.grace_period,
+        reduction_factor=exp.asha.reduction_factor,
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=exp.metric,
+            mode=exp.mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=exp.num_samples,
+            max_concurrent_trials=exp.max_concurrent,
+            # Short folder names: Tune's default packs every parameter into the name.
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=plan.name,
+            storage_path=str(plan.storage),
+            failure_config=tune.FailureConfig(max_failures=exp.max_failures),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute=exp.metric,
+                checkpoint_score_order=exp.mode,
+            ),
+            verbose=1,
+        ),
+    )
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def write_plan(plan: SearchPlan) -> None:
+    """``pneumotune.json`` beside Tune's files: what `status`, `export` and resume need."""
+    plan.path.mkdir(parents=True, exist_ok=True)
+    exp = plan.experiment
+    record = {
+        "name": plan.name,
+        "data_dir": str(plan.data_dir),
+        "experiment_source": str(exp.source) if exp.source else None,
+        "metric": exp.metric,
+        "mode": exp.mode,
+        "epochs": exp.epochs,
+        "num_samples": exp.num_samples,
+        "searched": [p.name for p in exp.space],
+        "tutorial_point": plan.tutorial_point,
+        "tutorial_notes": list(plan.tutorial_notes),
+    }
+    (plan.path / PLAN_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+def run_search(
+    plan: SearchPlan,
+    *,
+    resume: bool = False,
+    trainable: Trainable | None = None,
+) -> SearchSummary:
+    """Run (or resume) the search to completion and write ``search.json``.
+
+    Ray must already be initialised (see data.ray_session.ensure_ray).
+    """
+    from ray import tune
+
+    data = load_data(plan)
+    wrapped = wrapped_trainable(plan, data, trainable)
+    if resume:
+        if not tune.Tuner.can_restore(str(plan.path)):
+            raise ValueError(f"nothing to resume at {plan.path} (no Tune experiment state there)")
+        tuner = tune.Tuner.restore(str(plan.path), trainable=wrapped, resume_errored=False)
+    else:
+        if plan.path.exists() and any(plan.path.iterdir()):
+            raise ValueError(
+                f"{plan.path} already holds an experiment: use --resume to continue it or "
+                "--name to start another"
+            )
+        write_plan(plan)
+        tuner = build_tuner(plan, wrapped)
+    tuner.fit()
+    summary = summarise(plan.path)
+    (plan.path / "search.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
+    return summary
