@@ -114,16 +114,19 @@ def _run_synth(args: argparse.Namespace) -> int:
 
     if args.unlabelled > args.images:
         raise UsageError(f"--unlabelled {args.unlabelled} exceeds --images {args.images}")
-    cfg = SynthConfig(
-        n_images=args.images,
-        size=args.size,
-        seed=args.seed,
-        positive_fraction=args.positive_fraction,
-        unlabelled=args.unlabelled,
-        dialect=args.dialect,
-        split=args.split,
-    )
-    summary = write_dataset(args.out, cfg, workers=args.workers, progress=True)
+    try:
+        cfg = SynthConfig(
+            n_images=args.images,
+            size=args.size,
+            seed=args.seed,
+            positive_fraction=args.positive_fraction,
+            unlabelled=args.unlabelled,
+            dialect=args.dialect,
+            split=args.split,
+        )
+        summary = write_dataset(args.out, cfg, workers=args.workers, progress=True)
+    except (ValueError, FileExistsError) as exc:
+        raise UsageError(str(exc)) from exc
     print(summary.describe())
     return 0
 
@@ -196,10 +199,139 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- search
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search",
+        help="hyperparameter search: Ray Tune + Optuna (TPE) + ASHA",
+        description=(
+            "Search the experiment's space with Ray Tune: Optuna's TPE proposes configs (the "
+            "tutorial's settings first), ASHA stops weak trials after each epoch, every epoch "
+            "is checkpointed. Runs on a local Ray (dashboard on 127.0.0.1:8265) or joins a "
+            "cluster with --address. Results land in <storage>/<name> in Ray Tune's layout."
+        ),
+        epilog=(
+            "Watch it from another terminal with `pneumotune status <storage>/<name>`; export "
+            "the best model with `pneumotune export <storage>/<name> --out MODEL_DIR`. An "
+            "interrupted search continues with --resume (same --name and --storage)."
+        ),
+    )
+    p.add_argument(
+        "--config",
+        default="demo",
+        metavar="YAML",
+        help="experiment file, or the name of a shipped one (default: demo)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="converted dataset (default: the experiment's `data:`)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="join a running Ray cluster: auto, or ray://HOST:10001 (default: start a local Ray)",
+    )
+    p.add_argument("--num-samples", type=_positive_int, default=None, help="trials to run")
+    p.add_argument(
+        "--max-concurrent",
+        type=_positive_int,
+        default=None,
+        help="trials at once (default: the experiment's max_concurrent)",
+    )
+    p.add_argument("--name", default=None, help="experiment name (default: <experiment>-<time>)")
+    p.add_argument(
+        "--storage",
+        type=Path,
+        default=None,
+        help="results root (default: the experiment's storage, pneumotune-results)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted search (the latest one of this experiment "
+        "unless --name is given)",
+    )
+    p.add_argument(
+        "--no-dashboard",
+        action="store_true",
+        help="do not start the Ray dashboard (local Ray only)",
+    )
+    p.set_defaults(func=_run_search)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from data.dataset import DatasetError
+    from data.ray_session import ensure_ray
+    from search.config import ConfigError, load_experiment
+    from search.tuner import latest_experiment, plan_search, run_search
+
+    try:
+        exp = load_experiment(args.config)
+        name, data = args.name, args.data
+        if args.resume:
+            previous = latest_experiment(args.storage or exp.storage, exp.name, name)
+            name, data = previous.name, data or previous.data_dir
+        plan = plan_search(
+            exp,
+            data,
+            name=name,
+            storage=args.storage,
+            num_samples=args.num_samples,
+            max_concurrent=args.max_concurrent,
+        )
+    except (ConfigError, DatasetError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    session = ensure_ray(args.address, dashboard=not args.no_dashboard)
+    print(
+        f"Experiment {plan.name}: {plan.experiment.num_samples} trials of up to "
+        f"{plan.experiment.epochs} epochs, {plan.experiment.metric} ({plan.experiment.mode}); "
+        f"results in {plan.path}"
+    )
+    for note in plan.tutorial_notes:
+        print(f"  tutorial point adapted: {note}")
+    if session.dashboard_url:
+        print(
+            f"Ray dashboard: {session.dashboard_url} (token auth is on: paste the token from "
+            "`ray get-auth-token` when the page asks)"
+        )
+    print(f"Watch from another terminal: pneumotune status {plan.path}")
+    try:
+        summary = run_search(plan, resume=args.resume)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    print(summary.describe())
+    print(f"Wrote {plan.path / 'search.json'}. Next: pneumotune export {plan.path} --out MODEL_DIR")
+    return 0
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "status",
+        help="the trial table of a running or finished search",
+        description="Read a search directory (running or finished) and print its trial table.",
+    )
+    p.add_argument("results", type=Path, help="the search directory, <storage>/<name>")
+    p.set_defaults(func=_run_status)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from search.results import ResultsError, summarise
+
+    try:
+        print(summarise(args.results).describe())
+    except ResultsError as exc:
+        raise UsageError(str(exc)) from exc
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_synth,
     _add_convert,
+    _add_search,
+    _add_status,
 )
 
 

@@ -246,7 +246,7 @@ def summarise(path: Path) -> SearchSummary:
     states = _trial_states(path)
     dirs = {d.name: d for d in path.iterdir() if d.is_dir() and (d / "params.json").exists()}
     seen_dirs = set()
-    for trial_id, state in states.items():
+    for trial_id, state in sorted(states.items(), key=lambda kv: kv[1]["index"]):
         trial_dir = dirs.get(state.get("relative_logdir", ""))
         seen_dirs.add(state.get("relative_logdir"))
         summary.trials.append(_record(trial_id, state, trial_dir, path))
@@ -255,7 +255,6 @@ def summarise(path: Path) -> SearchSummary:
             summary.trials.append(
                 _record(_trial_id_of(trial_dir), {"status": "RUNNING"}, trial_dir, path)
             )
-    summary.trials.sort(key=lambda t: (t.path.stat().st_ctime if t.path else 0.0, t.trial_id))
     for t in summary.trials:
         t.is_tutorial = bool(summary.tutorial_point) and all(
             t.config.get(k) == v for k, v in summary.tutorial_point.items()
@@ -280,6 +279,8 @@ def _trial_states(path: Path) -> dict[str, dict[str, Any]]:
             "status": trial.get("status", "PENDING"),
             "config": trial.get("config", {}),
             "relative_logdir": trial.get("relative_logdir") or "",
+            # "<n>_<params>": n counts trials in the order the searcher created them.
+            "index": int(str(trial.get("experiment_tag", "0")).split("_")[0] or 0),
             "num_failures": runtime.get("num_failures", 0),
             "error_filename": runtime.get("error_filename"),
         }

@@ -19,22 +19,29 @@ def base_values(exp: ExperimentConfig) -> dict[str, Any]:
     return {"epochs": exp.epochs, "val_fold": exp.val_fold, "seed": exp.seed, **exp.fixed}
 
 
-def make_space(exp: ExperimentConfig) -> Callable[[Any], dict[str, Any]]:
+class DefineByRun:
     """``space(trial) -> flat training values``; suggested values are recorded on ``trial``.
 
-    Parameters are suggested in the YAML's order, so a ``when`` parent comes first.
+    A class rather than a closure: Tune pickles the searcher (with this space) into the
+    experiment directory so that a search can resume. Parameters are suggested in the
+    YAML's order, so a ``when`` parent comes first.
     """
-    fixed = base_values(exp)
 
-    def space(trial: Any) -> dict[str, Any]:
-        values = dict(fixed)
-        for spec in exp.space:
+    def __init__(self, exp: ExperimentConfig) -> None:
+        self.specs = exp.space
+        self.fixed = base_values(exp)
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        values = dict(self.fixed)
+        for spec in self.specs:
             if spec.active(values):
                 values[spec.name] = suggest(trial, spec)
         # Returned constants are merged into the trial's config by OptunaSearch.
-        return fixed
+        return dict(self.fixed)
 
-    return space
+
+def make_space(exp: ExperimentConfig) -> Callable[[Any], dict[str, Any]]:
+    return DefineByRun(exp)
 
 
 def suggest(trial: Any, spec: ParamSpec) -> Any:

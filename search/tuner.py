@@ -159,6 +159,30 @@ def write_plan(plan: SearchPlan) -> None:
     (plan.path / PLAN_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
+@dataclass(frozen=True)
+class PreviousSearch:
+    name: str
+    data_dir: Path
+
+
+def latest_experiment(storage: Path, experiment: str, name: str | None = None) -> PreviousSearch:
+    """The search to resume: ``name`` under ``storage``, else the newest of ``experiment``."""
+    storage = Path(storage).expanduser().absolute()
+    found = sorted(
+        (p for p in storage.glob("*/" + PLAN_FILE)),
+        key=lambda p: p.stat().st_mtime,
+    )
+    plans = [json.loads(p.read_text()) for p in found]
+    if name is not None:
+        plans = [p for p in plans if p["name"] == name]
+    else:
+        plans = [p for p in plans if p["name"].startswith(f"{experiment}-")]
+    if not plans:
+        what = f"named {name!r}" if name else f"of experiment {experiment!r}"
+        raise ValueError(f"no search {what} to resume under {storage}")
+    return PreviousSearch(plans[-1]["name"], Path(plans[-1]["data_dir"]))
+
+
 def run_search(
     plan: SearchPlan,
     *,

@@ -1,0 +1,110 @@
+"""A real search (Ray Tune + OptunaSearch + ASHA) over a cheap trainable: the wiring."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from data.dataset import read_manifest
+from search.config import parse_experiment
+from search.results import summarise
+from search.tuner import plan_search, run_search
+from tests.search_tests.cheap import cheap_trial
+
+SPACE = {
+    "img_size": "stored",
+    "base_filters": [8, 16, 32],
+    "lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True},
+}
+
+
+def _experiment(**changes):
+    raw = {
+        "name": "wiring",
+        "epochs": 4,
+        "num_samples": 8,
+        "max_concurrent": 2,
+        "seed": 3,
+        "max_failures": 1,
+        "asha": {"grace_period": 1, "reduction_factor": 2},
+        "fixed": {"depth": 2},
+        "space": SPACE,
+        **changes,
+    }
+    return parse_experiment(raw)
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_dataset, ray_local, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("results")
+    plan = plan_search(_experiment(), tiny_dataset, name="wiring", storage=storage)
+    return plan, run_search(plan, trainable=cheap_trial)
+
+
+def test_tutorial_point_runs_first(finished):
+    plan, summary = finished
+    assert len(summary.trials) == 8
+    first = summary.trials[0]
+    assert first.is_tutorial
+    # 256 px is not stored: the largest stored size stands in; 16 filters and lr 1e-3 as given.
+    assert plan.tutorial_point == {"img_size": 64, "base_filters": 16, "lr": 1.0e-3}
+    assert {k: first.config[k] for k in plan.tutorial_point} == plan.tutorial_point
+    assert summary.tutorial is first
+
+
+def test_optuna_suggestions_are_used(finished):
+    _, summary = finished
+    lrs = [t.config["lr"] for t in summary.trials]
+    assert len(set(lrs)) == 8  # every trial got its own suggestion
+    assert all(1.0e-4 <= lr <= 1.0e-2 for lr in lrs)
+    assert {t.config["img_size"] for t in summary.trials} <= {32, 64}
+    assert all(t.config["depth"] == 2 and t.config["epochs"] == 4 for t in summary.trials)
+
+
+def test_asha_stops_some_trials_early(finished):
+    _, summary = finished
+    counts = summary.counts()
+    assert counts.get("stopped by ASHA", 0) >= 1, summary.describe()
+    assert counts.get("completed", 0) >= 1
+    for t in summary.trials:
+        assert (t.epochs < 4) == (t.outcome == "stopped by ASHA")
+
+
+def test_best_trial_is_the_best_reported_value(finished):
+    _, summary = finished
+    # Computed independently of search.results: Tune's own progress.csv files.
+    best_by_trial = {}
+    for t in summary.trials:
+        progress = pd.read_csv(t.path / "progress.csv")
+        best_by_trial[t.trial_id] = progress["val_iou"].max()
+    expected = max(best_by_trial, key=best_by_trial.get)
+    assert summary.best.trial_id == expected
+    assert summary.best.best("val_iou", "max")[0] == pytest.approx(best_by_trial[expected])
+    written = json.loads((summary.path / "search.json").read_text())
+    assert written["best_trial"] == expected
+    assert written["gain_over_tutorial"] == pytest.approx(
+        best_by_trial[expected] - best_by_trial[summary.tutorial.trial_id]
+    )
+
+
+def test_trials_receive_the_arrays_of_their_size(finished, tiny_dataset):
+    _, summary = finished
+    labelled = read_manifest(tiny_dataset)["counts"]["labelled"]
+    for t in summary.trials:
+        last = t.history[-1]
+        size = t.config["img_size"]
+        assert last["image_shape"] == [size, size]
+        assert last["n_train"] + last["n_val"] == labelled
+        assert last["n_val"] > 0
+        # One checkpoint per epoch, Ray keeps at most two.
+        assert 1 <= len(list(t.path.glob("checkpoint_*"))) <= 2
+
+
+def test_status_reads_the_directory_without_ray(finished):
+    _, summary = finished
+    again = summarise(summary.path)
+    assert [t.trial_id for t in again.trials] == [t.trial_id for t in summary.trials]
+    text = again.describe()
+    assert "Best trial" in text and "Gain over the tutorial" in text
