@@ -533,6 +533,9 @@ def _vessel_tree(
                 break
             # Thin vessels are also fainter (less blood across the beam).
             inten = 0.1 + 0.9 * min(1.0, width / (0.011 * res)) ** 0.7
+            # A vessel thinner than a pixel is drawn one pixel wide and proportionally
+            # fainter, so small renders look like large ones shrunk.
+            inten *= min(1.0, width)
             cv2.line(
                 canvas,
                 (int(x * 16 + 0.5), int(y * 16 + 0.5)),
@@ -669,7 +672,8 @@ def render_case(
     Returns ``(image, masks)``: ``image`` is ``uint8 (size, size)`` (MONOCHROME2: air dark,
     bone bright); ``masks`` is a list of ``uint8 (size, size)`` 0/1 arrays, one per region,
     which may overlap; empty for a negative. Each mask is exactly the drawn region: the
-    image and the masks are computed from the same full-resolution fields.
+    image and the masks are computed from the same full-resolution fields. The same
+    ``rng`` state with ``positive`` False gives the same film without the lesions.
     """
     if anatomy is None:
         anatomy = draw_anatomy(rng, "M" if rng.random() < 0.55 else "F")
@@ -709,9 +713,12 @@ def render_case(
         # The hilum itself: a denser knot of large vessels and nodes.
         knot = ((u - float(hilum[0])) / 0.035) ** 2 + ((v - float(hilum[1])) / 0.07) ** 2
         texture += 0.8 * np.exp(-knot) * _smoothstep(sd * res_tex / 3 + 0.5)
+    # Noise amplitudes scale with the resolution so that a small render has the
+    # statistics of a 1024 one shrunk (averaging n pixels divides the std by sqrt(n)).
+    per_px = res_tex / 512
     grain = rng.random((res_tex, res_tex), dtype=np.float32) - np.float32(0.5)
     parenchyma = _blur(grain, 0.004 * res_tex) - _blur(grain, 0.012 * res_tex)
-    texture = texture * np.float32(rng.uniform(0.08, 0.12)) + 0.28 * parenchyma
+    texture = texture * np.float32(rng.uniform(0.08, 0.12)) + 0.28 * per_px * parenchyma
     texture *= lung_alpha_tex * (0.35 + 0.65 * _smoothstep(sd_both / 0.03))
     overlay, keep = _distractors(rng, u, v, frame, res_tex, lung_alpha_tex)
     texture *= keep
@@ -720,20 +727,24 @@ def render_case(
     # Detector noise, coarse part (uniform noise: normal variates cost 6x more and look
     # the same after the JPEG).
     mottle = rng.random((res_tex, res_tex), dtype=np.float32) - np.float32(0.5)
-    base += mottle * np.float32(rng.uniform(0.02, 0.05))
+    base += mottle * np.float32(rng.uniform(0.02, 0.05) * per_px)
 
     # --- full resolution: the lesions, fine noise, then window/gamma to uint8.
     img = _resize(base + texture, size)
+    # The lesions draw from their own stream, taken whether or not the case is positive:
+    # the same rng then renders the same film with and without the pneumothorax.
+    lesion_rng = np.random.default_rng(rng.integers(2**63))
     masks: list[np.ndarray] = []
     if positive:
         # A region can miss the lung entirely only in freak geometry: draw again.
         for _ in range(10):
-            masks = _paint_regions(img, texture, sds, _draw_regions(rng), frame, rng)
+            regions = _draw_regions(lesion_rng)
+            masks = _paint_regions(img, texture, sds, regions, frame, lesion_rng)
             if masks:
                 break
     grain = rng.random((size, size), dtype=np.float32)
     grain -= np.float32(0.5)
-    grain *= np.float32(rng.uniform(0.01, 0.028))
+    grain *= np.float32(rng.uniform(0.01, 0.028) * size / 1024)
     img += grain
     return _tone(img, rng), masks
 
@@ -817,7 +828,7 @@ def _paint_regions(
         depth = np.maximum.reduce(depths)
         excess = depth - sd  # > 0 inside the union of this lung's regions
         # Soft membership, one pixel wide, centred on the mask boundary.
-        soft = _smoothstep(excess * size + 0.5) * _smoothstep(sd * size + 0.5)
+        soft = _smoothstep(excess * size + 0.5) * _smoothstep(sd * size + 0.5) * (depth > 0)
         on_arc = _smoothstep(depth / (3.0 / size))
         crop = img[y0:y1, x0:x1]
         crop -= soft * (_sample(texture, size, box) + np.float32(rng.uniform(0.02, 0.05)))
@@ -924,8 +935,12 @@ def write_dicom(path: Path, image: np.ndarray, tags: DicomTags) -> int:
 
 # =========================================================================== dataset
 @dataclass(frozen=True)
-class _Job:
-    """Everything one worker needs for one file (small and picklable)."""
+class ImagePlan:
+    """One file to write: its seed, label, patient body and header (small, picklable).
+
+    ``render_case(np.random.default_rng(seed), size, positive, anatomy, tags.view)``
+    gives exactly the pixels (before JPEG) and region masks written for it.
+    """
 
     index: int
     seed: np.random.SeedSequence
@@ -941,7 +956,9 @@ def _uid(rng: np.random.Generator) -> str:
     return f"2.25.{uuid.UUID(bytes=rng.bytes(16), version=4).int}"
 
 
-def _plan(cfg: SynthConfig, image_dir: Path) -> tuple[list[_Job], np.ndarray, np.ndarray, int]:
+def plan_images(
+    cfg: SynthConfig, image_dir: Path
+) -> tuple[list[ImagePlan], np.ndarray, np.ndarray, int]:
     """Patients, labels, headers and CSV order: ``(jobs, labelled, row_order, n_patients)``.
 
     Everything cross-image (who shares a patient, which images are positive or have no
@@ -993,13 +1010,13 @@ def _plan(cfg: SynthConfig, image_dir: Path) -> tuple[list[_Job], np.ndarray, np
             study_description=str(rng.choice(STUDY_DESCRIPTIONS)),
         )
         path = image_dir / tags.study_uid / tags.series_uid / f"{tags.sop_uid}.dcm"
-        jobs.append(_Job(i, seeds[i], cfg.size, bool(positive[i]), anatomy, tags, path))
+        jobs.append(ImagePlan(i, seeds[i], cfg.size, bool(positive[i]), anatomy, tags, path))
     # CSV rows in a shuffled order, as the real file (a positive image's rows together).
     order = rng.permutation(np.flatnonzero(labelled))
     return jobs, labelled, order, n_patients
 
 
-def _make_image(job: _Job) -> tuple[int, list[str], int]:
+def _make_image(job: ImagePlan) -> tuple[int, list[str], int]:
     """Render and write one file: ``(index, region RLE strings, file bytes)``."""
     rng = np.random.default_rng(job.seed)
     image, masks = render_case(rng, job.size, job.positive, job.anatomy, job.tags.view)
@@ -1036,7 +1053,7 @@ def write_dataset(
         raise ValueError(f"workers must be >= 1 (or None for all cores), got {workers}")
     workers = min(workers, cfg.n_images)
 
-    jobs, labelled, order, n_patients = _plan(cfg, image_dir)
+    jobs, labelled, order, n_patients = plan_images(cfg, image_dir)
     regions: list[list[str]] = [[] for _ in jobs]
     total_bytes = 0
     from tqdm import tqdm
