@@ -11,7 +11,7 @@ from data.dataset import read_manifest
 from search.config import parse_experiment
 from search.results import summarise
 from search.tuner import plan_search, run_search
-from tests.search_tests.cheap import cheap_trial
+from tests.search_tests.cheap import cheap_trial, make_cheap_trial
 
 SPACE = {
     "img_size": "stored",
@@ -108,3 +108,90 @@ def test_status_reads_the_directory_without_ray(finished):
     assert [t.trial_id for t in again.trials] == [t.trial_id for t in summary.trials]
     text = again.describe()
     assert "Best trial" in text and "Gain over the tutorial" in text
+
+
+def test_failing_trial_is_retried_from_its_checkpoint_then_recorded(
+    tiny_dataset, ray_local, tmp_path
+):
+    log = tmp_path / "attempts.jsonl"
+    exp = _experiment(num_samples=4, max_failures=1, asha={"grace_period": 4})
+    plan = plan_search(exp, tiny_dataset, name="failing", storage=tmp_path)
+    # Every trial below lr 1e-3 fails at epoch 2; the tutorial point (lr 1e-3) does not.
+    trainable = make_cheap_trial(fail_below_lr=1.0e-3, attempt_log=str(log))
+    summary = run_search(plan, trainable=trainable)
+
+    attempts = [json.loads(line) for line in log.read_text().splitlines()]
+    failed = [t for t in summary.trials if t.outcome == "failed"]
+    assert failed, summary.describe()
+    for t in failed:
+        starts = [a["start"] for a in attempts if a["lr"] == t.config["lr"]]
+        assert starts == [0, 1]  # first attempt from scratch, the retry from epoch 1's checkpoint
+        assert t.num_failures == 2
+        assert "planted failure at epoch 2" in (t.error or "")
+        assert t.epochs == 1
+    # The search went on: every other trial ran to its end.
+    assert all(t.outcome == "completed" for t in summary.trials if t not in failed)
+    assert len(summary.trials) == 4
+    assert "failed after 2 attempt(s): " in summary.describe()
+
+
+@pytest.mark.slow
+def test_resume_after_the_driver_is_killed(tiny_dataset, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    log = tmp_path / "attempts.jsonl"
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.search_tests.kill_driver",
+        str(tiny_dataset),
+        str(tmp_path),
+        str(log),
+    ]
+    # Tune snapshots its experiment state every second here (default: adaptive).
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    first = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    exp_dir = tmp_path / "killed"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if (exp_dir / "pneumotune.json").exists():
+            done = [t for t in summarise(exp_dir).trials if t.outcome == "completed"]
+            running = [t for t in summarise(exp_dir).trials if t.outcome == "running" and t.epochs]
+            if len(done) >= 2 and running:
+                break
+        time.sleep(0.5)
+    else:
+        first.kill()
+        pytest.fail("the first driver did not finish two trials in time")
+    time.sleep(1.5)  # let a state snapshot include the running trial's checkpoint
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and everything it started
+    first.wait()
+    before = summarise(exp_dir)
+    finished_before = {t.trial_id for t in before.trials if t.outcome == "completed"}
+
+    second = subprocess.run(
+        [*cmd, "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        start_new_session=True,
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    after = summarise(exp_dir)
+    assert len(after.trials) == 6
+    assert all(t.outcome == "completed" for t in after.trials), after.describe()
+    attempts = [json.loads(line) for line in log.read_text().splitlines()]
+    for t in after.trials:
+        runs = [a for a in attempts if a["lr"] == t.config["lr"]]
+        if t.trial_id in finished_before:
+            assert len(runs) == 1, f"finished trial {t.trial_id} ran again"
+    # At least one unfinished trial went on from its checkpoint rather than from scratch.
+    resumed = [a for a in attempts if a["start"] > 0]
+    assert resumed, attempts
