@@ -326,10 +326,62 @@ def _run_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- report
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="EDA report of a converted dataset (one offline HTML page + PNGs)",
+        description=(
+            "Write an exploratory report of a dataset written by `pneumotune convert`: sample "
+            "radiographs, positive images with mask / CLAHE / raw panels, class balance, "
+            "regions per image, age, sex and view position by class, mask areas, a heat map "
+            "of where regions lie, and data quality (unlabelled images, invalid ages, "
+            "conversion errors, fold balance). One self-contained HTML file (no network "
+            "needed to open it) plus each figure as a PNG. No patient identifier is shown."
+        ),
+    )
+    p.add_argument("dataset", type=Path, help="a dataset folder (holds manifest.json)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="output folder (default: DATASET/report)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for the sampled images (default 0)")
+    p.add_argument(
+        "--samples",
+        type=_positive_int,
+        default=12,
+        metavar="N",
+        help="random radiographs in the sample grid (default 12)",
+    )
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from data.dataset import MANIFEST, DatasetError
+    from data.report import report_dataset
+
+    if not (args.dataset / MANIFEST).is_file():
+        raise UsageError(
+            f"{args.dataset} is not a pneumotune dataset: expected a folder holding {MANIFEST}, "
+            "as written by `pneumotune convert SRC DATASET`"
+        )
+    try:
+        result = report_dataset(args.dataset, args.out, seed=args.seed, samples=args.samples)
+    except DatasetError as exc:
+        raise UsageError(str(exc)) from exc
+    print(result.describe())
+    print(result.html)
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_synth,
     _add_convert,
+    _add_report,
     _add_search,
     _add_status,
 )
