@@ -61,6 +61,11 @@ INVALID_AGE_RATE = 0.002  # real SIIM has a couple of ages > 100 per ten thousan
 
 
 # =========================================================================== config
+def _is_int(value: object) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """What to generate. ``n_images`` counts every DICOM, the ``unlabelled`` ones included."""
@@ -74,15 +79,17 @@ class SynthConfig:
     split: str = "train"  # folder dicom-images-<split>; "test" writes test-rle.csv
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_images, int) or self.n_images < 1:
+        if not _is_int(self.n_images) or self.n_images < 1:
             raise ValueError(f"n_images must be an integer >= 1, got {self.n_images!r}")
-        if not isinstance(self.size, int) or not 32 <= self.size <= 4096:
+        if not _is_int(self.size) or not 32 <= self.size <= 4096:
             raise ValueError(f"size must be an integer in [32, 4096] pixels, got {self.size!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
+        if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
-        if not 0.0 <= self.positive_fraction <= 1.0:
+        if not isinstance(self.positive_fraction, int | float) or not (
+            0.0 <= self.positive_fraction <= 1.0
+        ):
             raise ValueError(f"positive_fraction must be in [0, 1], got {self.positive_fraction!r}")
-        if not isinstance(self.unlabelled, int) or not 0 <= self.unlabelled <= self.n_images:
+        if not _is_int(self.unlabelled) or not 0 <= self.unlabelled <= self.n_images:
             raise ValueError(
                 f"unlabelled must be an integer in [0, n_images={self.n_images}], "
                 f"got {self.unlabelled!r}"
@@ -363,13 +370,16 @@ def _draw_regions(rng: np.random.Generator) -> list[_Region]:
                 0.4, 1.1
             )
         size = rng.uniform(0.0, 1.0)  # 0 tiny ... 1 large
-        depth = float(math.exp(math.log(0.006) + size * math.log(0.11 / 0.006)))
+        depth = float(math.exp(math.log(0.006) + size * math.log(0.15 / 0.006)))
         depth *= rng.uniform(0.8, 1.2)
-        half_width = float(rng.uniform(0.25, 0.5) + 0.7 * size * rng.uniform(0.5, 1.0))
+        half_width = float(rng.uniform(0.25, 0.5) + 0.8 * size * rng.uniform(0.5, 1.0))
+        # Keep the arc off the mediastinum (phi ~ pi) and the diaphragm (phi ~ -pi/2).
+        centre = float(np.clip(centre, -0.6, 2.2))
+        half_width = min(half_width, 2.9 - centre, centre + 1.3)
         regions.append(
             _Region(
                 lung=lung,
-                centre=float(np.clip(centre, -0.6, 2.2)),
+                centre=centre,
                 half_width=half_width,
                 depth=depth,
                 power=float(rng.uniform(0.35, 1.3)),
@@ -637,7 +647,9 @@ def _distractors(
             t = np.linspace(0, 1, 40)[:, None]
             pts = (1 - t) ** 2 * start + 2 * (1 - t) * t * ctrl + t**2 * end
             px = np.round(frame.to_image(pts) * res * 16).astype(np.int32)
-            cv2.polylines(lines, [px], False, 0.3, max(1, round(0.002 * res)), cv2.LINE_8, 4)
+            # Sub-pixel wires: one pixel wide, proportionally fainter (as for vessels).
+            width = 0.002 * res
+            cv2.polylines(lines, [px], False, 0.3 * min(1.0, width), max(1, round(width)), 8, 4)
             centre = tuple(int(c) for c in px[0])
             cv2.circle(lines, centre, round(0.012 * res * 16), 0.45, -1, cv2.LINE_8, 4)
     # A side marker ("R" / "L") near a top corner, burned into the image.

@@ -339,9 +339,12 @@ def test_cli_synth(tmp_path, capsys):
     ("kwargs", "message"),
     [
         ({"n_images": 0}, "n_images must be an integer >= 1, got 0"),
+        ({"n_images": True}, "n_images must be an integer >= 1, got True"),
+        ({"n_images": 2.0}, "n_images must be an integer >= 1, got 2.0"),
         ({"n_images": 4, "size": 16}, r"size must be an integer in \[32, 4096\].*got 16"),
         ({"n_images": 4, "seed": -1}, "seed must be an integer >= 0, got -1"),
         ({"n_images": 4, "positive_fraction": 1.5}, r"positive_fraction must be in \[0, 1\]"),
+        ({"n_images": 4, "positive_fraction": float("nan")}, "positive_fraction must be in"),
         ({"n_images": 4, "unlabelled": 5}, r"unlabelled must be .*\[0, n_images=4\], got 5"),
         ({"n_images": 4, "unlabelled": -1}, "unlabelled must be"),
         ({"n_images": 4, "dialect": "stage3"}, "unknown dialect 'stage3'; expected one of"),
@@ -351,6 +354,11 @@ def test_cli_synth(tmp_path, capsys):
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SynthConfig(**kwargs)
+
+
+def test_config_accepts_numpy_integers():
+    cfg = SynthConfig(n_images=np.int64(4), size=np.int32(64), seed=np.uint8(1))
+    assert cfg.labelled == 4 and cfg.csv_name == "train-rle.csv"
 
 
 def test_workers_must_be_positive(tmp_path):
