@@ -36,7 +36,7 @@ SEX_COLOURS = {"M": "#009E73", "F": "#CC79A7", "O": "#E69F00", "unknown": "#DDDD
 STAGE_COLOURS = {"read": "#CC79A7", "decode": "#E69F00", "label": "#56B4E9"}
 MAX_ERROR_REASONS = 12  # bars in the errors figure; the rest are summed as "other reasons"
 AGE_BAND = 5  # years per bar of the age histogram
-MIN_SHAPE_N = 10  # fewer values than this make a per-class distribution mostly noise
+MIN_SHAPE_N = 30  # fewer values than this make a per-class distribution mostly noise
 
 
 def label_states(meta: pd.DataFrame) -> pd.Series:
@@ -414,9 +414,10 @@ def fig_heatmap(pixels: Pixels) -> Figure | None:
     ax_mean.imshow(mean_image, cmap="gray")
     # The same colours, opaque where regions are frequent and clear where there are none,
     # so the anatomy shows through (contour lines of a per-pixel mean are too ragged).
+    # Opacity grows linearly: the map's dark low end would otherwise draw dark fringes.
     unit = heat / max(float(heat.max()), 1e-6)
     overlay = shown.cmap(unit)
-    overlay[..., 3] = 0.85 * np.sqrt(unit)
+    overlay[..., 3] = 0.9 * unit
     ax_mean.imshow(overlay)
     ax_mean.set_title("over the mean radiograph", fontsize=11)
     for ax in (ax_heat, ax_mean):

@@ -222,30 +222,45 @@ def read_errors(path: Path) -> pd.DataFrame | None:
     with path.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     frame = pd.DataFrame(rows, columns=["path", "image_id", "stage", "reason"]).fillna("")
-    names = {*frame["image_id"], *(Path(p).name for p in frame["path"])} - {""}
+    names = {*frame["image_id"], *frame["path"], *(Path(p).name for p in frame["path"])} - {""}
     frame["short"] = [short_reason(r, names) for r in frame["reason"]]
     return frame
 
 
 _LINE_PREFIX = re.compile(r"^line \d+: ")
-_PATH_LIKE = re.compile(r"\S*[/\\]\S*")
+# A file path ("a/b/c.dcm", "C:\\x\\y.dcm"), not any slash ("start/length pairs").
+_PATH_LIKE = re.compile(r"\S*[/\\]\S*\.[A-Za-z0-9]{1,5}\b")
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([:;,.])")
 
 
 def short_reason(reason: str, hide: Collection[str] = ()) -> str:
     """A ledger reason without its per-row details, so that rows group by cause.
 
-    Drops a ``line N:`` prefix, everything from the first `` (`` (data.dicom puts
-    per-file details there), and everything after ``; `` (several label rows of one
-    image); replaces path-like words and the strings in ``hide`` (image ids, file
-    names) by ``…``; at most 80 characters.
+    Drops a ``line N:`` prefix, every parenthesised part (data.dicom and data.rle put
+    per-file details such as sizes and decoder messages there), and everything after
+    ``; `` (several label rows of one image); replaces path-like words and the strings
+    in ``hide`` (image ids, file names) by ``…``; at most 80 characters.
     """
-    text = _LINE_PREFIX.sub("", reason.strip())
-    text = text.split(" (", 1)[0].split("; ", 1)[0]
+    text = _LINE_PREFIX.sub("", reason.strip()).split("; ", 1)[0]
+    text = _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(_drop_parenthesised(text).split()))
     text = _PATH_LIKE.sub("…", text)
     for name in hide:
         if len(name) >= 4:
             text = text.replace(name, "…")
     return textwrap.shorten(text, 80, placeholder=" …") or "(no reason given)"
+
+
+def _drop_parenthesised(text: str) -> str:
+    # Balanced, so that "(... Decode(): ...)" goes as a whole; an unclosed "(" drops the rest.
+    kept, depth = [], 0
+    for char in text:
+        if char == "(":
+            depth += 1
+        elif char == ")" and depth:
+            depth -= 1
+        elif depth == 0:
+            kept.append(char)
+    return "".join(kept)
 
 
 # --------------------------------------------------------------------------- privacy
@@ -416,7 +431,11 @@ def age_section(meta: pd.DataFrame) -> Section:
         caption="Left: images per 5-year age band, stacked by label state. Right: each "
         "class's own age distribution (% of the class per band), to compare shapes across "
         f"unequal classes; a class with fewer than {MIN_SHAPE_N} ages is left out there.",
-        paragraphs=[f"{_n(no_age, 'image')} without a valid age (missing or invalid): not drawn."],
+        paragraphs=[
+            f"{_n(no_age, 'image')} without a valid age (missing or invalid): not drawn."
+            if no_age
+            else "Every image has a valid age."
+        ],
     )
 
 

@@ -199,7 +199,9 @@ def test_counts_and_data_quality_are_reported(page):
 def test_errors_section_lists_each_reason_by_stage(page):
     errors = _section_html(page, "errors")
     assert "not a DICOM file" in errors  # the text file, at the read stage
-    assert "cannot decode JPEG Baseline" in errors  # the garbage frame, at the decode stage
+    assert (
+        "cannot decode JPEG Baseline pixel data" in errors
+    )  # the garbage frame, at the decode stage
     assert "malformed RLE" in errors  # the bad label row
     for stage in ("read", "decode", "label"):
         assert f"<td>{stage}</td>" in errors
@@ -268,13 +270,20 @@ def test_sections_without_data_say_so_in_text(inputs):
     ("reason", "short"),
     [
         ("not a DICOM file (no DICM preamble and no valid DICOM header)", "not a DICOM file"),
-        ("line 12: malformed RLE: odd count (3): expected pairs", "malformed RLE: odd count"),
+        (
+            "line 12: malformed RLE: odd count (3): expected pairs",
+            "malformed RLE: odd count: expected pairs",
+        ),
         ("line 3: runs past the end; line 4: runs past the end", "runs past the end"),
         (
             "duplicate image id: already read from a/b/1.2.3.dcm",
             "duplicate image id: already read from …",
         ),
         ("label for image 1.2.3.4.5 with no DICOM", "label for image … with no DICOM"),
+        # Nested parentheses go as a whole; a slash that is not a path stays.
+        ("cannot decode X (Process 1) data (err: Decode(): bad)", "cannot decode X data"),
+        ("odd count: expected start/length pairs", "odd count: expected start/length pairs"),
+        ("unreadable DICOM (ValueError: cut off (", "unreadable DICOM"),
         ("", "(no reason given)"),
     ],
 )
