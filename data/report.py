@@ -359,7 +359,9 @@ def samples_section(pixels: Pixels, meta: pd.DataFrame, rows: list[int]) -> Sect
         "samples",
         "Sample radiographs",
         fig,
-        "No images were converted, so there is nothing to show.",
+        "No images were converted, so there is nothing to show."
+        if meta.empty
+        else "No sample was asked for (samples=0).",
         caption=f"{len(rows)} images drawn at random from all {len(meta)} (labelled or not), "
         f"shown at {pixels.size} px. Positive images have their mask outlined; the title "
         "colour is the label.",

@@ -257,6 +257,7 @@ def test_sections_without_data_say_so_in_text(inputs):
         assert by_key[key].png is None, key
         assert by_key[key].paragraphs, f"{key} should explain why it has no figure"
     assert "No conversion errors" in by_key["errors"].paragraphs[0]
+    assert "samples=0" in by_key["samples"].paragraphs[0]
     assert by_key["class_balance"].png is not None  # negatives and unlabelled still drawn
 
     empty = meta.iloc[:0]
