@@ -43,6 +43,7 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
     SecondaryCaptureImageStorage,
 )
+from tqdm import tqdm
 
 from data import rle
 
@@ -382,7 +383,7 @@ def _draw_regions(rng: np.random.Generator) -> list[_Region]:
                 centre=centre,
                 half_width=half_width,
                 depth=depth,
-                power=float(rng.uniform(0.35, 1.3)),
+                power=float(rng.uniform(0.5, 1.3)),
                 wobble=(
                     float(rng.uniform(0.0, 0.25)),
                     float(rng.uniform(2.0, 6.0)),
@@ -756,7 +757,7 @@ def render_case(
                 break
     grain = rng.random((size, size), dtype=np.float32)
     grain -= np.float32(0.5)
-    grain *= np.float32(rng.uniform(0.01, 0.028) * size / 1024)
+    grain *= np.float32(rng.uniform(0.006, 0.018) * size / 1024)
     img += grain
     return _tone(img, rng), masks
 
@@ -843,7 +844,9 @@ def _paint_regions(
         soft = _smoothstep(excess * size + 0.5) * _smoothstep(sd * size + 0.5) * (depth > 0)
         on_arc = _smoothstep(depth / (3.0 / size))
         crop = img[y0:y1, x0:x1]
-        crop -= soft * (_sample(texture, size, box) + np.float32(rng.uniform(0.02, 0.05)))
+        # Pleural air is darker than aerated lung, more so the thicker the air layer.
+        lucency = rng.uniform(0.035, 0.07) + 0.3 * max(r.depth for r in mine)
+        crop -= soft * (_sample(texture, size, box) + np.float32(lucency))
         # The visceral pleural line: a thin bright curve along the collapsed lung's edge,
         # at least ~0.6 px wide so it survives small sizes (fainter, wider).
         width = max(1.1 / 1024, 0.6 / size)
@@ -1068,8 +1071,6 @@ def write_dataset(
     jobs, labelled, order, n_patients = plan_images(cfg, image_dir)
     regions: list[list[str]] = [[] for _ in jobs]
     total_bytes = 0
-    from tqdm import tqdm
-
     with tqdm(total=len(jobs), unit="img", desc="synth", disable=not progress) as bar:
         if workers == 1:
             results = map(_make_image, jobs)
