@@ -1,0 +1,114 @@
+"""`pneumotune export`: the best trial's best checkpoint -> a model directory.
+
+The post-processing triplet is tuned here, on the validation fold the trial was scored
+on, because it moves the Kaggle score a lot and costs seconds (DOMAIN.md).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.config import TrainConfig
+from search.results import ResultsError, summarise
+
+
+@dataclass(frozen=True)
+class Exported:
+    out_dir: Path
+    config: TrainConfig
+    triplet: Any  # model.postprocess.Triplet
+    triplet_score: float  # Kaggle score on validation with the tuned triplet
+    empty_score: float  # the same score of an all-empty prediction (the share of negatives)
+    metrics: dict[str, Any]
+    seconds: float
+
+    def describe(self) -> str:
+        t = self.triplet
+        return (
+            f"Exported to {self.out_dir} ({self.config.img_size} px, {self.config.base_filters} "
+            f"filters, depth {self.config.depth}).\n"
+            f"  post-processing tuned on validation: threshold {t.threshold}, min_area "
+            f"{t.min_area}, lower {t.lower}\n"
+            f"  validation Kaggle score {self.triplet_score:.4f} (all-empty prediction: "
+            f"{self.empty_score:.4f})"
+        )
+
+
+def tune_and_export(
+    model: Any,
+    cfg: TrainConfig,
+    val: tuple[np.ndarray, np.ndarray],
+    out_dir: Path,
+    data_dir: Path,
+    metrics: dict[str, Any],
+    extra: dict[str, Any],
+) -> Exported:
+    """Tune the triplet on ``val`` predictions, then write the model directory."""
+    from model import metrics as M
+    from model.export import export_model
+    from model.postprocess import tune_triplet
+    from model.train import predict_probs
+
+    t0 = time.perf_counter()
+    probs = predict_probs(model, val[0], batch_size=2 * cfg.batch_size)
+    triplet, triplet_score = tune_triplet(probs, val[1])
+    empty_score = M.kaggle_dice(val[1], np.zeros_like(val[1]))
+    metrics = {
+        **metrics,
+        "val_kaggle_dice_triplet": triplet_score,
+        "val_kaggle_dice_all_empty": empty_score,
+        "val_images": len(val[0]),
+        "val_positive_images": int(val[1].reshape(len(val[1]), -1).any(axis=1).sum()),
+    }
+    export_model(
+        model,
+        out_dir,
+        train_config=cfg,
+        triplet=triplet,
+        metrics=metrics,
+        data_manifest=Path(data_dir),
+        extra=extra,
+    )
+    return Exported(
+        Path(out_dir), cfg, triplet, triplet_score, empty_score, metrics, time.perf_counter() - t0
+    )
+
+
+def export_best(results_dir: Path, out_dir: Path, data_dir: Path | None = None) -> Exported:
+    """Export the best trial of a search (finished, or still running: its best so far)."""
+    import keras
+
+    from data.dataset import load_arrays
+    from search.trainable import MODEL_FILE, split_fold
+
+    summary = summarise(Path(results_dir))
+    best = summary.best
+    if best is None:
+        raise ResultsError(f"no trial of {results_dir} has reported a {summary.metric} yet")
+    checkpoint = best.best_checkpoint(summary.metric, summary.mode)
+    if checkpoint is None:
+        raise ResultsError(f"the best trial {best.trial_id} has no checkpoint left on disk")
+    data_dir = Path(data_dir or summary.data_dir or "")
+    cfg = TrainConfig.from_flat(best.config)
+    model = keras.saving.load_model(checkpoint / MODEL_FILE)
+    _, val = split_fold(load_arrays(data_dir, cfg.img_size), cfg.val_fold)
+    epoch_row = next(
+        (r for r in best.history if r.get("checkpoint_dir_name") == checkpoint.name), {}
+    )
+    metrics = {k: v for k, v in epoch_row.items() if k.startswith("val_") or k == "loss"}
+    metrics["epoch"] = epoch_row.get("training_iteration")
+    extra = {
+        "made_by": "pneumotune export",
+        "search": summary.name,
+        "trial_id": best.trial_id,
+        "checkpoint": checkpoint.name,
+        "metric": summary.metric,
+        "searched_config": {k: best.config[k] for k in summary.searched if k in best.config},
+        "gain_over_tutorial": summary.gain_over_tutorial(),
+    }
+    return tune_and_export(model, cfg, (val.images, val.masks), out_dir, data_dir, metrics, extra)
