@@ -1,0 +1,325 @@
+"""The exported model directory: write it once, load it anywhere, predict the same.
+
+A model directory holds::
+
+    model.keras        the Keras model (architecture, weights, optimizer state)
+    saved_model/       a TF SavedModel for serving without pneumotune or Keras:
+                         serve        float32 (B, S, S, 1) raw pixels 0..255 -> probabilities
+                         serve_uint8  uint8   (B, S, S, 1) pixels            -> probabilities
+                       (``serve`` is also ``serving_default``); outputs float32 (B, S, S, 1)
+    model_card.json    what the model is and how it was made (see :func:`export_model`)
+
+Both formats hold the same weights and the same graph, including the in-model 0..255
+rescaling, so they give the same probabilities for the same batch. Images are the
+square ``img_size`` inputs the model was trained on; the caller resizes DICOMs exactly
+as training did (:mod:`model.predict` does).
+
+Privacy: the card holds no patient identifier and no image id. The dataset manifest
+has none; only its hash, counts, sizes and split settings are copied, and keys that
+name identifiers are refused in ``metrics`` and ``extra``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import platform
+import shutil
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# losses / schedules: imported for their registered classes, which model.keras names.
+from model import losses as _losses  # noqa: F401
+from model import schedules as _schedules  # noqa: F401
+from model.config import TrainConfig
+from model.postprocess import Triplet
+
+__all__ = [
+    "CARD_FILE",
+    "KERAS_FILE",
+    "SAVED_MODEL_DIR",
+    "ExportedModel",
+    "ModelDirError",
+    "export_model",
+    "load_model",
+]
+
+KERAS_FILE = "model.keras"
+SAVED_MODEL_DIR = "saved_model"
+CARD_FILE = "model_card.json"
+CARD_FORMAT = "pneumotune-model-card"
+CARD_VERSION = 1
+# Keys that would carry a person's or an image's identity; refused anywhere in the card.
+FORBIDDEN_KEYS = frozenset(
+    {"image_id", "image_ids", "imageid", "patient_id", "patient_ids", "patient_name", "sop_uid"}
+)
+
+
+class ModelDirError(ValueError):
+    """A folder that is not a usable exported model (the message says what is missing)."""
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def export_model(
+    model: keras.Model,
+    out_dir: Path,
+    *,
+    train_config: TrainConfig,
+    triplet: Triplet,
+    metrics: dict[str, Any],
+    data_manifest: dict[str, Any] | Path | None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model.keras``, ``saved_model/`` and ``model_card.json`` into ``out_dir``.
+
+    Args:
+        model: the trained model, input ``(None, S, S, 1)`` float32 0..255.
+        out_dir: created if absent; files of an earlier export there are replaced.
+        train_config: the config it was trained with (copied flat into the card).
+        triplet: the post-processing triplet tuned on validation.
+        metrics: validation metrics (non-finite values are written as ``null``).
+        data_manifest: the dataset it was trained on: its folder or ``manifest.json``
+            path (the card's ``manifest_sha256`` is then the file's, so
+            ``sha256sum manifest.json`` verifies it), or the parsed manifest (then the
+            hash is of its canonical JSON), or ``None``.
+        extra: anything else worth keeping (e.g. a search's trial id and sampled
+            config); JSON-serialisable.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        ValueError: the model's input is not ``img_size`` square, or ``metrics`` /
+            ``extra`` hold a key naming an identifier (``image_id``, ``patient_id``...).
+    """
+    out_dir = Path(out_dir)
+    size = train_config.img_size
+    if tuple(model.input_shape[1:]) != (size, size, 1):
+        raise ValueError(
+            f"the model takes {model.input_shape[1:]} inputs, the train config says "
+            f"({size}, {size}, 1)"
+        )
+    _refuse_identifiers(metrics, "metrics")
+    _refuse_identifiers(extra or {}, "extra")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    model.save(out_dir / KERAS_FILE, overwrite=True)
+    saved = out_dir / SAVED_MODEL_DIR
+    if saved.exists():
+        shutil.rmtree(saved)
+    _write_saved_model(model, size, saved)
+
+    card = {
+        "format": CARD_FORMAT,
+        "format_version": CARD_VERSION,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "img_size": size,
+        "input": {
+            "shape": [None, size, size, 1],
+            "values": "raw pixel values 0..255 (the model rescales inside)",
+            "preprocessing": "data.dicom.read, then data.resize.resize_image to img_size",
+        },
+        "output": "float32 (B, S, S, 1) pneumothorax probabilities",
+        "files": {
+            "keras": KERAS_FILE,
+            "saved_model": SAVED_MODEL_DIR,
+            "saved_model_endpoints": {"serve": "float32", "serve_uint8": "uint8"},
+        },
+        "triplet": {
+            "threshold": triplet.threshold,
+            "min_area": triplet.min_area,
+            "lower": triplet.lower,
+        },
+        "train_config": train_config.to_flat(),
+        "metrics": _finite(metrics),
+        "data": _data_section(data_manifest),
+        "versions": _versions(),
+        "extra": _finite(extra or {}),
+    }
+    (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
+    return out_dir
+
+
+def _write_saved_model(model: keras.Model, size: int, path: Path) -> None:
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    # The first endpoint is also exported as "serving_default" (what TF-Serving calls).
+    archive.add_endpoint(
+        name="serve",
+        fn=lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32, name="images")],
+    )
+    archive.add_endpoint(
+        name="serve_uint8",
+        fn=lambda x: model(tf.cast(x, tf.float32), training=False),
+        input_signature=[tf.TensorSpec((None, size, size, 1), tf.uint8, name="images")],
+    )
+    archive.write_out(str(path), verbose=False)
+
+
+def _data_section(manifest: dict[str, Any] | Path | None) -> dict[str, Any] | None:
+    if manifest is None:
+        return None
+    if isinstance(manifest, (str, Path)):
+        path = Path(manifest)
+        if path.is_dir():
+            path = path / "manifest.json"
+        raw = path.read_bytes()
+        parsed = json.loads(raw)
+        digest, hashed = hashlib.sha256(raw).hexdigest(), "manifest.json file bytes"
+    else:
+        parsed = manifest
+        canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        digest, hashed = hashlib.sha256(canonical).hexdigest(), "canonical JSON of the manifest"
+    source = parsed.get("source") or {}
+    # Paths (dicom_root) are machine-specific and may name people's folders: not copied.
+    return {
+        "manifest_sha256": digest,
+        "manifest_sha256_of": hashed,
+        "schema_version": parsed.get("schema_version"),
+        "sizes": parsed.get("sizes"),
+        "counts": parsed.get("counts"),
+        "split": parsed.get("split"),
+        "labels_sha256": source.get("labels_sha256"),
+        "rle_dialect": source.get("rle_dialect"),
+    }
+
+
+def _versions() -> dict[str, str]:
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"  # running from a source tree without `pip install -e`
+
+    return {
+        "pneumotune": version("pneumotune"),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe copy: NaN / inf -> None, numpy scalars -> Python, tuples -> lists."""
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _refuse_identifiers(value: Any, where: str) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if str(k).lower() in FORBIDDEN_KEYS:
+                raise ValueError(
+                    f"{where} holds the key {k!r}: a model card never carries image or "
+                    "patient identifiers"
+                )
+            _refuse_identifiers(v, where)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _refuse_identifiers(v, where)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class ExportedModel:
+    """A loaded model directory.
+
+    ``model`` is the Keras model (``use="keras"``) or the SavedModel object
+    (``use="saved_model"``); :meth:`predict_probs` works the same with either.
+    """
+
+    model: Any
+    card: dict[str, Any]
+    triplet: Triplet
+    img_size: int
+    use: str = "keras"
+
+    def predict_probs(self, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        """``uint8 (N, S, S)`` images -> ``float32 (N, S, S)`` probabilities, S = img_size."""
+        images = np.asarray(images)
+        s = self.img_size
+        if images.ndim != 3 or images.shape[1:] != (s, s) or images.dtype != np.uint8:
+            raise ValueError(
+                f"images must be uint8 (N, {s}, {s}) for this model; "
+                f"got {images.dtype} {images.shape}"
+            )
+        if len(images) == 0:
+            return np.zeros((0, s, s), np.float32)
+        if self.use == "keras":
+            x = images.astype(np.float32)[..., None]
+            return self.model.predict(x, batch_size=batch_size, verbose=0)[..., 0]
+        out = [
+            self.model.serve_uint8(tf.constant(images[i : i + batch_size, ..., None])).numpy()
+            for i in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(out)[..., 0]
+
+
+def read_card(model_dir: Path) -> dict[str, Any]:
+    """The model card of ``model_dir``; :class:`ModelDirError` when it is not a model dir."""
+    path = Path(model_dir) / CARD_FILE
+    if not path.is_file():
+        raise ModelDirError(
+            f"{model_dir} is not an exported pneumotune model (no {CARD_FILE}); train one with "
+            "`pneumotune train --config demo --data DATASET --out MODEL_DIR`"
+        )
+    try:
+        card = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelDirError(f"{path} is not valid JSON: {exc}") from None
+    if card.get("format") != CARD_FORMAT or card.get("format_version") != CARD_VERSION:
+        raise ModelDirError(
+            f"{path} is not a version-{CARD_VERSION} pneumotune model card "
+            f"(format {card.get('format')!r}, version {card.get('format_version')!r})"
+        )
+    return card
+
+
+def load_model(model_dir: Path, *, use: str = "keras") -> ExportedModel:
+    """Load an exported model directory.
+
+    ``use="keras"`` loads ``model.keras`` (needs pneumotune's registered classes: this
+    module imports them); ``use="saved_model"`` loads ``saved_model/`` with
+    ``tf.saved_model.load`` only.
+    """
+    if use not in ("keras", "saved_model"):
+        raise ValueError(f"use must be 'keras' or 'saved_model', got {use!r}")
+    model_dir = Path(model_dir)
+    card = read_card(model_dir)
+    t = card["triplet"]
+    triplet = Triplet(float(t["threshold"]), float(t["min_area"]), t.get("lower"))
+    if use == "keras":
+        path = model_dir / KERAS_FILE
+        if not path.is_file():
+            raise ModelDirError(f"{model_dir} has a model card but no {KERAS_FILE}")
+        # compile=False: predicting needs no optimizer or loss.
+        model = keras.saving.load_model(path, compile=False)
+    else:
+        path = model_dir / SAVED_MODEL_DIR
+        if not path.is_dir():
+            raise ModelDirError(f"{model_dir} has a model card but no {SAVED_MODEL_DIR}/")
+        model = tf.saved_model.load(str(path))
+    return ExportedModel(model, card, triplet, int(card["img_size"]), use)

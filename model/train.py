@@ -1,0 +1,493 @@
+"""Fit one :class:`model.config.TrainConfig` on in-memory arrays: the body of one trial.
+
+``fit(cfg, (train_images, train_masks), (val_images, val_masks), on_epoch_end=...)``
+builds the ResUNet (or reloads an epoch-end ``.keras`` file to resume), trains it with
+``keras.Model.fit`` on a ``tf.data`` pipeline, and after every epoch scores the
+validation set with the numpy reference metrics of :mod:`model.metrics` and hands the
+numbers to ``on_epoch_end`` (where a search reports them and saves a checkpoint).
+
+Arrays: images ``uint8 (N, S, S)``, masks ``uint8 (N, S, S)`` holding 0/1, with
+``S == cfg.img_size``. The model is fed float32 raw pixel values 0..255 ``(B, S, S, 1)``
+(it rescales inside, so prediction cannot normalise differently).
+
+The input pipeline. Every epoch's image order is drawn up front, one seeded generator
+per epoch (:func:`data.sampling.epoch_indices`, with the positive share of
+:func:`data.sampling.positive_share` when the config sets one), so epoch ``e`` sees the
+same images whether the run started at epoch 0 or resumed at ``e``. The batches of all
+remaining epochs form one ``tf.data`` stream (Keras keeps one iterator across epochs
+when ``steps_per_epoch`` is given):
+
+* identity augmentation: a ``tf.gather`` of each batch from the arrays held as TF
+  tensors, cast, prefetched; no Python runs per batch;
+* otherwise: a ``tf.numpy_function`` per batch under a parallel ``map`` (tf.data's own
+  threads, off the training thread; OpenCV, which does the work, releases the GIL). Each
+  thread owns its albumentations pipeline, re-seeded for every batch with
+  ``worker_seed(cfg.seed, global batch number)``: the augmentation of a batch does not
+  depend on which thread ran it nor on where the run resumed.
+
+Divergence: a non-finite training loss raises :class:`TrainingDiverged` (Keras'
+``TerminateOnNaN`` only stops training quietly, and a search must record the trial as
+failed with its reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from data.augment import augment_batch, build_augment, worker_seed
+from data.sampling import epoch_indices, positive_share
+from model import metrics as M
+from model.config import METRICS, TrainConfig
+from model.losses import make_loss
+from model.resunet import build_resunet
+from model.schedules import make_schedule
+
+__all__ = ["FitResult", "TrainingDiverged", "configure_devices", "fit", "steps_per_epoch"]
+
+EpochHook = Callable[[int, dict[str, float], keras.Model], None]
+
+# Every key of the per-epoch metrics dict, in print order.
+METRIC_KEYS: tuple[str, ...] = (
+    "loss",
+    "val_loss",
+    "val_iou",
+    "val_dice",
+    "val_kaggle_dice",
+    "val_positive_iou",
+    "lr",
+    "epoch_seconds",
+    "train_seconds",
+    "images_per_s",
+)
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the message says when and what to try."""
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    ``model`` is the model after the last epoch (not the best epoch's weights);
+    ``history`` holds one metrics dict per epoch trained in this call (its ``epoch`` key
+    is 1-based); ``best_epoch`` is the 1-based epoch with the best ``metric``
+    (``val_loss``: lowest, others: highest; ties go to the earlier epoch).
+    """
+
+    model: keras.Model
+    history: list[dict[str, float]] = field(default_factory=list)
+    metric: str = "val_iou"
+
+    @property
+    def best_epoch(self) -> int:
+        return int(self.best["epoch"])
+
+    @property
+    def best(self) -> dict[str, float]:
+        sign = -1.0 if self.metric == "val_loss" else 1.0
+        return max(self.history, key=lambda m: sign * m[self.metric])
+
+    @property
+    def last(self) -> dict[str, float]:
+        return self.history[-1]
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def configure_devices(mixed_precision: bool = False) -> str | None:
+    """Turn on memory growth on every GPU; return the dtype policy to build with.
+
+    Memory growth lets two trials share one GPU (fractional ``gpu`` resources): without it
+    the first TensorFlow process takes the whole card. It can only be set before the GPUs
+    are initialised; when a GPU is already in use the setting stays as it was.
+
+    Mixed precision: ``"mixed_float16"`` on a GPU. On a CPU-only machine it is refused
+    with a ``ValueError``: CPUs have no float16 matrix units, and without native bfloat16
+    (AVX512-BF16 / AMX, rare on the laptops and cloud CPUs this runs on) ``mixed_bfloat16``
+    is emulated and makes training slower, not faster, while still losing precision.
+    Returns ``None`` for the default float32 policy.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        # RuntimeError: already initialised by an earlier model in this process; keep it.
+        with contextlib.suppress(RuntimeError):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    if not mixed_precision:
+        return None
+    if not gpus:
+        raise ValueError(
+            "mixed_precision=True needs a GPU: on a CPU it makes training slower (no native "
+            "float16/bfloat16 units) and less precise; set mixed_precision: false for CPU runs"
+        )
+    return "mixed_float16"
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch: every training image once, the last batch smaller."""
+    return max(1, math.ceil(n_train / batch_size))
+
+
+def _schedule_params(cfg: TrainConfig) -> dict[str, Any]:
+    """TrainConfig's schedule fields -> the named schedule's own parameters."""
+    if cfg.schedule == "cosine":
+        return {"alpha": cfg.cosine_alpha}
+    if cfg.schedule == "cosine_restarts":
+        return {"cycles": cfg.restart_cycles, "alpha": cfg.cosine_alpha}
+    if cfg.schedule == "step":
+        return {"gamma": cfg.step_gamma, "step_every": cfg.step_every}
+    return {}  # constant; one_cycle rises over the warm-up (default: 30% of the run)
+
+
+def _optimizer(cfg: TrainConfig, steps: int) -> keras.optimizers.Optimizer:
+    total = cfg.epochs * steps
+    warmup = min(round(cfg.warmup_epochs * steps), total - 1)
+    lr = make_schedule(cfg.schedule, cfg.lr, total, warmup, **_schedule_params(cfg))
+    if cfg.weight_decay > 0:
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay)
+    return keras.optimizers.Adam(learning_rate=lr)
+
+
+def _current_lr(model: keras.Model) -> float:
+    # Evaluates the schedule at optimizer.iterations (LossScaleOptimizer forwards it).
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _check_arrays(name: str, arrays: tuple[np.ndarray, np.ndarray], size: int) -> None:
+    images, masks = arrays
+    if images.ndim != 3 or images.shape[1:] != (size, size) or images.dtype != np.uint8:
+        raise ValueError(
+            f"{name} images must be uint8 (N, {size}, {size}) for img_size={size}; "
+            f"got {images.dtype} {images.shape}"
+        )
+    if masks.shape != images.shape or masks.dtype != np.uint8:
+        raise ValueError(
+            f"{name} masks must be uint8 with the images' shape {images.shape}; "
+            f"got {masks.dtype} {masks.shape}"
+        )
+    if len(images) == 0:
+        raise ValueError(f"{name} set is empty")
+
+
+def epoch_plan(cfg: TrainConfig, is_positive: np.ndarray, first_epoch: int = 0) -> np.ndarray:
+    """The training indices of epochs ``first_epoch..cfg.epochs-1``: int64 ``(E, N)``.
+
+    Epoch ``e`` draws from its own generator seeded by ``(cfg.seed, e)``, so the plan of an
+    epoch does not depend on ``first_epoch``.
+    """
+    plans = []
+    for epoch in range(first_epoch, cfg.epochs):
+        share = None
+        if cfg.pos_share_start is not None and cfg.pos_share_end is not None:
+            share = positive_share(epoch, cfg.epochs, cfg.pos_share_start, cfg.pos_share_end)
+        rng = np.random.default_rng([cfg.seed, epoch])
+        plans.append(epoch_indices(is_positive, share, None, rng))
+    return np.stack(plans) if plans else np.zeros((0, len(is_positive)), np.int64)
+
+
+def make_dataset(
+    cfg: TrainConfig,
+    images: np.ndarray,
+    masks: np.ndarray,
+    plan: np.ndarray,
+    first_epoch: int = 0,
+) -> tf.data.Dataset:
+    """Batches ``(float32 (B, S, S, 1) 0..255, float32 (B, S, S, 1) 0/1)`` of every epoch
+    of ``plan`` (from :func:`epoch_plan`), in order, prefetched.
+
+    Each epoch has ``steps_per_epoch(N, cfg.batch_size)`` batches; the last may be smaller.
+    """
+    n_epochs, n = plan.shape
+    bs = cfg.batch_size
+    steps = steps_per_epoch(n, bs)
+    flat_plan = plan.reshape(-1)
+    pipeline_cfg = cfg.augment
+    size = cfg.img_size
+
+    # Global batch numbers count from epoch 0, so that a resumed run seeds like a full one.
+    batches = tf.data.Dataset.range(first_epoch * steps, (first_epoch + n_epochs) * steps)
+
+    def bounds(k):
+        local = k - first_epoch * steps
+        epoch, step = local // steps, local % steps
+        start = epoch * n + step * bs
+        return start, tf.minimum(start + bs, (epoch + 1) * n)
+
+    if pipeline_cfg.is_identity():
+        plan_t = tf.constant(flat_plan)
+        images_t = tf.constant(images)
+        masks_t = tf.constant(masks)
+
+        def gather(k):
+            start, stop = bounds(k)
+            idx = plan_t[start:stop]
+            return tf.gather(images_t, idx), tf.gather(masks_t, idx)
+
+        ds = batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        local_state = threading.local()
+
+        def augment(k: np.int64) -> tuple[np.ndarray, np.ndarray]:
+            # One albumentations pipeline per tf.data thread (a pipeline is stateful and
+            # not thread-safe), re-seeded per batch (reproducible whatever thread runs it).
+            pipeline = getattr(local_state, "pipeline", None)
+            if pipeline is None:
+                pipeline = local_state.pipeline = build_augment(pipeline_cfg, size, seed=0)
+            seed = worker_seed(cfg.seed, int(k))
+            pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+            local = int(k) - first_epoch * steps
+            epoch, step = divmod(local, steps)
+            start = epoch * n + step * bs
+            idx = flat_plan[start : min(start + bs, (epoch + 1) * n)]
+            return augment_batch(pipeline, images[idx], masks[idx])
+
+        def augment_tf(k):
+            x, y = tf.numpy_function(augment, [k], (tf.uint8, tf.uint8), stateful=False)
+            x.set_shape((None, size, size))
+            y.set_shape((None, size, size))
+            return x, y
+
+        ds = batches.map(augment_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def to_float(x, y):
+        return tf.cast(x, tf.float32)[..., None], tf.cast(y, tf.float32)[..., None]
+
+    ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Probabilities ``float32 (N, S, S)`` for ``uint8 (N, S, S)`` images."""
+    x = images.astype(np.float32)[..., None]
+    return model.predict(x, batch_size=batch_size, verbose=0)[..., 0]
+
+
+def validation_metrics(
+    model: keras.Model,
+    images: np.ndarray,
+    masks: np.ndarray,
+    threshold: float,
+    batch_size: int = 32,
+) -> tuple[dict[str, float], np.ndarray]:
+    """The ``val_*`` metrics of :data:`METRIC_KEYS` and the probabilities they came from.
+
+    One ``model.predict`` over the set, then the numpy references of :mod:`model.metrics`
+    at ``threshold``. ``val_loss`` is the compiled loss averaged over images (what
+    ``model.evaluate`` would report). ``val_positive_iou`` is 0.0, not NaN, when the set
+    has no positive image: a search sorts on it and NaN would poison the ranking.
+    """
+    probs = predict_probs(model, images, batch_size)
+    losses = []
+    for start in range(0, len(probs), 64):
+        t = masks[start : start + 64, ..., None].astype(np.float32)
+        p = probs[start : start + 64, ..., None]
+        losses.append(keras.ops.convert_to_numpy(model.loss.call(t, p)))
+    pos_iou = M.positive_iou(masks, probs, threshold)
+    return {
+        "val_loss": float(np.mean(np.concatenate(losses))),
+        "val_iou": M.iou(masks, probs, threshold),
+        "val_dice": M.dice(masks, probs, threshold),
+        "val_kaggle_dice": M.kaggle_dice(masks, probs, threshold),
+        "val_positive_iou": 0.0 if math.isnan(pos_iou) else pos_iou,
+    }, probs
+
+
+class _EpochEnd(keras.callbacks.Callback):
+    """Times the epoch, checks the loss, scores validation, calls the user's hook."""
+
+    # Its per-batch check may run in Keras' callback thread: the training loop does not
+    # wait for the loss to be copied back after every step (it raises one step later).
+    async_safe = True
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        val: tuple[np.ndarray, np.ndarray],
+        images_per_epoch: int,
+        hook: EpochHook | None,
+        history: list[dict[str, float]],
+    ) -> None:
+        super().__init__()
+        self.cfg, self.val, self.images_per_epoch = cfg, val, images_per_epoch
+        self.hook, self.history = hook, history
+        self._epoch_start = 0.0
+        self._epoch = 0  # 0-based, as Keras counts
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch = epoch
+        self._epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise self._diverged(f"batch {batch + 1}", float(loss))
+
+    def _diverged(self, where: str, loss: float) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"training diverged in epoch {self._epoch + 1}, {where}: loss is {loss} "
+            f"(lr={self.cfg.lr:g}, schedule={self.cfg.schedule}, loss weights bce/dice/focal="
+            f"{self.cfg.loss_bce:g}/{self.cfg.loss_dice:g}/{self.cfg.loss_focal:g}); "
+            "try a lower lr or a warm-up"
+        )
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs if logs is not None else {}
+        train_seconds = time.perf_counter() - self._epoch_start
+        loss = float(logs.get("loss", math.nan))
+        if not math.isfinite(loss):
+            raise self._diverged("at its end", loss)
+        val, _ = validation_metrics(
+            self.model, *self.val, self.cfg.threshold, batch_size=2 * self.cfg.batch_size
+        )
+        if not math.isfinite(val["val_loss"]):
+            raise self._diverged("on validation", val["val_loss"])
+        metrics = {
+            "loss": loss,
+            **val,
+            "lr": _current_lr(self.model),
+            "epoch_seconds": time.perf_counter() - self._epoch_start,
+            "train_seconds": train_seconds,
+            "images_per_s": self.images_per_epoch / train_seconds,
+        }
+        # Shared with the other callbacks (Keras' progress bar prints them when verbose).
+        logs.update(metrics)
+        self.history.append({"epoch": epoch + 1, **metrics})
+        if self.hook is not None:
+            self.hook(epoch + 1, dict(metrics), self.model)
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def build_model(cfg: TrainConfig) -> keras.Model:
+    """The compiled ResUNet of ``cfg`` (Adam/AdamW on the config's schedule, combo loss).
+
+    ``steps`` per epoch must be known for the schedule, so this takes the training set
+    size through :func:`compile_model`; here only the architecture is built.
+    """
+    policy = configure_devices(cfg.mixed_precision)
+    previous = keras.mixed_precision.global_policy()
+    if policy is not None:
+        keras.mixed_precision.set_global_policy(policy)
+    try:
+        # The policy is read when layers are created; restore the global one right after
+        # so that nothing else in the process (a later trial, a test) inherits it.
+        return build_resunet(cfg.img_size, cfg.base_filters, cfg.depth, cfg.dropout)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def compile_model(model: keras.Model, cfg: TrainConfig, n_train: int) -> keras.Model:
+    model.compile(
+        optimizer=_optimizer(cfg, steps_per_epoch(n_train, cfg.batch_size)),
+        loss=make_loss(cfg.loss_bce, cfg.loss_dice, cfg.loss_focal),
+    )
+    return model
+
+
+def fit(
+    cfg: TrainConfig,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    *,
+    on_epoch_end: EpochHook | None = None,
+    initial_epoch: int = 0,
+    resume_from: Path | None = None,
+    verbose: bool = False,
+    metric: str = "val_iou",
+) -> FitResult:
+    """Train ``cfg`` on ``train`` for epochs ``initial_epoch..cfg.epochs-1``, scoring ``val``.
+
+    Args:
+        cfg: the run's config (``cfg.epochs`` is the whole run, resumed or not).
+        train, val: ``(images uint8 (N, S, S), masks uint8 0/1 (N, S, S))``, S = img_size.
+        on_epoch_end: called after each epoch as ``(epoch 1-based, metrics, model)`` with
+            the keys of :data:`METRIC_KEYS`: ``loss`` (train, mean over the epoch),
+            ``val_loss``, ``val_iou``, ``val_dice``, ``val_kaggle_dice``,
+            ``val_positive_iou`` (0.0 when val has no positive image), ``lr`` (after the
+            epoch), ``epoch_seconds`` (training + validation), ``train_seconds`` (the
+            training steps only) and ``images_per_s`` (training images / train_seconds).
+            Metrics are at ``cfg.threshold``. It may save the model (``model.save``): that
+            file, with its optimizer state, is what ``resume_from`` takes.
+        initial_epoch: epochs already done (0-based index of the first epoch to train).
+        resume_from: a ``.keras`` file saved by ``on_epoch_end`` after epoch
+            ``initial_epoch``; its optimizer continues the learning-rate schedule from its
+            ``iterations``. ``None`` builds a new model.
+        verbose: show Keras' progress bar.
+        metric: one of :data:`model.config.METRICS`, for :attr:`FitResult.best_epoch`.
+
+    Raises:
+        TrainingDiverged: the training (or validation) loss became NaN or infinite.
+        ValueError: bad arrays, an impossible initial_epoch, mixed precision on CPU, or
+            a resume file built for another image size.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if not 0 <= initial_epoch < cfg.epochs:
+        raise ValueError(
+            f"initial_epoch must be in [0, epochs={cfg.epochs}) to leave an epoch to train, "
+            f"got {initial_epoch}"
+        )
+    _check_arrays("train", train, cfg.img_size)
+    _check_arrays("val", val, cfg.img_size)
+    configure_devices(cfg.mixed_precision)  # before TensorFlow allocates anything
+    keras.utils.set_random_seed(cfg.seed)
+
+    images, masks = train
+    n = len(images)
+    steps = steps_per_epoch(n, cfg.batch_size)
+    if resume_from is not None:
+        model = keras.models.load_model(resume_from, compile=True)
+        if model.input_shape[1:3] != (cfg.img_size, cfg.img_size):
+            raise ValueError(
+                f"{resume_from} was built for {model.input_shape[1:3]} images, "
+                f"the config says img_size={cfg.img_size}"
+            )
+        done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        if done != initial_epoch * steps:
+            warnings.warn(
+                f"{resume_from} has done {done} optimizer steps, expected {initial_epoch} "
+                f"epochs x {steps} = {initial_epoch * steps}: the schedule continues from "
+                f"{done}",
+                stacklevel=2,
+            )
+    else:
+        model = compile_model(build_model(cfg), cfg, n)
+
+    is_positive = masks.reshape(n, -1).any(axis=1)
+    plan = epoch_plan(cfg, is_positive, initial_epoch)
+    ds = make_dataset(cfg, images, masks, plan, initial_epoch)
+    history: list[dict[str, float]] = []
+    model.fit(
+        ds,
+        epochs=cfg.epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=steps,
+        callbacks=[_EpochEnd(cfg, val, n, on_epoch_end, history)],
+        verbose=1 if verbose else 0,
+        shuffle=False,  # the plan is already shuffled; Keras cannot shuffle a tf.data stream
+    )
+    return FitResult(model=model, history=history, metric=metric)

@@ -1,0 +1,268 @@
+"""model.train on tiny arrays: the input pipeline, per-epoch metrics, resume, divergence."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from data.augment import AugmentConfig
+from data.sampling import positive_share
+from model import metrics as M
+from model.config import SCHEDULES, TrainConfig
+from model.train import (
+    METRIC_KEYS,
+    TrainingDiverged,
+    _optimizer,
+    build_model,
+    compile_model,
+    epoch_plan,
+    fit,
+    make_dataset,
+    steps_per_epoch,
+    validation_metrics,
+)
+
+# Keras 3.15 converts TF variables with np.array(x, copy=False) (saving), which numpy 2
+# reports; not ours to fix.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+
+SIZE = 32
+
+
+def blobs(n: int, size: int = SIZE, seed: int = 0, positive: float = 0.4):
+    """``n`` noisy images, a ``positive`` share of them with one bright disc and its mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    images = rng.normal(90, 15, (n, size, size))
+    masks = np.zeros((n, size, size), np.uint8)
+    n_pos = round(positive * n)
+    for i in range(n_pos):
+        cy, cx = rng.uniform(0.25 * size, 0.75 * size, 2)
+        r = rng.uniform(0.08, 0.2) * size
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        masks[i] = disc
+        images[i][disc] += 80
+    order = rng.permutation(n)
+    return images.clip(0, 255).astype(np.uint8)[order], masks[order]
+
+
+def tiny(**overrides) -> TrainConfig:
+    values = {
+        "img_size": SIZE,
+        "base_filters": 4,
+        "depth": 2,
+        "epochs": 2,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "augment": AugmentConfig.none(),
+    }
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def batches(ds) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(x.numpy(), y.numpy()) for x, y in ds]
+
+
+# --------------------------------------------------------------------------- input pipeline
+
+
+def test_identity_pipeline_serves_each_epoch_plan_in_order():
+    images, masks = blobs(20)
+    cfg = tiny(epochs=3, batch_size=8)
+    plan = epoch_plan(cfg, masks.reshape(20, -1).any(axis=1))
+    assert plan.shape == (3, 20)
+    got = batches(make_dataset(cfg, images, masks, plan))
+    steps = steps_per_epoch(20, 8)
+    assert steps == 3 and len(got) == 3 * steps
+    assert [len(x) for x, _ in got[:steps]] == [8, 8, 4]  # the last batch is smaller
+    for e in range(3):
+        x = np.concatenate([b[0] for b in got[e * steps : (e + 1) * steps]])
+        y = np.concatenate([b[1] for b in got[e * steps : (e + 1) * steps]])
+        assert x.dtype == np.float32 and x.shape == (20, SIZE, SIZE, 1)
+        np.testing.assert_array_equal(x[..., 0], images[plan[e]].astype(np.float32))
+        np.testing.assert_array_equal(y[..., 0], masks[plan[e]].astype(np.float32))
+
+
+def test_epoch_plan_does_not_depend_on_the_first_epoch():
+    _, masks = blobs(30)
+    cfg = tiny(epochs=4, pos_share_start=0.8, pos_share_end=0.4)
+    flags = masks.reshape(30, -1).any(axis=1)
+    np.testing.assert_array_equal(epoch_plan(cfg, flags)[2:], epoch_plan(cfg, flags, 2))
+
+
+def test_positive_share_is_honoured_per_epoch():
+    images, masks = blobs(40, positive=0.25)
+    cfg = tiny(epochs=3, pos_share_start=0.8, pos_share_end=0.4, batch_size=16)
+    plan = epoch_plan(cfg, masks.reshape(40, -1).any(axis=1))
+    got = batches(make_dataset(cfg, images, masks, plan))
+    steps = steps_per_epoch(40, 16)
+    for e in range(3):
+        y = np.concatenate([b[1] for b in got[e * steps : (e + 1) * steps]])
+        n_pos = int(y.reshape(40, -1).any(axis=1).sum())
+        assert n_pos == round(positive_share(e, 3, 0.8, 0.4) * 40)  # 32, 24, 16 of 40
+
+
+def test_augmented_pipeline_is_reproducible_aligned_and_keeps_shapes():
+    images, masks = blobs(24, positive=1.0)
+    cfg = tiny(epochs=2, augment=AugmentConfig.tutorial())
+    plan = epoch_plan(cfg, np.ones(24, bool))
+    first = batches(make_dataset(cfg, images, masks, plan))
+    second = batches(make_dataset(cfg, images, masks, plan))
+    assert len(first) == 2 * steps_per_epoch(24, 8)
+    changed = 0
+    for (x1, y1), (x2, y2), k in zip(first, second, range(len(first)), strict=True):
+        np.testing.assert_array_equal(x1, x2)  # per-batch seeds: same whatever thread ran it
+        np.testing.assert_array_equal(y1, y2)
+        assert x1.shape[1:] == (SIZE, SIZE, 1) and set(np.unique(y1)) <= {0.0, 1.0}
+        e, s = divmod(k, steps_per_epoch(24, 8))
+        idx = plan[e, s * 8 : s * 8 + 8]
+        changed += int(not np.array_equal(x1[..., 0], images[idx]))
+        # The disc is bright: wherever the augmented mask is, the augmented image is too.
+        assert x1[y1 == 1].mean() > x1[y1 == 0].mean() + 40
+    assert changed > 0  # augmentation did something
+
+
+def test_resumed_dataset_repeats_the_full_runs_later_batches():
+    images, masks = blobs(16)
+    cfg = tiny(epochs=3, augment=AugmentConfig.tutorial())
+    flags = masks.reshape(16, -1).any(axis=1)
+    full = batches(make_dataset(cfg, images, masks, epoch_plan(cfg, flags)))
+    later = batches(make_dataset(cfg, images, masks, epoch_plan(cfg, flags, 1), first_epoch=1))
+    assert len(later) == 2 * steps_per_epoch(16, 8)
+    for (x1, y1), (x2, y2) in zip(full[steps_per_epoch(16, 8) :], later, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_every_schedule_builds_from_the_config(schedule):
+    opt = _optimizer(tiny(schedule=schedule, epochs=4, warmup_epochs=0.5), steps=10)
+    assert isinstance(opt, keras.optimizers.Adam)
+    assert float(keras.ops.convert_to_numpy(opt.learning_rate)) >= 0.0
+
+
+def test_weight_decay_selects_adamw():
+    assert isinstance(_optimizer(tiny(weight_decay=1e-4), steps=5), keras.optimizers.AdamW)
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        (
+            (np.zeros((4, 16, 16), np.uint8), np.zeros((4, 16, 16), np.uint8)),
+            "uint8 \\(N, 32, 32\\)",
+        ),
+        ((np.zeros((4, 32, 32), np.float32), np.zeros((4, 32, 32), np.uint8)), "uint8"),
+        ((np.zeros((4, 32, 32), np.uint8), np.zeros((3, 32, 32), np.uint8)), "masks"),
+        ((np.zeros((0, 32, 32), np.uint8), np.zeros((0, 32, 32), np.uint8)), "empty"),
+    ],
+)
+def test_bad_arrays_are_refused(train, message):
+    val = blobs(4)
+    with pytest.raises(ValueError, match=message):
+        fit(tiny(), train, val)
+
+
+def test_impossible_initial_epoch_and_metric_are_refused():
+    data = blobs(8)
+    with pytest.raises(ValueError, match="initial_epoch"):
+        fit(tiny(epochs=2), data, data, initial_epoch=2)
+    with pytest.raises(ValueError, match="metric"):
+        fit(tiny(), data, data, metric="accuracy")
+
+
+def test_mixed_precision_on_cpu_is_refused_with_the_reason():
+    data = blobs(8)
+    with pytest.raises(ValueError, match="needs a GPU"):
+        fit(tiny(mixed_precision=True), data, data)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.mark.slow
+def test_fit_reports_finite_metrics_every_epoch_with_augmentation():
+    train, val = blobs(32, seed=1), blobs(16, seed=2)
+    calls = []
+    result = fit(
+        tiny(augment=AugmentConfig.tutorial(), pos_share_start=0.7, pos_share_end=0.5),
+        train,
+        val,
+        on_epoch_end=lambda epoch, metrics, model: calls.append((epoch, metrics, model)),
+    )
+    assert [c[0] for c in calls] == [1, 2]
+    for _, metrics, model in calls:
+        assert set(metrics) == set(METRIC_KEYS)
+        assert all(math.isfinite(v) for v in metrics.values()), metrics
+        assert 0.0 <= metrics["val_kaggle_dice"] <= 1.0
+        assert metrics["images_per_s"] > 0 and metrics["epoch_seconds"] >= metrics["train_seconds"]
+        assert model is result.model
+    assert [m["epoch"] for m in result.history] == [1, 2]
+    assert result.best_epoch in (1, 2)
+    # cosine to 0 over the run: the LR after the last epoch is ~0
+    assert calls[-1][1]["lr"] < 1e-6 < calls[0][1]["lr"]
+
+
+@pytest.mark.slow
+def test_resume_continues_the_schedule_and_the_epoch_count(tmp_path):
+    train, val = blobs(24, seed=3), blobs(8, seed=4)
+    cfg = tiny(epochs=3, schedule="cosine", lr=1e-3)
+    saved = tmp_path / "epoch1.keras"
+
+    def save_first(epoch, metrics, model):
+        if epoch == 1:
+            model.save(saved)
+
+    full = fit(cfg, train, val, on_epoch_end=save_first)
+    steps = steps_per_epoch(24, cfg.batch_size)
+    assert int(full.model.optimizer.iterations) == 3 * steps
+
+    seen = []
+    resumed = fit(
+        cfg,
+        train,
+        val,
+        resume_from=saved,
+        initial_epoch=1,
+        on_epoch_end=lambda epoch, metrics, model: seen.append(epoch),
+    )
+    assert seen == [2, 3]
+    assert [m["epoch"] for m in resumed.history] == [2, 3]
+    assert int(resumed.model.optimizer.iterations) == 3 * steps
+    for a, b in zip(full.history[1:], resumed.history, strict=True):
+        assert b["lr"] == pytest.approx(a["lr"], rel=1e-6, abs=1e-12)
+    # The same data, seeds and schedule: the resumed run retraces the full one.
+    assert resumed.history[-1]["loss"] == pytest.approx(full.history[-1]["loss"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_a_diverging_config_raises_training_diverged():
+    train, val = blobs(16, seed=5), blobs(8, seed=6)
+    with pytest.raises(TrainingDiverged, match=r"diverged.*loss is (nan|inf)"):
+        fit(tiny(lr=1e12, schedule="constant", epochs=2), train, val)
+
+
+def test_validation_metrics_match_the_numpy_references_and_zero_without_positives():
+    cfg = tiny()
+    model = compile_model(build_model(cfg), cfg, n_train=8)
+    images, masks = blobs(8, seed=7)
+    val, probs = validation_metrics(model, images, masks, cfg.threshold)
+    assert probs.shape == (8, SIZE, SIZE) and probs.dtype == np.float32
+    assert val["val_iou"] == M.iou(masks, probs, cfg.threshold)
+    assert val["val_kaggle_dice"] == M.kaggle_dice(masks, probs, cfg.threshold)
+    expected_loss = float(
+        np.mean(model.loss.call(masks[..., None].astype("float32"), probs[..., None]))
+    )
+    assert val["val_loss"] == pytest.approx(expected_loss, rel=1e-5)
+    empty = np.zeros_like(masks)
+    no_pos, _ = validation_metrics(model, images, empty, cfg.threshold)
+    assert no_pos["val_positive_iou"] == 0.0  # not NaN: a search sorts on it
