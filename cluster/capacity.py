@@ -227,41 +227,67 @@ def asha_trial_epochs(num_samples: int, max_t: int, grace: int, reduction_factor
     return total
 
 
-def search_budget(name: str, costs: list[ModelCost]) -> dict | None:
-    """Print and return the experiment's ASHA budget in trial-epochs and, per GPU type,
-    in GPU-hours at the cheapest and the dearest corner of its space (EXTRAPOLATED)."""
-    from search.config import ConfigError, load_experiment
+def search_budget(name: str, sizes: tuple[int, ...], factor: float = 1.0) -> dict | None:
+    """Print and return what the experiment costs on each GPU type (EXTRAPOLATED): its
+    ASHA budget in trial-epochs, GPU-hours at each (img_size, base_filters) of its space
+    at its depth / batch / precision, and whether one trial's activations fit in its
+    share of the card (``resources.gpu``)."""
+    from search.config import STORED, ConfigError, load_experiment
 
     try:
         exp = load_experiment(name)
     except ConfigError as exc:
         print(f"\nNo search budget: {exc}")
         return None
-    sizes = [s for s in exp.param_values("img_size") if isinstance(s, int)] or [256, 512]
+    values = exp.default_values()
+    space_sizes = exp.param_values("img_size")
+    if space_sizes != [STORED]:
+        sizes = tuple(int(v) for v in space_sizes)
     filters = [int(f) for f in exp.param_values("base_filters")]
-    mixed = bool(exp.default_values().get("mixed_precision", False))
+    depth, batch = int(values["depth"]), int(values["batch_size"])
+    mixed = bool(values.get("mixed_precision", False))
+    share = exp.resources.gpu or 1.0
     epochs = asha_trial_epochs(
         exp.num_samples, exp.epochs, exp.asha.grace_period, exp.asha.reduction_factor
     )
-    by_shape = {(c.img_size, c.base_filters): c for c in costs}
-    corners = [
-        by_shape[(s, f)]
-        for s, f in ((min(sizes), min(filters)), (max(sizes), max(filters)))
-        if (s, f) in by_shape
-    ]
-    share = exp.resources.gpu or 1.0
+    store_gb = sum(2 * s * s * SIIM_LABELLED for s in sizes) / 1e9
     print(
-        f"\nSearch budget of {exp.name!r}: {exp.num_samples} trials, max {exp.epochs} epochs, "
-        f"ASHA grace {exp.asha.grace_period} / reduction {exp.asha.reduction_factor:g} -> "
-        f"~{epochs:.0f} trial-epochs (vs {exp.num_samples * exp.epochs} without ASHA); "
-        f"{'mixed fp16' if mixed else 'fp32/tf32'}; {share:g} GPU per trial"
+        f"\nSearch budget of {exp.name!r} at {list(sizes)} px: {exp.num_samples} trials, max "
+        f"{exp.epochs} epochs, ASHA grace {exp.asha.grace_period} / reduction "
+        f"{exp.asha.reduction_factor:g} -> ~{epochs:.0f} trial-epochs (vs "
+        f"{exp.num_samples * exp.epochs} without ASHA); depth {depth}, batch {batch}, "
+        f"{'mixed fp16' if mixed else 'fp32/tf32'}, {share:g} GPU per trial; object store "
+        f"needs {store_gb:.1f} GB for the images and masks of those sizes"
     )
-    out = {"experiment": exp.name, "trial_epochs": epochs, "gpu_hours": {}}
+    print("| GPU | px | filters | ~trial-epochs / GPU-hour | ~GPU-hours for the budget | memory |")
+    print("|---|---|---|---|---|---|")
+    out: dict = {"experiment": exp.name, "trial_epochs": epochs, "store_gb": store_gb, "rows": []}
     for gpu in GPUS:
-        hours = [epochs / trial_epochs_per_hour(gpu_images_per_s(c, gpu, mixed)) for c in corners]
-        out["gpu_hours"][gpu] = hours
-        spread = " .. ".join(f"{h:.1f}" for h in hours)
-        print(f"  {gpu}: ~{spread} GPU-hours (EXTRAPOLATED; {sizes} px x {filters} filters)")
+        usable = GPUS[gpu][3] * 2**30 * 0.8 * share
+        for size in sizes:
+            for f in filters:
+                cost = model_cost(size, f, depth)
+                rate = trial_epochs_per_hour(gpu_images_per_s(cost, gpu, mixed))
+                need = batch * cost.activation_elements * (2 if mixed else 4) * factor
+                need += 16 * cost.params
+                fits = need <= usable
+                out["rows"].append(
+                    {
+                        "gpu": gpu,
+                        "img_size": size,
+                        "base_filters": f,
+                        "trial_epochs_per_gpu_hour": rate,
+                        "gpu_hours": epochs / rate,
+                        "need_gib": need / 2**30,
+                        "usable_gib": usable / 2**30,
+                        "fits": fits,
+                    }
+                )
+                print(
+                    f"| {gpu} | {size} | {f} | ~{rate:.1f} | ~{epochs / rate:.0f} "
+                    f"| {'fits' if fits else 'OOM'}: ~{need / 2**30:.1f} of "
+                    f"{usable / 2**30:.1f} GiB |"
+                )
     return out
 
 
@@ -274,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         "--experiment",
         default="siim",
         help="experiment whose ASHA budget is priced per GPU type (default: siim)",
+    )
+    parser.add_argument(
+        "--sizes",
+        default="512,1024",
+        help="converted sizes that `img_size: stored` stands for (default: 512,1024)",
     )
     parser.add_argument("--_peak-rss", dest="peak_rss", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -380,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {'mixed fp16' if mixed else 'fp32/tf32'} | ~{ips:.0f} "
                     f"| ~{row['trial_epochs_per_hour']:.1f} | ~{row['max_batch']} |"
                 )
-    record["search_budget"] = search_budget(args.experiment, costs)
+    sizes = tuple(int(v) for v in args.sizes.split(","))
+    record["search_budget"] = search_budget(args.experiment, sizes, factor)
     record["load_avg_end"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(record, indent=1))
