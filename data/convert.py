@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -56,7 +57,7 @@ class ConvertConfig:
     n_folds: int = 5
     seed: int = 0
     overwrite: bool = False
-    batch_size: int = 16  # files per decode task
+    files_per_task: int = 64  # files read and decoded by one Ray task
 
     def __post_init__(self) -> None:
         if not self.sizes or min(self.sizes) < 16:
@@ -120,8 +121,13 @@ def decode_pixels(
     dialect: rle.Dialect,
 ) -> dict[str, list]:
     """Ray Data UDF: ``{"bytes", "path"}`` -> resized image and mask bytes per size."""
+    import cv2
+
     from data.dicom import DicomError, read_image
     from data.resize import resize_image, resize_mask
+
+    # Ray runs one task per core: OpenCV's own thread pool would only oversubscribe them.
+    cv2.setNumThreads(1)
 
     columns = ["image_id", "error", "label_error", "height", "width", "mask_fraction"]
     columns += [f"{kind}_{s}" for kind in ("image", "mask") for s in sizes]
@@ -202,6 +208,8 @@ def convert(
         except ValueError:
             return str(path)
 
+    _warm_workers(ray)
+
     # Pass 1: headers, in the driver. A header is a few KB and ~0.3 ms to parse, less than
     # a Ray Data job costs to start; threads hide file-system latency (NFS, object stores
     # mounted as files). Listing order decides which of two files with one id is kept.
@@ -258,11 +266,15 @@ def convert(
     regions = {
         i: [(r.line, r.rle) for r in table.regions(i)] for i in ids if status[i] == "positive"
     }
+    # Whole blocks of files_per_task files (batch_size=None) let Ray Data fuse the read
+    # and the decode into one task: no hand-over of raw bytes through the object store.
+    n_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    blocks = max(2 * n_cpus, -(-len(ids) // cfg.files_per_task))
     pixel_ds = ray.data.read_binary_files(
-        [headers[i]["path"] for i in ids], include_paths=True
+        [headers[i]["path"] for i in ids], include_paths=True, override_num_blocks=blocks
     ).map_batches(
         decode_pixels,
-        batch_size=cfg.batch_size,
+        batch_size=None,
         fn_kwargs={"sizes": cfg.sizes, "regions": regions, "dialect": cfg.rle_dialect},
     )
     writer = dataset.PartWriter(cfg.out, cfg.sizes, part_rows=PART_ROWS)
@@ -371,6 +383,28 @@ def _output_row(
         else:
             out[f"mask_{s}"] = None  # unknown: never an empty mask
     return out
+
+
+@functools.cache
+def _warm_task():
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def warm() -> None:
+        # A fresh worker spends ~1-2 s importing pydicom, its JPEG plugins and OpenCV:
+        # let that overlap with the driver's header pass instead of the pixel pass.
+        import cv2  # noqa: F401
+
+        import data.dicom
+        import data.resize  # noqa: F401
+
+    return warm
+
+
+def _warm_workers(ray: Any) -> None:
+    n_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    for _ in range(n_cpus):
+        _warm_task().remote()  # fire and forget
 
 
 def _dicom_root(src: Path) -> Path:
