@@ -76,6 +76,8 @@ def tutorial_point(exp: ExperimentConfig) -> tuple[dict[str, Any], list[str]]:
 
 
 def _nearest(spec: ParamSpec, wanted: Any) -> Any:
+    if wanted is None and (spec.choices is None or None not in spec.choices):
+        return spec.resolved_default()  # e.g. the tutorial had no positive-share schedule
     if spec.choices is not None:
         if wanted in spec.choices:
             return wanted

@@ -88,27 +88,49 @@ def wrapped_trainable(plan: SearchPlan, data: dict[int, Any], trainable: Trainab
     return tune.with_resources(fn, {"cpu": res.cpu, "gpu": res.gpu})
 
 
-def build_tuner(plan: SearchPlan, trainable: Any):
-    """A fresh Tuner for ``plan`` (``trainable`` already wrapped with data and resources)."""
+def build_tuner(
+    plan: SearchPlan,
+    trainable: Any,
+    *,
+    sampler: str = "tpe",
+    early_stopping: bool = True,
+    stop: Any = None,
+):
+    """A fresh Tuner for ``plan`` (``trainable`` already wrapped with data and resources).
+
+    ``sampler="random"`` and ``early_stopping=False`` (FIFO) exist for baselines
+    (bench/search.py); ``stop`` is a Tune stopper (e.g. a trial-epoch budget).
+    """
+    import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     from search.space import make_space
 
     exp = plan.experiment
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=exp.seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=exp.seed),
+    }
+    if sampler not in samplers:
+        raise ValueError(f"sampler must be one of {sorted(samplers)}, got {sampler!r}")
     searcher = OptunaSearch(
         space=make_space(exp),
         metric=exp.metric,
         mode=exp.mode,
         points_to_evaluate=[plan.tutorial_point] if plan.tutorial_point else None,
-        seed=exp.seed,
+        sampler=samplers[sampler](),
     )
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration",  # one report per epoch
-        max_t=exp.epochs,
-        grace_period=exp.asha.grace_period,
-        reduction_factor=exp.asha.reduction_factor,
+    scheduler = (
+        ASHAScheduler(
+            time_attr="training_iteration",  # one report per epoch
+            max_t=exp.epochs,
+            grace_period=exp.asha.grace_period,
+            reduction_factor=exp.asha.reduction_factor,
+        )
+        if early_stopping
+        else FIFOScheduler()
     )
     return tune.Tuner(
         trainable,
@@ -131,6 +153,7 @@ def build_tuner(plan: SearchPlan, trainable: Any):
                 checkpoint_score_attribute=exp.metric,
                 checkpoint_score_order=exp.mode,
             ),
+            stop=stop,
             verbose=1,
         ),
     )
@@ -188,6 +211,7 @@ def run_search(
     *,
     resume: bool = False,
     trainable: Trainable | None = None,
+    **tuner_options: Any,
 ) -> SearchSummary:
     """Run (or resume) the search to completion and write ``search.json``.
 
@@ -208,7 +232,7 @@ def run_search(
                 "--name to start another"
             )
         write_plan(plan)
-        tuner = build_tuner(plan, wrapped)
+        tuner = build_tuner(plan, wrapped, **tuner_options)
     tuner.fit()
     summary = summarise(plan.path)
     (plan.path / "search.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")

@@ -20,6 +20,8 @@ RAW = {
         "schedule": ["constant", "cosine_restarts"],
         "restart_cycles": {"choices": [2, 3, 4], "when": {"schedule": "cosine_restarts"}},
         "augment.flip_p": {"low": 0.0, "high": 1.0},
+        "pos_share_start": {"low": 0.5, "high": 0.9, "default": 0.8},
+        "pos_share_end": {"low": 0.2, "high": 0.5, "default": 0.4},
     },
 }
 
@@ -56,6 +58,9 @@ def test_tutorial_point_moves_into_the_space(exp):
     assert point["schedule"] == "constant"  # the tutorial's "cosine" is not offered
     assert point["batch_size"] == 16 and point["augment.flip_p"] == 0.5
     assert "restart_cycles" not in point
+    # The tutorial sampled images naturally (None): the space's default stands in, noted.
+    assert point["pos_share_start"] == 0.8 and point["pos_share_end"] == 0.4
+    assert any(n.startswith("pos_share_start: tutorial None -> 0.8") for n in notes)
     assert any(n.startswith("img_size: tutorial 256 -> 128") for n in notes)
     # Optuna accepts it as an enqueued trial and it becomes the first suggestion.
     study = optuna.create_study()

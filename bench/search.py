@@ -1,0 +1,181 @@
+"""Search strategies side by side on the synthetic task, at the same budget in trial-epochs.
+
+(a) random search + FIFO (every trial runs max_t epochs);
+(b) ours: TPE + ASHA, the tutorial's point first;
+(c) the tutorial's single config trained for the whole budget.
+
+    python bench/search.py [--budget 48] [--smoke-test]
+
+Prints each arm's best val metric, the trial-epochs it needed to reach (a)'s best, and the
+fraction of trial wall time spent in training steps. Targets: (b) reaches (a)'s best in
+at most a third of the trial-epochs, and beats (c); >= 80% of a trial's time in training
+steps for trials of >= 1 min.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CACHE = Path(__file__).resolve().parent / "out"
+
+
+def dataset(images: int, seed: int = 1) -> Path:
+    from data.convert import ConvertConfig, convert
+    from data.synth import SynthConfig, write_dataset
+
+    raw, ds = CACHE / f"search-raw-{images}-{seed}", CACHE / f"search-ds-{images}-{seed}"
+    if not (ds / "manifest.json").exists():
+        write_dataset(raw, SynthConfig(n_images=images, size=256, seed=seed), progress=True)
+        convert(ConvertConfig(src=raw, out=ds, sizes=(64, 128), overwrite=True), progress=True)
+    return ds
+
+
+from ray import tune  # noqa: E402
+
+
+class TrialEpochBudget(tune.Stopper):
+    """Stop everything once ``budget`` epochs were reported in total."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.seen = budget, 0
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        self.seen += 1
+        return False
+
+    def stop_all(self) -> bool:
+        return self.seen >= self.budget
+
+
+def curve(summary: Any) -> list[tuple[int, float]]:
+    """(cumulative trial-epochs, metric) over every reported epoch, in time order."""
+    rows = sorted(
+        (r["timestamp"], r.get("time_total_s", 0.0), r[summary.metric])
+        for t in summary.trials
+        for r in t.history
+        if summary.metric in r
+    )
+    return [(i + 1, value) for i, (_, _, value) in enumerate(rows)]
+
+
+def epochs_to_reach(points: list[tuple[int, float]], target: float) -> int | None:
+    best = float("-inf")
+    for epochs, value in points:
+        best = max(best, value)
+        if best >= target - 1e-12:
+            return epochs
+    return None
+
+
+def training_fraction(summary: Any, min_seconds: float) -> tuple[float | None, int]:
+    """Mean share of trial time in training steps, over trials running >= min_seconds."""
+    shares = []
+    for t in summary.trials:
+        if not t.history:
+            continue
+        total = float(t.history[-1].get("time_total_s", 0.0))
+        train = sum(float(r.get("train_seconds", 0.0)) for r in t.history)
+        if total >= min_seconds:
+            shares.append(train / total)
+    return (sum(shares) / len(shares) if shares else None), len(shares)
+
+
+def run_arm(name: str, exp: Any, ds: Path, storage: Path, **options: Any) -> Any:
+    from search.tuner import plan_search, run_search
+
+    plan = plan_search(exp, ds, name=f"{name}-{time.strftime('%H%M%S')}", storage=storage)
+    t0 = time.perf_counter()
+    summary = run_search(plan, **options)
+    print(
+        f"[{name}] {len(summary.trials)} trials, {summary.trial_epochs} trial-epochs, "
+        f"{time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=int, default=48, help="trial-epochs per arm")
+    parser.add_argument("--max-t", type=int, default=6, help="epochs per trial (ASHA max_t)")
+    parser.add_argument("--images", type=int, default=400, help="synthetic training DICOMs")
+    parser.add_argument("--smoke-test", action="store_true", help="a 2-minute version")
+    args = parser.parse_args(argv)
+    if args.smoke_test:
+        args.budget, args.max_t, args.images = 8, 2, 120
+
+    from data.ray_session import ensure_ray
+    from search.config import load_experiment
+    from search.space import tutorial_point
+
+    ds = dataset(args.images)
+    ensure_ray()
+    storage = CACHE / "search-results"
+    base = load_experiment("demo")
+    base = dataclasses.replace(base, epochs=args.max_t, storage=storage)
+    from data.dataset import read_manifest
+
+    base = base.resolve_sizes(read_manifest(ds)["sizes"])
+    trials_a = max(1, args.budget // args.max_t)
+
+    random_fifo = dataclasses.replace(base, num_samples=trials_a, enqueue_tutorial=False)
+    a = run_arm("random-fifo", random_fifo, ds, storage, sampler="random", early_stopping=False)
+    ours = dataclasses.replace(base, num_samples=args.budget)
+    b = run_arm("tpe-asha", ours, ds, storage, stop=TrialEpochBudget(args.budget))
+    point, _ = tutorial_point(base)
+    tutorial = dataclasses.replace(
+        base,
+        space=(),
+        fixed={**base.fixed, **point},
+        epochs=args.budget,
+        num_samples=1,
+        enqueue_tutorial=False,
+    )
+    c = run_arm("tutorial", tutorial, ds, storage, early_stopping=False)
+
+    a_best = a.best.best(a.metric, a.mode)[0]
+    rows = []
+    for label, s in (("(a) random + FIFO", a), ("(b) TPE + ASHA (ours)", b), ("(c) tutorial", c)):
+        best = s.best.best(s.metric, s.mode)[0] if s.best else float("nan")
+        reach = epochs_to_reach(curve(s), a_best)
+        share, n = training_fraction(s, 60.0)
+        rows.append(
+            {
+                "arm": label,
+                "best": best,
+                "trial_epochs": s.trial_epochs,
+                "epochs_to_a_best": reach,
+                "train_share": share,
+                "trials_over_1min": n,
+            }
+        )
+    print(f"\nbudget {args.budget} trial-epochs, max_t {args.max_t}, metric {a.metric}")
+    print(f"{'arm':24} {'best':>8} {'used':>6} {'to reach (a) best':>18} {'train share':>12}")
+    for r in rows:
+        share = "-" if r["train_share"] is None else f"{100 * r['train_share']:.0f}%"
+        reach = "never" if r["epochs_to_a_best"] is None else str(r["epochs_to_a_best"])
+        print(f"{r['arm']:24} {r['best']:8.4f} {r['trial_epochs']:6d} {reach:>18} {share:>12}")
+    b_reach = rows[1]["epochs_to_a_best"]
+    if b_reach:
+        print(
+            f"(b) reached (a)'s best in {b_reach / rows[0]['trial_epochs']:.2f} of (a)'s "
+            "trial-epochs (target <= 0.33)"
+        )
+    print(f"(b) - (c) = {rows[1]['best'] - rows[2]['best']:+.4f} {a.metric} (target > 0)")
+    (CACHE / "search-bench.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
