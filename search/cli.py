@@ -567,13 +567,88 @@ def _run_score(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- export
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export the best model of a search",
+        description=(
+            "Take the best trial's best checkpoint of a search (finished, or running: its best "
+            "so far), tune the post-processing triplet (threshold, minimum area, lower "
+            "threshold) on that trial's validation fold, and write a model directory: "
+            "model.keras, saved_model/ and model_card.json (config, trial id, metrics)."
+        ),
+        epilog="Then: pneumotune predict MODEL_DIR DICOM_DIR --out submission.csv",
+    )
+    p.add_argument("results", type=Path, help="the search directory, <storage>/<name>")
+    p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="model directory")
+    p.add_argument("--data", type=Path, default=None,
+                   help="the dataset, if it moved since the search (default: the search's)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from data.dataset import DatasetError
+    from search.export_best import export_best
+    from search.results import ResultsError
+
+    try:
+        result = export_best(args.results, args.out, data_dir=args.data)
+    except (ResultsError, DatasetError) as exc:
+        raise UsageError(str(exc)) from exc
+    print(result.describe())
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on synthetic data (the quick start)",
+        description=(
+            "Run every stage on a synthetic SIIM-layout dataset, on this machine: synth a "
+            "training set and a held-out test set, convert (Ray Data), write the EDA report, "
+            "search with the shipped `demo` experiment (Ray Tune + Optuna TPE + ASHA on a "
+            "local Ray), export the best model, predict the held-out DICOMs and print their "
+            "Kaggle score. About 10 minutes on 2 CPU cores."
+        ),
+        epilog="A second run reuses the data under --out and runs a new search (--fresh: all).",
+    )
+    p.add_argument("--out", type=Path, default=Path("pneumotune-demo"),
+                   help="folder for everything (default: ./pneumotune-demo)")
+    p.add_argument("--images", type=int, default=300, help="training DICOMs (default 300)")
+    p.add_argument("--test-images", type=int, default=60, help="held-out DICOMs (default 60)")
+    p.add_argument("--num-samples", type=_positive_int, default=None,
+                   help="trials (default: the demo experiment's)")
+    p.add_argument("--config", default="demo", metavar="YAML",
+                   help="experiment to search with (default: the shipped demo)")
+    p.add_argument("--fresh", action="store_true", help="delete --out first")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from search.demo import DemoConfig, run_demo
+
+    try:
+        cfg = DemoConfig(out=args.out, images=args.images, test_images=args.test_images,
+                         num_samples=args.num_samples, experiment=args.config, fresh=args.fresh,
+                         dashboard=not args.no_dashboard)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    print(run_demo(cfg).describe())
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_demo,
     _add_synth,
     _add_convert,
     _add_report,
     _add_search,
     _add_status,
+    _add_export,
     _add_train,
     _add_predict,
     _add_score,
