@@ -116,10 +116,13 @@ def configure_devices(mixed_precision: bool = False) -> str | None:
     the first TensorFlow process takes the whole card. It can only be set before the GPUs
     are initialised; when a GPU is already in use the setting stays as it was.
 
-    Mixed precision: ``"mixed_float16"`` on a GPU. On a CPU-only machine it is refused
-    with a ``ValueError``: CPUs have no float16 matrix units, and without native bfloat16
-    (AVX512-BF16 / AMX, rare on the laptops and cloud CPUs this runs on) ``mixed_bfloat16``
-    is emulated and makes training slower, not faster, while still losing precision.
+    Mixed precision: ``"mixed_float16"`` on a GPU (Keras then wraps the optimizer in a
+    ``LossScaleOptimizer``). On a CPU-only machine it is refused with a ``ValueError``
+    rather than switched to bfloat16: float16 has no fast CPU kernels, and bfloat16 helps
+    only on CPUs with native support (AVX512-BF16 / AMX) and little even there (measured
+    on a 2-core AVX512-BF16 VM, 128 px, 8 filters: 1.0-1.3x, within the noise), while it
+    changes the numerics of a trial, so that the same config would mean different
+    training on CPU and GPU nodes of one search.
     Returns ``None`` for the default float32 policy.
     """
     gpus = tf.config.list_physical_devices("GPU")
@@ -131,8 +134,8 @@ def configure_devices(mixed_precision: bool = False) -> str | None:
         return None
     if not gpus:
         raise ValueError(
-            "mixed_precision=True needs a GPU: on a CPU it makes training slower (no native "
-            "float16/bfloat16 units) and less precise; set mixed_precision: false for CPU runs"
+            "mixed_precision=True needs a GPU (float16 on tensor cores); on a CPU it gains "
+            "little or nothing and changes the numerics: set mixed_precision: false for CPU runs"
         )
     return "mixed_float16"
 
@@ -383,10 +386,10 @@ class _EpochEnd(keras.callbacks.Callback):
 
 
 def build_model(cfg: TrainConfig) -> keras.Model:
-    """The compiled ResUNet of ``cfg`` (Adam/AdamW on the config's schedule, combo loss).
+    """The (uncompiled) ResUNet of ``cfg``, under the dtype policy of ``cfg.mixed_precision``.
 
-    ``steps`` per epoch must be known for the schedule, so this takes the training set
-    size through :func:`compile_model`; here only the architecture is built.
+    Compile it with :func:`compile_model`, which needs the training set size for the
+    learning-rate schedule.
     """
     policy = configure_devices(cfg.mixed_precision)
     previous = keras.mixed_precision.global_policy()
@@ -401,6 +404,9 @@ def build_model(cfg: TrainConfig) -> keras.Model:
 
 
 def compile_model(model: keras.Model, cfg: TrainConfig, n_train: int) -> keras.Model:
+    """Compile with Adam (AdamW when ``cfg.weight_decay > 0``) on the config's schedule over
+    ``cfg.epochs * steps_per_epoch(n_train)`` steps, and the config's combo loss. No Keras
+    metrics: validation is scored in numpy after each epoch."""
     model.compile(
         optimizer=_optimizer(cfg, steps_per_epoch(n_train, cfg.batch_size)),
         loss=make_loss(cfg.loss_bce, cfg.loss_dice, cfg.loss_focal),
@@ -429,7 +435,8 @@ def fit(
             ``val_loss``, ``val_iou``, ``val_dice``, ``val_kaggle_dice``,
             ``val_positive_iou`` (0.0 when val has no positive image), ``lr`` (after the
             epoch), ``epoch_seconds`` (training + validation), ``train_seconds`` (the
-            training steps only) and ``images_per_s`` (training images / train_seconds).
+            training steps only) and ``images_per_s`` (training images / train_seconds;
+            the first epoch of a process also pays for tracing the graph).
             Metrics are at ``cfg.threshold``. It may save the model (``model.save``): that
             file, with its optimizer state, is what ``resume_from`` takes.
         initial_epoch: epochs already done (0-based index of the first epoch to train).

@@ -1,0 +1,187 @@
+"""Training throughput, side by side on the same in-memory arrays and the same model.
+
+(a) plain Keras: ``model.fit(x, y)`` on float32 numpy arrays (Keras' own array adapter);
+(b) ours, augmentation off: ``model.train.fit`` (per-epoch sampling plan, tf.data gather,
+    prefetch; no Python per batch);
+(c) ours, the tutorial's augmentation: (b) + albumentations in tf.data's threads;
+(d) our input pipeline alone (no model), with the tutorial augmentation: its headroom;
+(e) augmentation alone, one core: images/s of ``augment_batch`` at 128 and 256 px.
+
+    python bench/train.py [--size 128] [--images 192] [--epochs 3] [--repeats 2] [--smoke-test]
+
+Images/s are those of the training steps of epochs 2.. (epoch 1 traces the graph), the
+median over epochs, and the best of ``--repeats`` rounds run a, b, c, a, b, c (other load
+on the machine only ever slows a run down, so the best round is the least disturbed).
+Target: (b) within 10% of (a), i.e. b/a >= 0.90. c/a is what augmentation costs here; d
+and e say how far the pipeline is from being the bottleneck. Numbers only: nothing is
+asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+
+def synth_arrays(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` synthetic radiographs and their masks at ``size`` px (22% positive), rendered
+    in memory with data.synth (no DICOM round trip: this benchmark is about training)."""
+    from data.synth import render_case
+
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, size, size), np.uint8)
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        image, regions = render_case(rng, size, positive=rng.random() < 0.22)
+        images[i] = image
+        for region in regions:
+            masks[i] |= region
+    return images, masks
+
+
+def plain_fit(cfg, images: np.ndarray, masks: np.ndarray) -> list[float]:
+    """(a): per-epoch images/s of Keras' own fit on the arrays (same model, loss, optimizer)."""
+    import keras
+
+    from model.train import build_model, compile_model
+
+    keras.utils.set_random_seed(cfg.seed)
+    model = compile_model(build_model(cfg), cfg, len(images))
+    x = images.astype(np.float32)[..., None]
+    y = masks.astype(np.float32)[..., None]
+    rates: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            rates.append(len(x) / (time.perf_counter() - self.t0))
+
+    model.fit(
+        x,
+        y,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        shuffle=True,
+        verbose=0,
+        callbacks=[Timer()],
+    )
+    return rates
+
+
+def our_fit(cfg, images: np.ndarray, masks: np.ndarray) -> list[float]:
+    """(b)/(c): per-epoch training images/s of model.train.fit (validation excluded)."""
+    from model.train import fit
+
+    val = (images[:8], masks[:8])  # tiny: validation time is not part of train_seconds
+    result = fit(cfg, (images, masks), val)
+    return [m["images_per_s"] for m in result.history]
+
+
+def augment_rate(size: int, n: int, seed: int = 0) -> float:
+    """(d): images/s of the tutorial augmentation on one thread at ``size`` px."""
+    from data.augment import AugmentConfig, augment_batch, build_augment
+
+    images, masks = synth_arrays(min(n, 32), size, seed)
+    reps = max(1, n // len(images))
+    pipeline = build_augment(AugmentConfig.tutorial(), size, seed=seed)
+    augment_batch(pipeline, images[:2], masks[:2])  # warm-up (imports, caches)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        augment_batch(pipeline, images, masks)
+    return reps * len(images) / (time.perf_counter() - t0)
+
+
+def pipeline_rate(cfg, images: np.ndarray, masks: np.ndarray) -> float:
+    """(d): images/s of the tf.data stream of :func:`model.train.fit`, nothing consuming it."""
+    from model.train import epoch_plan, make_dataset
+
+    plan = epoch_plan(cfg, masks.reshape(len(masks), -1).any(axis=1))
+    t0 = time.perf_counter()
+    n = sum(len(x) for x, _ in make_dataset(cfg, images, masks, plan))
+    return n / (time.perf_counter() - t0)
+
+
+def steady(rates: list[float]) -> float:
+    """Median images/s without the first epoch (graph tracing), if there is more than one."""
+    return statistics.median(rates[1:] if len(rates) > 1 else rates)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=128, help="image side (default 128)")
+    parser.add_argument("--images", type=int, default=192, help="training images (default 192)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run (default 3)")
+    parser.add_argument("--filters", type=int, default=16, help="base filters (default 16)")
+    parser.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds, best kept (default 2)")
+    parser.add_argument("--smoke-test", action="store_true", help="a ~20-second version")
+    args = parser.parse_args(argv)
+    if args.smoke_test:
+        args.size, args.images, args.epochs, args.filters, args.repeats = 32, 48, 2, 4, 1
+    aug_sizes = (128,) if args.smoke_test else (128, 256)
+    aug_n = 32 if args.smoke_test else 192
+
+    import tensorflow as tf
+
+    from data.augment import AugmentConfig
+    from model.config import TrainConfig
+
+    depth = 2 if args.smoke_test else 4
+    base = TrainConfig(
+        img_size=args.size,
+        base_filters=args.filters,
+        depth=depth,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        augment=AugmentConfig.none(),
+    )
+    print(
+        f"pneumotune training benchmark: {args.images} images at {args.size} px, ResUNet "
+        f"{args.filters} filters depth {depth}, batch {args.batch_size}, {args.epochs} epochs; "
+        f"{os.cpu_count()} CPUs, TF {tf.__version__}, "
+        f"GPUs {len(tf.config.list_physical_devices('GPU'))}"
+    )
+    t0 = time.perf_counter()
+    images, masks = synth_arrays(args.images, args.size)
+    print(f"rendered the arrays with data.synth in {time.perf_counter() - t0:.1f} s")
+
+    tutorial = dataclasses.replace(base, augment=AugmentConfig.tutorial())
+    a = b = c = 0.0
+    for round_ in range(args.repeats):
+        a = max(a, steady(plain_fit(base, images, masks)))
+        b = max(b, steady(our_fit(base, images, masks)))
+        c = max(c, steady(our_fit(tutorial, images, masks)))
+        print(f"round {round_ + 1}/{args.repeats}: best so far a {a:.1f}, b {b:.1f}, c {c:.1f}")
+    d = pipeline_rate(tutorial, images, masks)
+    print()
+    print(f"{'run':<46}{'images/s':>10}{'vs (a)':>9}")
+    print(f"{'(a) plain model.fit(x, y), numpy arrays':<46}{a:>10.1f}{1.0:>9.2f}")
+    print(f"{'(b) model.train.fit, augmentation off':<46}{b:>10.1f}{b / a:>9.2f}")
+    print(f"{'(c) model.train.fit, tutorial augmentation':<46}{c:>10.1f}{c / a:>9.2f}")
+    print(f"{'(d) its input pipeline alone (no model)':<46}{d:>10.1f}{d / a:>9.1f}")
+    # Positive: slower than plain fit; negative: faster (target: at most +10%).
+    print(f"input pipeline overhead vs plain fit: {100 * (1 - b / a):+.1f}% (target <= +10%)")
+    print()
+    print("(e) tutorial augmentation alone, one thread:")
+    for size in aug_sizes:
+        rate = augment_rate(size, aug_n)
+        note = f" ({rate / a:.1f}x the training rate (a))" if size == args.size else ""
+        print(f"    {size:>4} px: {rate:8.1f} images/s per core{note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
