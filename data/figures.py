@@ -64,11 +64,16 @@ def empty_axes(fig: Figure) -> list[Axes]:
 # --------------------------------------------------------------------------- page model
 @dataclass(frozen=True)
 class Table:
-    """A small table: ``header`` names the columns, each row has as many cells."""
+    """A small table: ``header`` names the columns, each row has as many cells.
+
+    ``marked`` holds the indices of rows to highlight (e.g. settings that differ); say
+    in a cell or the caption why a row is marked too, not by colour alone.
+    """
 
     header: Sequence[str]
     rows: Sequence[Sequence[object]]
     caption: str = ""
+    marked: Sequence[int] = ()
 
 
 @dataclass
@@ -169,9 +174,19 @@ def _render_section(section: Section) -> str:
 def _render_table(table: Table) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(str(h))}</th>" for h in table.header)
-    rows = "\n".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in table.rows)
+    marked = set(table.marked)
+    rows = "\n".join(
+        ('<tr class="marked">' if i in marked else "<tr>")
+        + "".join(_cell(c) for c in row)
+        + "</tr>"
+        for i, row in enumerate(table.rows)
+    )
     caption = f"<caption>{esc(table.caption)}</caption>" if table.caption else ""
-    return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>\n{rows}\n</tbody></table>"
+    # In a scrolling box: a wide table (many columns) scrolls alone, the page does not.
+    return (
+        f'<div class="table-box"><table>{caption}<thead><tr>{head}</tr></thead><tbody>\n'
+        f"{rows}\n</tbody></table></div>"
+    )
 
 
 def _cell(value: object) -> str:
@@ -201,4 +216,6 @@ caption { text-align: left; color: #555; font-size: 14px; padding-bottom: 4px;
 th, td { border: 1px solid #ddd; padding: 3px 10px; text-align: left; }
 th { background: #f0f0f0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.marked td { background: #fff1c2; font-weight: 600; }
+.table-box { max-width: 100%; overflow-x: auto; }
 """

@@ -21,6 +21,7 @@ The pipeline, one stage per command (each writes what the next one reads):
   pneumotune synth    OUT                 a synthetic SIIM-layout dataset (DICOM + RLE CSV)
   pneumotune convert  SRC DATASET         DICOMs + labels -> Parquet + manifest + error ledger
   pneumotune report   DATASET             EDA report (HTML + PNG)
+  pneumotune report   RESULTS_DIR         search report (HTML + PNG)
   pneumotune train    --config demo --data DATASET --out MODEL    one run, no search
   pneumotune predict  MODEL DICOM_DIR --out submission.csv        DICOMs -> RLE CSV
   pneumotune score    submission.csv TRUTH.csv --dicoms DICOM_DIR  the Kaggle score
@@ -316,16 +317,38 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
         description="Read a search directory (running or finished) and print its trial table.",
     )
     p.add_argument("results", type=Path, help="the search directory, <storage>/<name>")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="refresh the table until every trial has finished (Ctrl-C stops watching, not "
+        "the search); when stdout is not a terminal, print it again only when it changed",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between readings with --watch (default 5)",
+    )
     p.set_defaults(func=_run_status)
 
 
 def _run_status(args: argparse.Namespace) -> int:
     from search.results import ResultsError, summarise
 
+    if args.interval <= 0:
+        raise UsageError(f"--interval must be > 0 seconds, got {args.interval}")
     try:
-        print(summarise(args.results).describe())
+        if not args.watch:
+            print(summarise(args.results).describe())
+            return 0
+        from search.watch import watch
+
+        watch(args.results, args.interval)
     except ResultsError as exc:
         raise UsageError(str(exc)) from exc
+    except KeyboardInterrupt:
+        pass  # the way to stop watching: the search goes on
     return 0
 
 
@@ -333,31 +356,41 @@ def _run_status(args: argparse.Namespace) -> int:
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
-        help="EDA report of a converted dataset (one offline HTML page + PNGs)",
+        help="report of a dataset (EDA) or of a search (one offline HTML page + PNGs)",
         description=(
             "Write an exploratory report of a dataset written by `pneumotune convert`: sample "
             "radiographs, positive images with mask / CLAHE / raw panels, class balance, "
             "regions per image, age, sex and view position by class, mask areas, a heat map "
             "of where regions lie, and data quality (unlabelled images, invalid ages, "
             "conversion errors, fold balance). One self-contained HTML file (no network "
-            "needed to open it) plus each figure as a PNG. No patient identifier is shown."
+            "needed to open it) plus each figure as a PNG. No patient identifier is shown. "
+            "Given a search directory instead, write the search report: the metric per "
+            "epoch of every trial (ASHA stops marked), best so far over trial-epochs, "
+            "parallel coordinates of the searched values, hyperparameter importance "
+            "(Optuna), the best trial against the tutorial's settings, and the best "
+            "model's predictions on validation images."
         ),
     )
-    p.add_argument("dataset", type=Path, help="a dataset folder (holds manifest.json)")
+    p.add_argument(
+        "dataset",
+        type=Path,
+        help="a dataset folder (holds manifest.json) or a search directory (holds pneumotune.json)",
+    )
     p.add_argument(
         "--out",
         type=Path,
         default=None,
         metavar="DIR",
-        help="output folder (default: DATASET/report)",
+        help="output folder (default: report/ inside the dataset or search folder)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for the sampled images (default 0)")
     p.add_argument(
         "--samples",
         type=_positive_int,
-        default=12,
+        default=None,
         metavar="N",
-        help="random radiographs in the sample grid (default 12)",
+        help="random radiographs in the sample grid (default 12), or validation images "
+        "in a search report's predictions (default 6)",
     )
     p.set_defaults(func=_run_report)
 
@@ -365,15 +398,34 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _run_report(args: argparse.Namespace) -> int:
     from data.dataset import MANIFEST, DatasetError
     from data.report import report_dataset
+    from search.results import is_experiment
 
+    if is_experiment(args.dataset):
+        return _run_search_report(args)
     if not (args.dataset / MANIFEST).is_file():
         raise UsageError(
             f"{args.dataset} is not a pneumotune dataset: expected a folder holding {MANIFEST}, "
-            "as written by `pneumotune convert SRC DATASET`"
+            "as written by `pneumotune convert SRC DATASET`, or a search directory holding "
+            "pneumotune.json"
         )
+    samples = 12 if args.samples is None else args.samples
     try:
-        result = report_dataset(args.dataset, args.out, seed=args.seed, samples=args.samples)
+        result = report_dataset(args.dataset, args.out, seed=args.seed, samples=samples)
     except DatasetError as exc:
+        raise UsageError(str(exc)) from exc
+    print(result.describe())
+    print(result.html)
+    return 0
+
+
+def _run_search_report(args: argparse.Namespace) -> int:
+    from search.report import DEFAULT_SAMPLES, report_search
+    from search.results import ResultsError
+
+    samples = DEFAULT_SAMPLES if args.samples is None else args.samples
+    try:
+        result = report_search(args.dataset, args.out, seed=args.seed, samples=samples)
+    except ResultsError as exc:
         raise UsageError(str(exc)) from exc
     print(result.describe())
     print(result.html)
