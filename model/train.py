@@ -282,10 +282,18 @@ def make_dataset(
 # --------------------------------------------------------------------------- validation
 
 
+# Images per model.predict call: bounds the float32 copy of the input (4 MB per 1024-px
+# image) whatever the size of the validation set.
+PREDICT_CHUNK = 128
+
+
 def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Probabilities ``float32 (N, S, S)`` for ``uint8 (N, S, S)`` images."""
-    x = images.astype(np.float32)[..., None]
-    return model.predict(x, batch_size=batch_size, verbose=0)[..., 0]
+    out = np.empty(images.shape, np.float32)
+    for start in range(0, len(images), PREDICT_CHUNK):
+        x = images[start : start + PREDICT_CHUNK].astype(np.float32)[..., None]
+        out[start : start + len(x)] = model.predict(x, batch_size=batch_size, verbose=0)[..., 0]
+    return out
 
 
 def validation_metrics(
@@ -294,28 +302,37 @@ def validation_metrics(
     masks: np.ndarray,
     threshold: float,
     batch_size: int = 32,
-) -> tuple[dict[str, float], np.ndarray]:
-    """The ``val_*`` metrics of :data:`METRIC_KEYS` and the probabilities they came from.
+) -> dict[str, float]:
+    """The ``val_*`` metrics of :data:`METRIC_KEYS` for a compiled model.
 
-    One ``model.predict`` over the set, then the numpy references of :mod:`model.metrics`
-    at ``threshold``. ``val_loss`` is the compiled loss averaged over images (what
-    ``model.evaluate`` would report). ``val_positive_iou`` is 0.0, not NaN, when the set
-    has no positive image: a search sorts on it and NaN would poison the ranking.
+    The model predicts the set chunk by chunk; each chunk's loss is computed and its
+    probabilities are binarised at ``threshold`` (kept as uint8, a quarter of float32:
+    a 1024-px validation set does not fit in memory as probabilities). The numpy
+    references of :mod:`model.metrics` then score the binary masks, which gives exactly
+    their value on the probabilities at ``threshold``. ``val_loss`` is the compiled loss
+    averaged over images (what ``model.evaluate`` would report). ``val_positive_iou`` is
+    0.0, not NaN, when the set has no positive image: a search sorts on it and NaN would
+    poison the ranking.
     """
-    probs = predict_probs(model, images, batch_size)
+    binary = np.empty(masks.shape, np.uint8)
     losses = []
-    for start in range(0, len(probs), 64):
-        t = masks[start : start + 64, ..., None].astype(np.float32)
-        p = probs[start : start + 64, ..., None]
-        losses.append(keras.ops.convert_to_numpy(model.loss.call(t, p)))
-    pos_iou = M.positive_iou(masks, probs, threshold)
+    for start in range(0, len(images), PREDICT_CHUNK):
+        stop = start + PREDICT_CHUNK
+        probs = predict_probs(model, images[start:stop], batch_size)
+        binary[start:stop] = probs > threshold
+        truth = masks[start:stop]
+        for b in range(0, len(probs), batch_size):
+            t = truth[b : b + batch_size, ..., None].astype(np.float32)
+            p = probs[b : b + batch_size, ..., None]
+            losses.append(keras.ops.convert_to_numpy(model.loss.call(t, p)))
+    pos_iou = M.positive_iou(masks, binary, 0.5)
     return {
         "val_loss": float(np.mean(np.concatenate(losses))),
-        "val_iou": M.iou(masks, probs, threshold),
-        "val_dice": M.dice(masks, probs, threshold),
-        "val_kaggle_dice": M.kaggle_dice(masks, probs, threshold),
+        "val_iou": M.iou(masks, binary, 0.5),
+        "val_dice": M.dice(masks, binary, 0.5),
+        "val_kaggle_dice": M.kaggle_dice(masks, binary, 0.5),
         "val_positive_iou": 0.0 if math.isnan(pos_iou) else pos_iou,
-    }, probs
+    }
 
 
 class _EpochEnd(keras.callbacks.Callback):
@@ -362,7 +379,7 @@ class _EpochEnd(keras.callbacks.Callback):
         loss = float(logs.get("loss", math.nan))
         if not math.isfinite(loss):
             raise self._diverged("at its end", loss)
-        val, _ = validation_metrics(
+        val = validation_metrics(
             self.model, *self.val, self.cfg.threshold, batch_size=2 * self.cfg.batch_size
         )
         if not math.isfinite(val["val_loss"]):

@@ -11,6 +11,7 @@ import pytest
 from data.augment import AugmentConfig
 from data.sampling import positive_share
 from model import metrics as M
+from model import train as train_module
 from model.config import SCHEDULES, TrainConfig
 from model.train import (
     METRIC_KEYS,
@@ -21,6 +22,7 @@ from model.train import (
     epoch_plan,
     fit,
     make_dataset,
+    predict_probs,
     steps_per_epoch,
     validation_metrics,
 )
@@ -251,12 +253,15 @@ def test_a_diverging_config_raises_training_diverged():
         fit(tiny(lr=1e12, schedule="constant", epochs=2), train, val)
 
 
-def test_validation_metrics_match_the_numpy_references_and_zero_without_positives():
+def test_validation_metrics_match_the_numpy_references_and_zero_without_positives(monkeypatch):
+    monkeypatch.setattr(train_module, "PREDICT_CHUNK", 3)  # 8 images: chunks of 3, 3, 2
     cfg = tiny()
     model = compile_model(build_model(cfg), cfg, n_train=8)
     images, masks = blobs(8, seed=7)
-    val, probs = validation_metrics(model, images, masks, cfg.threshold)
+    val = validation_metrics(model, images, masks, cfg.threshold, batch_size=3)
+    probs = predict_probs(model, images)
     assert probs.shape == (8, SIZE, SIZE) and probs.dtype == np.float32
+    assert val["val_dice"] == M.dice(masks, probs, cfg.threshold)
     assert val["val_iou"] == M.iou(masks, probs, cfg.threshold)
     assert val["val_kaggle_dice"] == M.kaggle_dice(masks, probs, cfg.threshold)
     expected_loss = float(
@@ -264,5 +269,5 @@ def test_validation_metrics_match_the_numpy_references_and_zero_without_positive
     )
     assert val["val_loss"] == pytest.approx(expected_loss, rel=1e-5)
     empty = np.zeros_like(masks)
-    no_pos, _ = validation_metrics(model, images, empty, cfg.threshold)
+    no_pos = validation_metrics(model, images, empty, cfg.threshold)
     assert no_pos["val_positive_iou"] == 0.0  # not NaN: a search sorts on it
