@@ -447,11 +447,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train one model with an experiment's defaults (no search) and export it",
         description=(
-            "Train one ResUNet on a converted dataset with the experiment's fixed values and "
-            "the default of each searched parameter (`img_size: stored` means the smallest "
-            "stored size), validating on the fold val_fold. Prints the validation metrics "
-            "after every epoch, tunes the post-processing triplet (threshold, minimum area, "
-            "lower threshold) on the validation fold, and exports the model to --out: "
+            "Train one ResUNet on a converted dataset with the experiment's fixed values and\n"
+            "the default of each searched parameter (`img_size: stored` means the smallest\n"
+            "stored size), validating on the fold val_fold. Prints the validation metrics\n"
+            "after every epoch, tunes the post-processing triplet (threshold, minimum area,\n"
+            "lower threshold) on the validation fold, and exports the model to --out:\n"
             "model.keras, a TF SavedModel and model_card.json."
         ),
         epilog=(
@@ -460,8 +460,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             "  pneumotune convert raw ds --sizes 64,128\n"
             "  pneumotune train --config demo --data ds --epochs 8 --set img_size=128\n"
             "  pneumotune predict pneumotune-model DICOM_DIR --out submission.csv\n"
-            "The Kaggle score printed at the end is worth comparing with the all-empty "
-            "score printed next to it: ~78% of images have no pneumothorax, so predicting "
+            "The Kaggle score printed at the end is worth comparing with the all-empty\n"
+            "score printed next to it: ~78% of images have no pneumothorax, so predicting\n"
             "nothing at all already scores ~0.78."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
