@@ -97,7 +97,13 @@ def param_importances(summary: SearchSummary, specs: dict[str, ParamSpec]) -> Im
         result.reason = "No searched parameter was sampled by a finished trial."
         return result
 
-    study = optuna.create_study(direction="maximize" if summary.mode == "max" else "minimize")
+    # Quiet while building the replay ("A new study created in memory..."), then as before.
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(direction="maximize" if summary.mode == "max" else "minimize")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     for trial, score in zip(trials, scores, strict=True):
         params = {p: _plain(trial.config[p]) for p in names if p in trial.config}
         study.add_trial(

@@ -306,8 +306,9 @@ def param_axis(name: str, values: list[Any], spec: ParamSpec | None) -> ParamAxi
     """The axis of ``name``: the spec's range or choices, else the range of ``values``."""
     numeric = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
     if spec is not None and spec.choices is not None:
+        # "stored" (img_size) stands for the dataset's sizes: the values used show them.
         choices = [c for c in spec.choices if c != "stored"]
-        extra = [v for v in values if v not in choices]
+        extra = [v for v in dict.fromkeys(values) if v not in choices]
         return ParamAxis(name, "categorical", tuple(_sorted_values([*choices, *extra])))
     if spec is not None and spec.low is not None and spec.high is not None:
         low = min([float(spec.low), *numeric])

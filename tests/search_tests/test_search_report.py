@@ -295,6 +295,32 @@ def test_prediction_rows_mix_positives_and_negatives():
     assert sorted(rows) == [0, 1, 2]
 
 
+def test_parallel_axes_place_values_in_the_searched_range():
+    from search.config import ParamSpec
+
+    sizes = report_plots.param_axis(
+        "img_size", [64, 64, 32, 64], ParamSpec("img_size", ("stored",))
+    )
+    assert (sizes.position(32), sizes.position(64)) == (0.0, 1.0)
+    lr = report_plots.param_axis("lr", [1e-3], ParamSpec("lr", low=1e-4, high=1e-2, log=True))
+    assert lr.kind == "log" and lr.position(1e-3) == pytest.approx(0.5)
+    assert [label for _, label in lr.ticks()] == ["0.0001", "0.001", "0.01"]
+    observed = report_plots.param_axis("loss_bce", [1.0, 3.0, 2.0], None)
+    assert observed.kind == "linear" and observed.position(2.0) == pytest.approx(0.5)
+
+
+def test_report_of_a_search_that_has_not_started(search_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(search_dir / PLAN_FILE, empty / PLAN_FILE)
+    result = report.report_search(empty, tmp_path / "out")
+    assert result.running and result.sections == SECTIONS and not result.figures
+    page = _html(result)
+    assert "No trial has reported an epoch yet." in page
+    assert f"needs at least {MIN_FINISHED_TRIALS} finished trials" in page
+    assert "No trial has a score yet" in page
+
+
 def test_no_image_or_patient_identifier_in_the_page(with_model, tiny_dataset):
     page = _html(with_model)
     meta = read_meta(tiny_dataset)
