@@ -83,7 +83,7 @@ def export_best(results_dir: Path, out_dir: Path, data_dir: Path | None = None) 
     """Export the best trial of a search (finished, or still running: its best so far)."""
     import keras
 
-    import model.train  # noqa: F401  registers ComboLoss and the schedules for load_model
+    from model import train as _registers_custom_objects  # noqa: F401  (ComboLoss, schedules)
     from data.dataset import load_arrays
     from search.trainable import MODEL_FILE, split_fold
 
