@@ -83,8 +83,8 @@ def export_best(results_dir: Path, out_dir: Path, data_dir: Path | None = None) 
     """Export the best trial of a search (finished, or still running: its best so far)."""
     import keras
 
-    from model import train as _registers_custom_objects  # noqa: F401  (ComboLoss, schedules)
     from data.dataset import load_arrays
+    from model import train as _registers_custom_objects  # noqa: F401  (ComboLoss, schedules)
     from search.trainable import MODEL_FILE, split_fold
 
     summary = summarise(Path(results_dir))
