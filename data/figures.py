@@ -20,6 +20,7 @@ import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -91,6 +92,19 @@ class Section:
     png: bytes | None = None
     caption: str = ""
     level: int = 2
+
+
+def figure_section(
+    key: str, title: str, fig: Figure | None, empty_text: str, caption: str = "", **kw: Any
+) -> Section:
+    """A section showing ``fig``, or saying ``empty_text`` when there is nothing to draw
+    (an empty axis would look like a bug)."""
+    section = Section(key, title, **kw)
+    if fig is None:
+        section.paragraphs.append(empty_text)
+    else:
+        section.png, section.caption = png_bytes(fig), caption
+    return section
 
 
 @dataclass(frozen=True)

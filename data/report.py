@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from matplotlib.figure import Figure
 
 from data import dataset
 from data.dicom import MAX_AGE_YEARS
@@ -59,7 +58,7 @@ from data.figures import (
     UNLABELLED,
     Section,
     Table,
-    png_bytes,
+    figure_section,
     write_report,
 )
 
@@ -300,18 +299,6 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _section(
-    key: str, title: str, fig: Figure | None, empty_text: str, caption: str = "", **kw: Any
-) -> Section:
-    """A section with ``fig`` rendered, or with ``empty_text`` when there is no figure."""
-    section = Section(key, title, **kw)
-    if fig is None:
-        section.paragraphs.append(empty_text)
-    else:
-        section.png, section.caption = png_bytes(fig), caption
-    return section
-
-
 def overview_section(manifest: dict[str, Any]) -> Section:
     counts = manifest.get("counts", {})
     meanings = {
@@ -355,7 +342,7 @@ def overview_section(manifest: dict[str, Any]) -> Section:
 
 def samples_section(pixels: Pixels, meta: pd.DataFrame, rows: list[int]) -> Section:
     fig = fig_samples(pixels, meta, rows)
-    return _section(
+    return figure_section(
         "samples",
         "Sample radiographs",
         fig,
@@ -370,7 +357,7 @@ def samples_section(pixels: Pixels, meta: pd.DataFrame, rows: list[int]) -> Sect
 
 def positives_section(pixels: Pixels, meta: pd.DataFrame, rows: list[int]) -> Section:
     fig = fig_positive_examples(pixels, meta, rows)
-    return _section(
+    return figure_section(
         "positives",
         "Positive images: mask, CLAHE, raw",
         fig,
@@ -392,7 +379,7 @@ def class_balance_section(meta: pd.DataFrame) -> Section:
         f"{_n(counts.get(UNLABELLED, 0), 'image')} unlabelled (no label row: unknown, not "
         "negative)."
     )
-    return _section(
+    return figure_section(
         "class_balance",
         "Class balance",
         fig_class_balance(meta),
@@ -412,7 +399,7 @@ def regions_section(meta: pd.DataFrame) -> Section:
             f"{several} of {len(pos)} positive images ({pct(several, len(pos))}) have more "
             "than one annotated region (one label row each; rows of one image can overlap)."
         )
-    return _section(
+    return figure_section(
         "regions",
         "Annotations per image",
         fig_regions_per_image(meta),
@@ -425,7 +412,7 @@ def regions_section(meta: pd.DataFrame) -> Section:
 
 def age_section(meta: pd.DataFrame) -> Section:
     no_age = int(meta["age"].isna().sum())
-    return _section(
+    return figure_section(
         "age",
         "Age by class",
         fig_age(meta),
@@ -442,7 +429,7 @@ def age_section(meta: pd.DataFrame) -> Section:
 
 
 def sex_section(meta: pd.DataFrame) -> Section:
-    return _section(
+    return figure_section(
         "sex",
         "Sex by class",
         fig_sex(meta),
@@ -453,7 +440,7 @@ def sex_section(meta: pd.DataFrame) -> Section:
 
 
 def view_position_section(meta: pd.DataFrame) -> Section:
-    return _section(
+    return figure_section(
         "view_position",
         "View position by class",
         fig_view_position(meta),
@@ -473,7 +460,7 @@ def mask_area_section(meta: pd.DataFrame) -> Section:
             f"90th {q[0.9]:.2f}%). At 1024 px, 1% is about {0.01 * 1024 * 1024:.0f} pixels; "
             "small regions are what a post-processing minimum area can delete."
         )
-    return _section(
+    return figure_section(
         "mask_area",
         "Mask area",
         fig_mask_area(meta),
@@ -485,7 +472,7 @@ def mask_area_section(meta: pd.DataFrame) -> Section:
 
 
 def heatmap_section(pixels: Pixels) -> Section:
-    return _section(
+    return figure_section(
         "heatmap",
         "Where the regions lie",
         fig_heatmap(pixels),
@@ -557,7 +544,7 @@ def errors_section(errors: pd.DataFrame | None) -> Section:
         )
     grouped = errors.groupby(["stage", "short"]).size().sort_values(ascending=False)
     by_stage = errors["stage"].value_counts()
-    return _section(
+    return figure_section(
         "errors",
         "Conversion errors",
         fig_errors(errors),
@@ -589,7 +576,7 @@ def folds_section(meta: pd.DataFrame) -> Section:
             pos, neg = states.get(PNEUMOTHORAX, 0), states.get(NO_PNEUMOTHORAX, 0)
             unl, patients = states.get(UNLABELLED, 0), int(part["key"].nunique())
             rows.append((int(fold), len(part), patients, pos, neg, unl, pct(pos, pos + neg)))
-    return _section(
+    return figure_section(
         "folds",
         "Fold balance",
         fig_folds(meta),

@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
-from data.figures import Section, Table, png_bytes, write_report
+from data.figures import Section, Table, figure_section, write_report
 from search.config import ParamSpec
 from search.importance import Importance, load_specs, param_importances
 from search.report_plots import (
@@ -182,18 +181,6 @@ def _best_text(t: TrialRecord, summary: SearchSummary, short: bool = True) -> st
     return f"{value:.4f}\u00a0@{epoch}" if short else f"{value:.4f} at epoch {epoch}"
 
 
-def _section(
-    key: str, title: str, fig: Figure | None, empty_text: str, caption: str = "", **kw: Any
-) -> Section:
-    """A section with ``fig`` rendered, or with ``empty_text`` when there is no figure."""
-    section = Section(key, title, **kw)
-    if fig is None:
-        section.paragraphs.append(empty_text)
-    else:
-        section.png, section.caption = png_bytes(fig), caption
-    return section
-
-
 def _intro(summary: SearchSummary, plan: dict[str, Any], running: bool) -> list[str]:
     counts = summary.counts()
     lines = [
@@ -329,7 +316,7 @@ def curves_section(summary: SearchSummary) -> Section:
         else "ASHA stopped no trial early"
     )
     tutorial = " Black dashes: the tutorial's settings." if summary.tutorial else ""
-    return _section(
+    return figure_section(
         "curves",
         f"{summary.metric} per epoch",
         fig_curves(summary),
@@ -346,7 +333,7 @@ def best_so_far_section(summary: SearchSummary) -> Section:
         if summary.tutorial is not None
         else ""
     )
-    return _section(
+    return figure_section(
         "best_so_far",
         "Best so far",
         fig_best_so_far(summary),
@@ -366,7 +353,7 @@ def parallel_section(
             f"Axes span the values the trials used: {specs_missing}, so the searched ranges "
             "are not known."
         )
-    return _section(
+    return figure_section(
         "parallel",
         "Hyperparameters and scores",
         fig_parallel(summary, specs),
@@ -401,7 +388,7 @@ def importance_section(imp: Importance) -> Section:
         "shares are rough: read them as where to look, not as measurements.",
         *imp.notes,
     ]
-    return _section(
+    return figure_section(
         "importance",
         "Hyperparameter importance",
         fig_importance(imp.values),
@@ -472,7 +459,7 @@ def best_vs_tutorial_section(summary: SearchSummary, plan: dict[str, Any]) -> Se
             "The tutorial's values were moved into this search's space where they were "
             "outside it: " + "; ".join(notes) + "."
         )
-    return _section(
+    return figure_section(
         "best_vs_tutorial",
         "Best trial vs the tutorial's settings",
         fig_best_vs_tutorial(summary),
@@ -586,7 +573,7 @@ def choose_rows(rng: np.random.Generator, positive: np.ndarray, k: int) -> list[
 def predictions_section(summary: SearchSummary, seed: int, samples: int) -> Section:
     pred = best_model_predictions(summary, seed, samples)
     fig = fig_predictions(pred.samples)
-    return _section(
+    return figure_section(
         "predictions",
         "The best model on validation images",
         fig,
