@@ -330,11 +330,11 @@ def _error_reason(root: Path, trial_dir: Path | None, filename: str | None) -> s
         candidates.insert(0, root / filename)
     for c in candidates:
         if c.is_file():
-            return _last_exception_line(c.read_text())
+            return last_exception_line(c.read_text())
     return "failed (no error file)"
 
 
-def _last_exception_line(text: str) -> str:
+def last_exception_line(text: str) -> str:
     """The exception line of a traceback: what a person reads first."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     for line in reversed(lines):

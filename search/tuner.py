@@ -84,6 +84,11 @@ def wrapped_trainable(plan: SearchPlan, data: dict[int, Any], trainable: Trainab
     from search.trainable import train_trial
 
     res = plan.experiment.resources
+    if trainable is None and res.workers_per_trial > 1:
+        # Ray Train workers hold the CPUs/GPUs; the trial is their light driver.
+        from search.distributed import multi_worker_trainable
+
+        return multi_worker_trainable(res, data)
     fn = tune.with_parameters(trainable or train_trial, data=data)
     return tune.with_resources(fn, {"cpu": res.cpu, "gpu": res.gpu})
 
@@ -106,9 +111,11 @@ def build_tuner(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from search.progress import ProgressLines
     from search.space import make_space
 
     exp = plan.experiment
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=exp.seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=exp.seed),
@@ -154,7 +161,9 @@ def build_tuner(
                 checkpoint_score_order=exp.mode,
             ),
             stop=stop,
-            verbose=1,
+            # Our one-line-per-event progress replaces Tune's tables (search/progress.py).
+            callbacks=[ProgressLines(exp.metric, exp.mode, exp.epochs)],
+            verbose=0,
         ),
     )
 
