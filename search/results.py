@@ -264,7 +264,9 @@ def summarise(path: Path) -> SearchSummary:
 
 
 def _trial_states(path: Path) -> dict[str, dict[str, Any]]:
-    states = sorted(path.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    # One file per driver session, named by its start time; a resumed search leaves the old
+    # one behind (and Tune's sync may even touch it later), so the name, not mtime, decides.
+    states = sorted(path.glob("experiment_state-*.json"), key=lambda p: p.name)
     if not states:
         return {}
     try:
