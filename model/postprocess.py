@@ -39,9 +39,13 @@ __all__ = [
     "tune_triplet",
 ]
 
-DEFAULT_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
-# 0 and ~100..2000 px at 1024x1024.
-DEFAULT_MIN_AREAS: tuple[float, ...] = (0.0, 0.0001, 0.0003, 0.0006, 0.001, 0.002)
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# 0 and ~100..2000 px at 1024x1024 (the top solutions' range), then larger areas for a
+# weak model whose noise covers more, and 0.999: "call every image negative". With it the
+# tuned triplet never scores below an all-empty prediction on the tuning set.
+DEFAULT_MIN_AREAS: tuple[float, ...] = (
+    0.0, 0.0001, 0.0003, 0.0006, 0.001, 0.002, 0.005, 0.01, 0.02, 0.999,
+)  # fmt: skip
 DEFAULT_LOWERS: tuple[float | None, ...] = (None, 0.2, 0.3, 0.4)
 
 

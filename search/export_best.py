@@ -36,6 +36,12 @@ class Exported:
             f"{t.min_area}, lower {t.lower}\n"
             f"  validation Kaggle score {self.triplet_score:.4f} (all-empty prediction: "
             f"{self.empty_score:.4f})"
+        ) + (
+            "\n  WARNING: on validation this model does not beat predicting no pneumothorax "
+            "at all; the tuned post-processing empties every mask. Train longer, on more "
+            "data or at a larger size."
+            if self.triplet_score <= self.empty_score
+            else ""
         )
 
 

@@ -202,3 +202,15 @@ def test_tuning_agrees_with_brute_force_over_the_grid():
     }
     assert score == pytest.approx(max(brute.values()))
     assert brute[best] == pytest.approx(score)
+
+
+def test_default_grid_never_scores_below_an_all_empty_prediction():
+    # A weak model: noise above every threshold on every image, regions missed.
+    rng = np.random.default_rng(0)
+    probs = rng.random((20, 32, 32)).astype(np.float32)
+    truths = np.zeros((20, 32, 32), np.uint8)
+    truths[:3, 5:9, 5:9] = 1
+    triplet, score = tune_triplet(probs, truths)
+    empty = metrics.kaggle_dice(truths, np.zeros_like(truths))
+    assert score >= empty
+    assert apply_triplet_batch(probs, triplet).sum() == 0
