@@ -23,6 +23,10 @@ Deviations from the tutorial, on purpose:
   stride-2 conv would read only one pixel in four); a stride-1 block's shortcut only
   projects channels, so it is 1x1 (9x fewer weights on the wide concatenations of the
   decoder, no spatial information lost).
+* BatchNorm momentum is 0.9 (PyTorch's 0.1, what the SIIM winners trained with), not
+  Keras' 0.99: over the few hundred steps of a search trial the 0.99 moving averages
+  lag the weights, and inference-mode predictions on the training set scored 0.47 IoU
+  against 0.66 in training mode (0.74 vs 0.73 with 0.9; measured at 128 px, 8 epochs).
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ from keras import layers
 
 __all__ = ["build_resunet"]
 
+BN_MOMENTUM = 0.9
+
 
 def _bn_relu(x, name: str, index: int | str = ""):
-    x = layers.BatchNormalization(name=f"{name}_bn{index}")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{index}")(x)
     return layers.Activation("relu", name=f"{name}_relu{index}")(x)
 
 
@@ -47,7 +53,7 @@ def _conv(x, filters: int, name: str, kernel: int = 3, strides: int = 1):
 def _shortcut(x, filters: int, strides: int, name: str):
     kernel = 3 if strides > 1 else 1
     x = _conv(x, filters, f"{name}_shortcut_conv", kernel=kernel, strides=strides)
-    return layers.BatchNormalization(name=f"{name}_shortcut_bn")(x)
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_shortcut_bn")(x)
 
 
 def apply_stem(x, filters: int, name: str):
