@@ -95,13 +95,10 @@ def train_once(
         ValueError: an invalid override, or a validation fold with no image.
         model.train.TrainingDiverged: the loss became NaN.
     """
-    import numpy as np
-
     from data.dataset import load_arrays, read_manifest
-    from model import metrics as M
-    from model.export import export_model
-    from model.postprocess import tune_triplet
-    from model.train import fit, predict_probs
+    from model.train import fit
+    from search.export_best import tune_and_export
+    from search.trainable import split_fold
 
     t0 = time.perf_counter()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -112,17 +109,10 @@ def train_once(
         values["epochs"] = epochs
     cfg = exp.default_train_config(**values)
 
-    arrays = load_arrays(data_dir, cfg.img_size)
-    is_val = arrays.meta["fold"].to_numpy() == cfg.val_fold
-    if not is_val.any() or is_val.all():
-        folds = sorted(set(arrays.meta["fold"].tolist()))
-        side = "no validation" if not is_val.any() else "no training"
-        raise ValueError(
-            f"val_fold {cfg.val_fold} leaves {side} image (folds in the dataset: {folds})"
-        )
-    train = (arrays.images[~is_val], arrays.masks[~is_val])
-    val = (arrays.images[is_val], arrays.masks[is_val])
-    val_positive = int(val[1].reshape(len(val[1]), -1).any(axis=1).sum())
+    train_set, val_set = split_fold(load_arrays(data_dir, cfg.img_size), cfg.val_fold)
+    train = (train_set.images, train_set.masks)
+    val = (val_set.images, val_set.masks)
+    val_positive = int(val_set.meta["has_pneumothorax"].sum())
     if progress:
         print(
             f"Training {exp.name} at {cfg.img_size} px for {cfg.epochs} epochs: "
@@ -136,26 +126,17 @@ def train_once(
             print(format_epoch(epoch, cfg.epochs, metrics), flush=True)
 
     result = fit(cfg, train, val, on_epoch_end=report, metric=exp.metric)
-    probs = predict_probs(result.model, val[0], batch_size=2 * cfg.batch_size)
-    triplet, triplet_score = tune_triplet(probs, val[1])
-    empty_score = M.kaggle_dice(val[1], np.zeros_like(val[1]))
-    metrics = {
-        **{k: v for k, v in result.last.items() if k != "epoch"},
-        "epoch": result.last["epoch"],
-        "val_kaggle_dice_triplet": triplet_score,
-        "val_kaggle_dice_all_empty": empty_score,
-        "val_images": len(val[0]),
-        "val_positive_images": val_positive,
-    }
-    export_model(
+    exported = tune_and_export(
         result.model,
+        cfg,
+        val,
         out_dir,
-        train_config=cfg,
-        triplet=triplet,
-        metrics=metrics,
-        data_manifest=data_dir,
+        data_dir,
+        metrics=dict(result.last),
         extra={"experiment": exp.name, "made_by": "pneumotune train", "metric": exp.metric},
     )
+    triplet, triplet_score = exported.triplet, exported.triplet_score
+    empty_score, metrics = exported.empty_score, exported.metrics
     return TrainOnceResult(
         out_dir=out_dir,
         config=cfg,

@@ -25,9 +25,11 @@ STATE_FILE = "state.json"
 def split_fold(arrays: Arrays, val_fold: int) -> tuple[Arrays, Arrays]:
     """Training rows (every other fold) and validation rows (``val_fold``)."""
     folds = arrays.meta["fold"].to_numpy()
-    if not (folds == val_fold).any():
+    is_val = folds == val_fold
+    if not is_val.any() or is_val.all():
+        side = "no validation" if not is_val.any() else "no training"
         raise ValueError(
-            f"validation fold {val_fold} holds no labelled image (folds present: "
+            f"val_fold {val_fold} leaves {side} image (folds of the labelled images: "
             f"{sorted(set(folds.tolist()))})"
         )
     return arrays.subset((folds != val_fold).nonzero()[0]), arrays.subset(
