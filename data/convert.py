@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from data import dataset, labels, rle
+from data.dicom import find_dicoms
 from data.ray_session import ensure_ray, quiet_ray_data
 from data.split import assign_folds
 
@@ -413,11 +414,6 @@ def _dicom_root(src: Path) -> Path:
     # A SIIM download holds dicom-images-train/ and dicom-images-test/ side by side:
     # only the training images belong in a training dataset.
     return src / SIIM_TRAIN_DIR if (src / SIIM_TRAIN_DIR).is_dir() else src
-
-
-def find_dicoms(root: Path) -> list[Path]:
-    """Every ``*.dcm`` below ``root`` (any depth, any case of the suffix), sorted."""
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:

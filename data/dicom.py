@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from os import PathLike
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import cv2
@@ -618,3 +619,11 @@ def _scale_robust(values: np.ndarray) -> np.ndarray:
 def _unit_to_uint8(unit: np.ndarray) -> np.ndarray:
     # Clipped because a VOI LUT may hold values above its declared bit depth.
     return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def find_dicoms(root: Path) -> list[Path]:
+    """Every ``*.dcm`` file below ``root`` (any depth, any case of the suffix), sorted.
+
+    DOMAIN.md: never rely on the depth of a SIIM tree (study/series/instance).
+    """
+    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from data import rle
-from data.dicom import DicomError, read, read_meta
+from data.dicom import DicomError, find_dicoms, read, read_meta
 from data.labels import LabelFileError, LabelTable, read_labels
 from data.resize import resize_image, resize_probabilities
 
@@ -84,11 +84,6 @@ class PredictResult:
             if len(self.errors) > 5:
                 lines.append(f"    ... and {len(self.errors) - 5} more")
         return "\n".join(lines)
-
-
-def find_dicoms(root: Path) -> list[Path]:
-    """Every ``*.dcm`` file below ``root`` (any depth, any case of the suffix), sorted."""
-    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())
 
 
 def errors_path(out_csv: Path) -> Path:

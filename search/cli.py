@@ -634,8 +634,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("results", type=Path, help="the search directory, <storage>/<name>")
     p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="model directory")
-    p.add_argument("--data", type=Path, default=None,
-                   help="the dataset, if it moved since the search (default: the search's)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="the dataset, if it moved since the search (default: the search's)",
+    )
     p.set_defaults(func=_run_export)
 
 
@@ -666,14 +670,26 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         ),
         epilog="A second run reuses the data under --out and runs a new search (--fresh: all).",
     )
-    p.add_argument("--out", type=Path, default=Path("pneumotune-demo"),
-                   help="folder for everything (default: ./pneumotune-demo)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("pneumotune-demo"),
+        help="folder for everything (default: ./pneumotune-demo)",
+    )
     p.add_argument("--images", type=int, default=300, help="training DICOMs (default 300)")
     p.add_argument("--test-images", type=int, default=60, help="held-out DICOMs (default 60)")
-    p.add_argument("--num-samples", type=_positive_int, default=None,
-                   help="trials (default: the demo experiment's)")
-    p.add_argument("--config", default="demo", metavar="YAML",
-                   help="experiment to search with (default: the shipped demo)")
+    p.add_argument(
+        "--num-samples",
+        type=_positive_int,
+        default=None,
+        help="trials (default: the demo experiment's)",
+    )
+    p.add_argument(
+        "--config",
+        default="demo",
+        metavar="YAML",
+        help="experiment to search with (default: the shipped demo)",
+    )
     p.add_argument("--fresh", action="store_true", help="delete --out first")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     p.set_defaults(func=_run_demo)
@@ -683,9 +699,15 @@ def _run_demo(args: argparse.Namespace) -> int:
     from search.demo import DemoConfig, run_demo
 
     try:
-        cfg = DemoConfig(out=args.out, images=args.images, test_images=args.test_images,
-                         num_samples=args.num_samples, experiment=args.config, fresh=args.fresh,
-                         dashboard=not args.no_dashboard)
+        cfg = DemoConfig(
+            out=args.out,
+            images=args.images,
+            test_images=args.test_images,
+            num_samples=args.num_samples,
+            experiment=args.config,
+            fresh=args.fresh,
+            dashboard=not args.no_dashboard,
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     print(run_demo(cfg).describe())
