@@ -392,9 +392,10 @@ def _warm_task():
 
     @ray.remote(num_cpus=1)
     def warm() -> None:
-        # A fresh worker spends ~1-2 s importing pydicom, its JPEG plugins and OpenCV:
-        # let that overlap with the driver's header pass instead of the pixel pass.
+        # A fresh worker spends ~2 s importing Ray Data's task code, pydicom, its JPEG
+        # plugins and OpenCV: let that overlap with the header pass, not the pixel pass.
         import cv2  # noqa: F401
+        import ray.data._internal.execution.operators.map_transformer  # noqa: F401
 
         import data.dicom
         import data.resize  # noqa: F401
