@@ -441,6 +441,7 @@ def fit(
     resume_from: Path | None = None,
     verbose: bool = False,
     metric: str = "val_iou",
+    strategy: tf.distribute.Strategy | None = None,
 ) -> FitResult:
     """Train ``cfg`` on ``train`` for epochs ``initial_epoch..cfg.epochs-1``, scoring ``val``.
 
@@ -462,6 +463,12 @@ def fit(
             ``iterations``. ``None`` builds a new model.
         verbose: show Keras' progress bar.
         metric: one of :data:`model.config.METRICS`, for :attr:`FitResult.best_epoch`.
+        strategy: a ``tf.distribute.MultiWorkerMirroredStrategy`` when this process is
+            one of several workers training the same model (see :mod:`model.multiworker`
+            and :mod:`search.distributed`): the model is built or loaded in its scope and
+            each global batch of ``cfg.batch_size`` is split over the workers. ``train``
+            must then leave every worker a share of the last batch
+            (:func:`model.multiworker.rows_for_even_split`). ``None``: this process only.
 
     Raises:
         TrainingDiverged: the training (or validation) loss became NaN or infinite.
@@ -483,34 +490,44 @@ def fit(
     images, masks = train
     n = len(images)
     steps = steps_per_epoch(n, cfg.batch_size)
-    if resume_from is not None:
-        model = keras.models.load_model(resume_from, compile=True)
-        if model.input_shape[1:3] != (cfg.img_size, cfg.img_size):
-            raise ValueError(
-                f"{resume_from} was built for {model.input_shape[1:3]} images, "
-                f"the config says img_size={cfg.img_size}"
-            )
-        done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        if done != initial_epoch * steps:
-            warnings.warn(
-                f"{resume_from} has done {done} optimizer steps, expected {initial_epoch} "
-                f"epochs x {steps} = {initial_epoch * steps}: the schedule continues from "
-                f"{done}",
-                stacklevel=2,
-            )
-    else:
-        model = compile_model(build_model(cfg), cfg, n)
+    # Several workers: variables must be created in the strategy's scope to be mirrored.
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    with scope:
+        if resume_from is not None:
+            model = keras.models.load_model(resume_from, compile=True)
+            if model.input_shape[1:3] != (cfg.img_size, cfg.img_size):
+                raise ValueError(
+                    f"{resume_from} was built for {model.input_shape[1:3]} images, "
+                    f"the config says img_size={cfg.img_size}"
+                )
+            done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+            if done != initial_epoch * steps:
+                warnings.warn(
+                    f"{resume_from} has done {done} optimizer steps, expected {initial_epoch} "
+                    f"epochs x {steps} = {initial_epoch * steps}: the schedule continues from "
+                    f"{done}",
+                    stacklevel=2,
+                )
+        else:
+            model = compile_model(build_model(cfg), cfg, n)
+    first_callbacks: list[keras.callbacks.Callback] = []
+    if strategy is not None:
+        from model import multiworker
+
+        first_callbacks = multiworker.adapt_model(model, strategy, cfg.img_size)
 
     is_positive = masks.reshape(n, -1).any(axis=1)
     plan = epoch_plan(cfg, is_positive, initial_epoch)
     ds = make_dataset(cfg, images, masks, plan, initial_epoch)
+    if strategy is not None:
+        ds = multiworker.data_sharded(ds)
     history: list[dict[str, float]] = []
     model.fit(
         ds,
         epochs=cfg.epochs,
         initial_epoch=initial_epoch,
         steps_per_epoch=steps,
-        callbacks=[_EpochEnd(cfg, val, n, on_epoch_end, history)],
+        callbacks=[*first_callbacks, _EpochEnd(cfg, val, n, on_epoch_end, history)],
         verbose=1 if verbose else 0,
         shuffle=False,  # the plan is already shuffled; Keras cannot shuffle a tf.data stream
     )
