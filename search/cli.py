@@ -462,22 +462,57 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             "  pneumotune predict pneumotune-model DICOM_DIR --out submission.csv\n"
             "The Kaggle score printed at the end is worth comparing with the all-empty\n"
             "score printed next to it: ~78% of images have no pneumothorax, so predicting\n"
-            "nothing at all already scores ~0.78."
+            "nothing at all already scores ~0.78.\n"
+            "After a search, the best config on all labelled data, 4 data-parallel workers:\n"
+            "  pneumotune train --from-search pneumotune-results/NAME --workers 4 --out MODEL"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--config",
-        required=True,
+        default=None,
         metavar="CONFIG",
-        help="experiment YAML, or the name of a shipped one (demo, siim)",
+        help="experiment YAML, or the name of a shipped one (demo, siim); "
+        "required unless --from-search",
+    )
+    p.add_argument(
+        "--from-search",
+        type=Path,
+        default=None,
+        metavar="RESULTS_DIR",
+        help="retrain the best config of this search (<storage>/<name>) on all labelled "
+        "data with --workers Ray Train workers, keep the search's tuned triplet, export",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=2,
+        help="with --from-search: data-parallel workers, one model replica each (default 2)",
+    )
+    p.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1.0,
+        help="with --from-search: CPUs of each worker (default 1)",
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=None,
+        help="with --from-search: GPUs of each worker (default: 1 if the cluster has GPUs)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="with --from-search: join a running Ray cluster (default: start a local Ray)",
     )
     p.add_argument(
         "--data",
         type=Path,
         default=None,
         metavar="DATASET",
-        help="dataset folder written by `pneumotune convert` (default: the experiment's data)",
+        help="dataset folder written by `pneumotune convert` (default: the experiment's data, "
+        "or the search's with --from-search)",
     )
     p.add_argument(
         "--epochs", type=_positive_int, default=None, help="epochs (default: the experiment's)"
@@ -508,6 +543,10 @@ def _run_train(args: argparse.Namespace) -> int:
     from search.config import ConfigError, load_experiment
     from search.single_run import train_once
 
+    if args.from_search is not None:
+        return _run_train_from_search(args)
+    if args.config is None:
+        raise UsageError("give --config CONFIG (one run) or --from-search RESULTS_DIR")
     try:
         exp = load_experiment(args.config)
         data = args.data or exp.data
@@ -522,6 +561,35 @@ def _run_train(args: argparse.Namespace) -> int:
             progress=True,
         )
     except (ConfigError, DatasetError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    except TrainingDiverged as exc:
+        print(f"pneumotune train: {exc}", file=sys.stderr)
+        return 1
+    print(result.describe())
+    return 0
+
+
+def _run_train_from_search(args: argparse.Namespace) -> int:
+    from data.dataset import DatasetError
+    from data.ray_session import ensure_ray
+    from model.train import TrainingDiverged
+    from search.results import ResultsError
+    from search.retrain import retrain_best
+
+    if args.config is not None or args.overrides:
+        raise UsageError("--from-search takes its config from the search: drop --config/--set")
+    ensure_ray(args.address)
+    try:
+        result = retrain_best(
+            args.from_search,
+            args.out,
+            workers=args.workers,
+            epochs=args.epochs,
+            data_dir=args.data,
+            cpus_per_worker=args.cpus_per_worker,
+            gpus_per_worker=args.gpus_per_worker,
+        )
+    except (ResultsError, DatasetError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
     except TrainingDiverged as exc:
         print(f"pneumotune train: {exc}", file=sys.stderr)
