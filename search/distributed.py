@@ -131,9 +131,8 @@ def train_worker(loop: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, workers = context.get_world_rank(), context.get_world_size()
     node = ray.get_runtime_context().get_node_id()
-    if rank == 0 and loop.get("channel") is not None:
-        # Lets the driver free the workers at once if it stops early.
-        loop["channel"].put((_PLACEMENT_GROUP, ray.util.get_current_placement_group()))
+    if rank == 0:
+        announce_placement_group(loop.get("channel"))
 
     cfg = TrainConfig.from_flat(loop["config"])
     arrays = ray.get(loop["data"])
@@ -178,6 +177,15 @@ def train_worker(loop: dict[str, Any]) -> None:
             )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def announce_placement_group(channel: Any) -> None:
+    """Send this Train worker's placement group to the driver (:func:`run_forwarding_epochs`),
+    which removes it if it stops early. Call it from rank 0, before training."""
+    import ray
+
+    if channel is not None:
+        channel.put((_PLACEMENT_GROUP, ray.util.get_current_placement_group()))
 
 
 # --------------------------------------------------------------------------- controller

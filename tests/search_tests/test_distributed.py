@@ -20,7 +20,13 @@ import pytest
 
 from model.multiworker import rows_for_even_split
 from search.config import parse_experiment
-from search.distributed import RESUMED_FROM, TRAIN_NODES, TRAIN_WORKERS
+from search.distributed import (
+    RESUMED_FROM,
+    TRAIN_NODES,
+    TRAIN_WORKERS,
+    announce_placement_group,
+    run_forwarding_epochs,
+)
 from search.trainable import MODEL_FILE, STATE_FILE
 from search.tuner import plan_search, run_search
 
@@ -226,6 +232,68 @@ def test_train_from_search_retrains_on_all_data_and_exports(multi_worker_search,
     assert not list(summary.path.glob("retrain-*")), "the Train run's folder was left behind"
     loaded = load_model(out)
     assert loaded.img_size == 32
+
+
+def _slow_epochs(loop: dict) -> None:
+    """A Train worker loop without TensorFlow: one report every half second for ~50 s."""
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() == 0:
+        announce_placement_group(loop["channel"])
+    for epoch in range(1, 100):
+        time.sleep(0.5)
+        ray.train.report({"epoch": epoch})
+
+
+def _stopped_after_two_epochs(storage: str) -> str:
+    """A driver like a trial's whose scheduler stops it after two epochs."""
+    import ray.train
+    from ray.train.tensorflow import TensorflowTrainer
+
+    def make_trainer(channel, callbacks):
+        return TensorflowTrainer(
+            _slow_epochs,
+            train_loop_config={"channel": channel},
+            scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+            run_config=ray.train.RunConfig(
+                name="stopped", storage_path=storage, callbacks=callbacks
+            ),
+        )
+
+    def stop_after_two(metrics, checkpoint):
+        if metrics["epoch"] == 2:
+            raise SystemExit(0)  # what tune.report raises when the scheduler says STOP
+
+    try:
+        run_forwarding_epochs(make_trainer, stop_after_two)
+    except SystemExit:
+        return "stopped"
+    return "ran to the end"
+
+
+class _Driver:
+    """Stands for a trial's process (a Ray actor, as Tune runs trials)."""
+
+    def run(self, storage: str) -> str:
+        return _stopped_after_two_epochs(storage)
+
+
+@pytest.mark.slow
+def test_a_trial_stopped_early_frees_its_workers_at_once(ray_local, tmp_path):
+    """When ASHA stops a multi-worker trial, Tune ends the trial's process right after
+    ``tune.report`` raised ``SystemExit`` in the driver. The Train controller dies with
+    that process, and the workers' placement group would outlive it (until the search
+    ends, unless Ray's cleaner can reach the dashboard): the driver must free it."""
+    import ray
+
+    free_before = ray_local.available_resources().get("CPU", 0)
+    driver = ray.remote(num_cpus=0)(_Driver).remote()
+    assert ray.get(driver.run.remote(str(tmp_path))) == "stopped"
+    ray.kill(driver)  # Tune ends the trial's process; the controller it owns dies with it
+    started = time.time()
+    while ray_local.available_resources().get("CPU", 0) < free_before:
+        assert time.time() - started < 20, "the stopped trial's workers still hold their CPUs"
+        time.sleep(0.2)
 
 
 def test_train_needs_a_config_or_a_search(capsys):
