@@ -33,14 +33,22 @@ Used by a search trial when ``resources.workers_per_trial > 1`` and by
   ``training_iteration`` (ASHA's clock) would restart at 1 on a retry, and `status`,
   `export` and the search report would find no checkpoint in the trial.
 * **Retries**: a failure anywhere (a worker or its node lost, the driver lost) fails the
-  Train run (its own retries are off) and so the trial; Tune retries the trial
-  (``max_failures``) and the new driver passes ``tune.get_checkpoint()`` — the last
-  epoch reported — to the workers, which resume from it. Each attempt is a new Train run
-  (a fresh name), so Ray Train's automatic restore of a same-named run cannot resume from
-  a checkpoint Tune never saw. The Train run's folder is deleted when the driver ends.
+  Train run (in a trial, Train's own retries are off: one retry budget, Tune's) and so
+  the trial; Tune retries the trial (``max_failures``) and the new driver passes
+  ``tune.get_checkpoint()`` — the last epoch reported — to the workers, which resume
+  from it. Each attempt is a new Train run (a fresh name), so Ray Train's automatic
+  restore of a same-named run cannot resume from a checkpoint Tune never saw. The Train
+  run's folder is deleted when the driver ends. (`train --from-search` has no Tune
+  layer: there Train itself replaces lost workers and resumes from its last checkpoint.)
+* **Stopping**: when ASHA stops a trial, Tune ends the trial's process, and the Train
+  controller dies with it; the workers' placement group would not (it lives until the
+  search ends unless Ray's cleaner can reach the dashboard's state API), so the driver
+  removes it the moment ``tune.report`` raises (:func:`run_forwarding_epochs`).
 
 Train's storage is the trial's folder in Tune's storage, which every node must reach
-(cluster/README.md, "Storage").
+(cluster/README.md, "Storage"). Cost: a Train run starts in ~20-25 s on a busy 2-core
+machine (workers, TensorFlow, the collective's gRPC ring), paid once per trial attempt,
+which is why one-worker trials run Keras in the trial itself (DESIGN.md).
 """
 
 from __future__ import annotations
