@@ -144,7 +144,8 @@ def retrain_best(
         print(
             f"Retraining trial {best.trial_id} of {summary.name} ({cfg.img_size} px, "
             f"{cfg.epochs} epochs, batch {cfg.batch_size} split over {workers} workers) on "
-            f"all {len(arrays)} labelled images",
+            f"all {len(arrays)} labelled images; the scores below are on fold {cfg.val_fold}, "
+            "which trains too (in-sample)",
             flush=True,
         )
     name = run_name("retrain")
