@@ -75,6 +75,11 @@ class ParamSpec:
 
 @dataclass(frozen=True)
 class Resources:
+    """What one trial holds. With ``workers_per_trial > 1``, ``cpu`` and ``gpu`` are *per
+    Train worker* and the trial's driver holds none (search/distributed.py): Tune cannot
+    see how many such trials fit, so set ``max_concurrent`` to
+    cluster GPUs (or CPUs) // (workers_per_trial x gpu (or cpu))."""
+
     cpu: float = 1.0
     gpu: float = 0.0  # fractions share a GPU between trials (e.g. 0.5: two trials per GPU)
     workers_per_trial: int = 1  # > 1: the trial runs Ray Train's TensorflowTrainer
