@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import tempfile
 import threading
@@ -296,9 +295,26 @@ def run_forwarding_epochs(
     return TrainRun(outcome["result"], epochs)
 
 
-def run_name(prefix: str = "train") -> str:
+RUN_PREFIX = "train"
+
+
+def run_name(prefix: str = RUN_PREFIX) -> str:
     """A Train run name no earlier attempt used (see the module docstring, Retries)."""
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def delete_train_runs(filesystem: Any, trial_dir: str) -> None:
+    """Delete the folders of every Train run (:func:`run_name`) in a trial's folder."""
+    from pyarrow import fs
+
+    try:
+        found = filesystem.get_file_info(fs.FileSelector(trial_dir))
+    except OSError:  # no trial folder yet
+        return
+    for info in found:
+        if info.type == fs.FileType.Directory and info.base_name.startswith(f"{RUN_PREFIX}-"):
+            with contextlib.suppress(OSError):  # gone already
+                filesystem.delete_dir(info.path)
 
 
 # --------------------------------------------------------------------------- Tune trial
@@ -358,9 +374,10 @@ def multi_worker_trial(resources: Resources):
         try:
             run_forwarding_epochs(make_trainer, report)
         finally:
-            # Tune's copies are the trial's checkpoints; OSError: the run never started.
-            with contextlib.suppress(OSError):
-                storage.storage_filesystem.delete_dir(os.path.join(storage.trial_fs_path, name))
+            # Tune's copies are the trial's checkpoints. Every attempt's run goes, not only
+            # this one: a failed attempt's controller may still have been writing its
+            # folder when that attempt deleted it.
+            delete_train_runs(storage.storage_filesystem, storage.trial_fs_path)
 
     return train_multi_worker_trial
 

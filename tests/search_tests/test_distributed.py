@@ -25,7 +25,9 @@ from search.distributed import (
     TRAIN_NODES,
     TRAIN_WORKERS,
     announce_placement_group,
+    delete_train_runs,
     run_forwarding_epochs,
+    run_name,
 )
 from search.trainable import MODEL_FILE, STATE_FILE
 from search.tuner import plan_search, run_search
@@ -70,6 +72,20 @@ def test_rows_for_even_split_is_seeded_and_checks_its_input():
         rows_for_even_split(positive, 2, 4, seed=0)
     with pytest.raises(ValueError, match="3 training images cannot be split over 4"):
         rows_for_even_split(np.zeros(3, bool), 8, 4, seed=0)
+
+
+def test_delete_train_runs_takes_every_attempts_run_and_nothing_else(tmp_path):
+    from pyarrow import fs
+
+    trial = tmp_path / "trial_1"
+    runs = [trial / run_name(), trial / run_name()]
+    kept = [trial / "checkpoint_000001", trial / "training-notes", trial / "result.json"]
+    for d in [*runs, *kept[:2]]:
+        (d / "sub").mkdir(parents=True)
+    kept[2].write_text("{}")
+    delete_train_runs(fs.LocalFileSystem(), str(trial))
+    assert sorted(trial.iterdir()) == sorted(kept)
+    delete_train_runs(fs.LocalFileSystem(), str(tmp_path / "no-such-trial"))  # no error
 
 
 # --------------------------------------------------------------------------- search
