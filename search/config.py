@@ -12,6 +12,7 @@ The same file drives `pneumotune search` (the whole search) and `pneumotune trai
     num_samples: 8
     max_concurrent: 2
     seed: 0
+    startup_trials: 2                 # random trials before TPE models (default num_samples//4)
     resources: {cpu: 1, gpu: 0, workers_per_trial: 1}
     asha: {grace_period: 1, reduction_factor: 2}
     fixed: {batch_size: 16, depth: 3}
@@ -103,12 +104,21 @@ class ExperimentConfig:
     val_fold: int = 0
     max_failures: int = 2  # retries of a trial whose worker died, from its last checkpoint
     enqueue_tutorial: bool = True
+    # Random trials before TPE starts modelling (Optuna's default, 10, would leave a small
+    # search random from end to end). None: a quarter of num_samples, 2 to 10.
+    startup_trials: int | None = None
     storage: Path = Path("pneumotune-results")
     resources: Resources = field(default_factory=Resources)
     asha: AshaSettings = field(default_factory=AshaSettings)
     fixed: dict[str, Any] = field(default_factory=dict)
     space: tuple[ParamSpec, ...] = ()
     source: Path | None = None  # the YAML it came from
+
+    @property
+    def tpe_startup_trials(self) -> int:
+        if self.startup_trials is not None:
+            return self.startup_trials
+        return min(10, max(2, self.num_samples // 4))
 
     @property
     def mode(self) -> str:
@@ -225,6 +235,8 @@ def parse_experiment(raw: dict[str, Any], source: Path | None = None) -> Experim
         problems.append(f"metric must be one of {METRICS}, got {cfg.metric!r}")
     if cfg.epochs < 1 or cfg.num_samples < 1 or cfg.max_concurrent < 1:
         problems.append("epochs, num_samples and max_concurrent must be >= 1")
+    if cfg.startup_trials is not None and cfg.startup_trials < 1:
+        problems.append(f"startup_trials must be >= 1, got {cfg.startup_trials}")
     if cfg.max_failures < 0:
         problems.append(f"max_failures must be >= 0, got {cfg.max_failures}")
     if cfg.asha.grace_period < 1 or cfg.asha.grace_period > cfg.epochs:

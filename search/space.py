@@ -70,7 +70,8 @@ def tutorial_point(exp: ExperimentConfig) -> tuple[dict[str, Any], list[str]]:
         wanted = tutorial.get(spec.name, spec.resolved_default())
         value = _nearest(spec, wanted)
         if value != wanted:
-            notes.append(f"{spec.name}: tutorial {wanted!r} -> {value!r} (not in the space)")
+            had = "had none" if wanted is None else repr(wanted)
+            notes.append(f"{spec.name}: tutorial {had} -> {value!r} (not in the space)")
         point[spec.name] = values[spec.name] = value
     return point, notes
 

@@ -117,7 +117,10 @@ def build_tuner(
     exp = plan.experiment
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines
     samplers = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=exp.seed),
+        # multivariate: one joint model, so that lr x schedule-like pairs are learnt together.
+        "tpe": lambda: optuna.samplers.TPESampler(
+            seed=exp.seed, n_startup_trials=exp.tpe_startup_trials, multivariate=True
+        ),
         "random": lambda: optuna.samplers.RandomSampler(seed=exp.seed),
     }
     if sampler not in samplers:

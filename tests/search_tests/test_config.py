@@ -43,6 +43,19 @@ def test_good_file_and_defaults(tmp_path):
     assert exp.default_train_config(epochs=2).epochs == 2
 
 
+@pytest.mark.parametrize(
+    ("num_samples", "startup_trials", "expected"),
+    [(1, None, 2), (8, None, 2), (20, None, 5), (100, None, 10), (8, 6, 6)],
+)
+def test_tpe_starts_modelling_after_a_quarter_of_the_trials(
+    tmp_path, num_samples, startup_trials, expected
+):
+    raw = {**GOOD, "num_samples": num_samples}
+    if startup_trials is not None:
+        raw["startup_trials"] = startup_trials
+    assert load_experiment(_write(tmp_path, raw)).tpe_startup_trials == expected
+
+
 @pytest.mark.parametrize("name", ["demo", "siim"])
 def test_shipped_experiments_load_by_name(name):
     exp = load_experiment(name)
@@ -55,6 +68,7 @@ def test_shipped_experiments_load_by_name(name):
     ("change", "fragment"),
     [
         ({"epochs": 0}, "must be >= 1"),
+        ({"startup_trials": 0}, "startup_trials must be >= 1"),
         ({"metric": "accuracy"}, "metric must be one of"),
         ({"colour": 1}, "unknown key(s) ['colour']"),
         ({"fixed": {"learning_rate": 0.1}}, "unknown parameter 'learning_rate'"),

@@ -60,7 +60,7 @@ def test_tutorial_point_moves_into_the_space(exp):
     assert "restart_cycles" not in point
     # The tutorial sampled images naturally (None): the space's default stands in, noted.
     assert point["pos_share_start"] == 0.8 and point["pos_share_end"] == 0.4
-    assert any(n.startswith("pos_share_start: tutorial None -> 0.8") for n in notes)
+    assert any(n.startswith("pos_share_start: tutorial had none -> 0.8") for n in notes)
     assert any(n.startswith("img_size: tutorial 256 -> 128") for n in notes)
     # Optuna accepts it as an enqueued trial and it becomes the first suggestion.
     study = optuna.create_study()
