@@ -94,6 +94,18 @@ class Section:
     level: int = 2
 
 
+def section_text(sections: list[Section]) -> list[str]:
+    """Every string a reader sees in ``sections`` (figures aside): what a report checks
+    for patient identifiers before it is written."""
+    texts: list[str] = []
+    for s in sections:
+        texts += [s.title, s.caption, *s.paragraphs]
+        for t in s.tables:
+            texts += [t.caption, *map(str, t.header)]
+            texts += [str(c) for row in t.rows for c in row]
+    return texts
+
+
 def figure_section(
     key: str, title: str, fig: Figure | None, empty_text: str, caption: str = "", **kw: Any
 ) -> Section:

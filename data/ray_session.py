@@ -8,6 +8,8 @@ once at import) and a dashboard we start listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,11 @@ class RaySession:
     address: str | None
 
 
+def join_address(address: str | None, environ: Mapping[str, str]) -> str | None:
+    """The cluster to join (see :func:`ensure_ray`); None: start a new local Ray."""
+    return address or environ.get("RAY_ADDRESS") or None
+
+
 def ensure_ray(
     address: str | None = None,
     dashboard: bool = False,
@@ -30,18 +37,23 @@ def ensure_ray(
 ) -> RaySession:
     """Join ``address`` (``"auto"``, ``"ray://host:10001"``) or start a local Ray.
 
+    With no ``address``, the ``RAY_ADDRESS`` of the environment is joined if set (inside
+    `ray job submit` it names the job's cluster); otherwise a new local Ray starts, even
+    when another one runs on this machine (``ray start``, another search): Ray's own
+    default would join that one, with its resources and its dashboard settings.
     Returns quietly if Ray is already initialised in this process (tests, notebooks).
     """
     import ray
 
     if ray.is_initialized():
         return RaySession(False, None, None)
+    address = join_address(address, os.environ)
     # Ray warns on every start that token auth is on "by default": it is, on purpose.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR
     )
     kwargs: dict[str, Any] = {
-        "address": address,
+        "address": address or "local",
         "log_to_driver": False,
         "logging_level": logging.WARNING,
         **init_kwargs,

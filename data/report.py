@@ -59,6 +59,7 @@ from data.figures import (
     Section,
     Table,
     figure_section,
+    section_text,
     write_report,
 )
 
@@ -121,7 +122,7 @@ def report_dataset(
 
     sections = build_sections(manifest, meta, errors, pixels, sample_rows, positive_rows)
     intro = _intro(root, manifest, meta, size, seed)
-    check_no_identifiers([*intro, *_section_text(sections)], meta, errors)
+    check_no_identifiers([*intro, *section_text(sections)], meta, errors)
     written = write_report(out, f"Dataset report: {root.resolve().name}", intro, sections)
     return ReportResult(
         html=written.html,
@@ -281,16 +282,6 @@ def check_no_identifiers(texts: list[str], meta: pd.DataFrame, errors: pd.DataFr
             f"the report text would show {len(found)} patient pseudonym(s) or image id(s); "
             "this is a bug in data.report"
         )
-
-
-def _section_text(sections: list[Section]) -> list[str]:
-    texts: list[str] = []
-    for s in sections:
-        texts += [s.title, s.caption, *s.paragraphs]
-        for t in s.tables:
-            texts += [t.caption, *map(str, t.header)]
-            texts += [str(c) for row in t.rows for c in row]
-    return texts
 
 
 # --------------------------------------------------------------------------- sections

@@ -16,6 +16,9 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Every --address: with none, data.ray_session.ensure_ray decides.
+ADDRESS_DEFAULT = "(default: $RAY_ADDRESS if set, else a new local Ray)"
+
 EPILOG = """\
 The pipeline, one stage per command (each writes what the next one reads):
   pneumotune synth    OUT                 a synthetic SIIM-layout dataset (DICOM + RLE CSV)
@@ -175,9 +178,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--folds", type=int, default=5, help="patient-grouped folds (default 5)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    p.add_argument(
-        "--address", default=None, help="Ray address to join (default: start a local Ray)"
-    )
+    p.add_argument("--address", default=None, help="Ray address to join " + ADDRESS_DEFAULT)
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=_run_convert)
 
@@ -235,7 +236,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--address",
         default=None,
-        help="join a running Ray cluster: auto, or ray://HOST:10001 (default: start a local Ray)",
+        help="join a running Ray cluster: auto, or ray://HOST:10001 " + ADDRESS_DEFAULT,
     )
     p.add_argument("--num-samples", type=_positive_int, default=None, help="trials to run")
     p.add_argument(
@@ -504,7 +505,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--address",
         default=None,
-        help="with --from-search: join a running Ray cluster (default: start a local Ray)",
+        help="with --from-search: join a running Ray cluster " + ADDRESS_DEFAULT,
     )
     p.add_argument(
         "--data",

@@ -45,6 +45,35 @@ class Exported:
         )
 
 
+@dataclass(frozen=True)
+class ValidationTuning:
+    """The post-processing triplet tuned on a validation fold, and what it scored there."""
+
+    triplet: Any  # model.postprocess.Triplet
+    score: float  # Kaggle score with the triplet
+    empty_score: float  # the same score of an all-empty prediction (the share of negatives)
+    metrics: dict[str, Any]  # those two and the fold's counts, for the model card
+
+
+def tune_on_validation(
+    model: Any, cfg: TrainConfig, images: np.ndarray, masks: np.ndarray
+) -> ValidationTuning:
+    from model import metrics as M
+    from model.postprocess import tune_triplet
+    from model.train import predict_probs
+
+    probs = predict_probs(model, images, batch_size=2 * cfg.batch_size)
+    triplet, score = tune_triplet(probs, masks)
+    empty_score = M.kaggle_dice(masks, np.zeros_like(masks))
+    metrics = {
+        "val_kaggle_dice_triplet": score,
+        "val_kaggle_dice_all_empty": empty_score,
+        "val_images": len(images),
+        "val_positive_images": int(masks.reshape(len(masks), -1).any(axis=1).sum()),
+    }
+    return ValidationTuning(triplet, score, empty_score, metrics)
+
+
 def tune_and_export(
     model: Any,
     cfg: TrainConfig,
@@ -55,33 +84,28 @@ def tune_and_export(
     extra: dict[str, Any],
 ) -> Exported:
     """Tune the triplet on ``val`` predictions, then write the model directory."""
-    from model import metrics as M
     from model.export import export_model
-    from model.postprocess import tune_triplet
-    from model.train import predict_probs
 
     t0 = time.perf_counter()
-    probs = predict_probs(model, val[0], batch_size=2 * cfg.batch_size)
-    triplet, triplet_score = tune_triplet(probs, val[1])
-    empty_score = M.kaggle_dice(val[1], np.zeros_like(val[1]))
-    metrics = {
-        **metrics,
-        "val_kaggle_dice_triplet": triplet_score,
-        "val_kaggle_dice_all_empty": empty_score,
-        "val_images": len(val[0]),
-        "val_positive_images": int(val[1].reshape(len(val[1]), -1).any(axis=1).sum()),
-    }
+    tuned = tune_on_validation(model, cfg, *val)
+    metrics = {**metrics, **tuned.metrics}
     export_model(
         model,
         out_dir,
         train_config=cfg,
-        triplet=triplet,
+        triplet=tuned.triplet,
         metrics=metrics,
         data_manifest=Path(data_dir),
         extra=extra,
     )
     return Exported(
-        Path(out_dir), cfg, triplet, triplet_score, empty_score, metrics, time.perf_counter() - t0
+        Path(out_dir),
+        cfg,
+        tuned.triplet,
+        tuned.score,
+        tuned.empty_score,
+        metrics,
+        time.perf_counter() - t0,
     )
 
 

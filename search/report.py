@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from data.figures import Section, Table, figure_section, write_report
+from data.figures import Section, Table, figure_section, section_text, write_report
 from search.config import ParamSpec
 from search.importance import Importance, load_specs, param_importances
 from search.report_plots import (
@@ -147,17 +147,6 @@ def hide(text: str, forbidden: set[str]) -> str:
         if value in text:
             text = text.replace(value, "…")
     return text
-
-
-def section_text(sections: list[Section]) -> list[str]:
-    """Every string a reader sees in ``sections`` (figures aside)."""
-    texts: list[str] = []
-    for s in sections:
-        texts += [s.title, s.caption, *s.paragraphs]
-        for t in s.tables:
-            texts += [t.caption, *map(str, t.header)]
-            texts += [str(c) for row in t.rows for c in row]
-    return texts
 
 
 # --------------------------------------------------------------------------- helpers

@@ -102,17 +102,14 @@ def retrain_best(
         ValueError: fewer images than workers, a batch smaller than the workers.
     """
     import keras
-    import numpy as np
     import ray
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
 
     from data.dataset import load_arrays
-    from model import metrics as M
     from model.export import export_model
-    from model.postprocess import tune_triplet
-    from model.train import predict_probs
     from search.distributed import run_forwarding_epochs, run_name, scaling_config, train_worker
+    from search.export_best import tune_on_validation
     from search.single_run import format_epoch
     from search.trainable import MODEL_FILE, split_fold
 
@@ -132,10 +129,8 @@ def retrain_best(
 
     # The triplet, out of sample: the search's best model on the fold it never trained on.
     search_model = keras.saving.load_model(checkpoint / MODEL_FILE)
-    probs = predict_probs(search_model, val.images, batch_size=2 * cfg.batch_size)
-    triplet, triplet_score = tune_triplet(probs, val.masks)
-    empty_score = M.kaggle_dice(val.masks, np.zeros_like(val.masks))
-    del search_model, probs
+    tuned = tune_on_validation(search_model, cfg, val.images, val.masks)
+    del search_model
 
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
@@ -183,17 +178,14 @@ def retrain_best(
         "loss": last["loss"],
         "epoch": int(last["epoch"]),
         **{f"in_sample_{k}": v for k, v in last.items() if k.startswith("val_")},
-        "val_kaggle_dice_triplet": triplet_score,
-        "val_kaggle_dice_all_empty": empty_score,
-        "val_images": len(val),
-        "val_positive_images": int(val.masks.reshape(len(val), -1).any(axis=1).sum()),
+        **tuned.metrics,
         f"search_best_{summary.metric}": best.best(summary.metric, summary.mode)[0],
     }
     export_model(
         model,
         out_dir,
         train_config=cfg,
-        triplet=triplet,
+        triplet=tuned.triplet,
         metrics=metrics,
         data_manifest=data_dir,
         extra={
@@ -220,9 +212,9 @@ def retrain_best(
         n_labelled=len(arrays),
         n_train=int(last["n_train"]),
         history=run.epochs,
-        triplet=triplet,
-        triplet_score=triplet_score,
-        empty_score=empty_score,
+        triplet=tuned.triplet,
+        triplet_score=tuned.score,
+        empty_score=tuned.empty_score,
         seconds=time.perf_counter() - t0,
         metrics=metrics,
     )

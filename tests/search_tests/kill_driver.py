@@ -18,7 +18,7 @@ from tests.search_tests.test_tuner_wiring import _experiment
 def main(argv: list[str]) -> int:
     dataset, storage, log = Path(argv[0]), Path(argv[1]), argv[2]
     resume = "--resume" in argv
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     exp = _experiment(num_samples=6, epochs=4, asha={"grace_period": 4})
     plan = plan_search(exp, dataset, name="killed", storage=storage)
     summary = run_search(
