@@ -296,7 +296,10 @@ def _record(
     config = dict(state.get("config") or {})
     if trial_dir is not None:
         if not config:
-            config = json.loads((trial_dir / "params.json").read_text())
+            try:
+                config = json.loads((trial_dir / "params.json").read_text())
+            except json.JSONDecodeError:  # a trial starting right now: Tune is writing it
+                config = {}
         results = trial_dir / "result.json"
         if results.exists():
             for line in results.read_text().splitlines():

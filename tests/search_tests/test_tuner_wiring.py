@@ -110,6 +110,26 @@ def test_status_reads_the_directory_without_ray(finished):
     assert "Best trial" in text and "Gain over the tutorial" in text
 
 
+def test_status_reads_files_a_running_search_is_writing(finished, tmp_path):
+    """`status` on a live search meets files caught mid-write: a starting trial's empty
+    params.json, a half-written result line, a truncated experiment state."""
+    import shutil
+
+    _, summary = finished
+    copy = shutil.copytree(summary.path, tmp_path / summary.path.name)
+    trials = sorted(d for d in copy.iterdir() if (d / "params.json").exists())
+    (trials[0] / "params.json").write_text("")
+    with (trials[1] / "result.json").open("a") as f:
+        f.write('{"training_iteration": 9, "val_')
+    for state in copy.glob("experiment_state-*.json"):
+        state.write_text(state.read_text()[:100])
+    again = summarise(copy)
+    assert len(again.trials) == len(summary.trials)
+    before = {t.trial_id: t.epochs for t in summary.trials}
+    assert {t.trial_id: t.epochs for t in again.trials} == before
+    again.describe()
+
+
 def test_failing_trial_is_retried_from_its_checkpoint_then_recorded(
     tiny_dataset, ray_local, tmp_path
 ):
