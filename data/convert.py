@@ -124,7 +124,7 @@ def decode_pixels(
     """Ray Data UDF: ``{"bytes", "path"}`` -> resized image and mask bytes per size."""
     import cv2
 
-    from data.dicom import DicomError, read_scaled
+    from data.dicom import DicomError, read_image
     from data.resize import resize_image, resize_mask
 
     # Ray runs one task per core: OpenCV's own thread pool would only oversubscribe them.
@@ -137,21 +137,19 @@ def decode_pixels(
         image_id = Path(path).stem
         error = label_error = ""
         image = mask = None
-        shape = (0, 0)  # the stored (Rows, Columns): the labels' frame
         try:
-            # Decoded no larger than the largest stored size needs (data.dicom).
-            image, shape = read_scaled(bytes(data), at_least=max(sizes))
+            image = read_image(bytes(data))
         except DicomError as exc:
             error = str(exc)
         except Exception as exc:  # a reader bug must not stop the run: record it
             error = f"undecodable: {exc!r}"
         if image is not None and image_id in regions:
-            mask, label_error = _union_regions(regions[image_id], shape, dialect)
+            mask, label_error = _union_regions(regions[image_id], image.shape, dialect)
         out["image_id"].append(image_id)
         out["error"].append(error)
         out["label_error"].append(label_error)
-        out["height"].append(shape[0])
-        out["width"].append(shape[1])
+        out["height"].append(image.shape[0] if image is not None else 0)
+        out["width"].append(image.shape[1] if image is not None else 0)
         out["mask_fraction"].append(float(mask.mean()) if mask is not None else None)
         for s in sizes:
             out[f"image_{s}"].append(resize_image(image, s).tobytes() if image is not None else b"")

@@ -8,12 +8,7 @@ pydicom's decoders (native little/big endian, deflated, RLE Lossless, JPEG
 Lossless, JPEG-LS, JPEG 2000).
 
 Images come back as ``uint8`` arrays of shape ``(H, W)`` = ``(Rows, Columns)``,
-display-ready in the MONOCHROME2 sense (bright = dense). A caller that will shrink the
-image anyway passes ``at_least`` (its largest target side): a JPEG Baseline frame is
-then decoded at the smallest libjpeg scale (1/2, 1/4 or 1/8) that keeps both sides at
-least that large. The scaled inverse DCT is the downsampling (a low-pass, like area
-interpolation) and costs a fraction of a full decode: ~3x less at 1024 -> 256.
-
+display-ready in the MONOCHROME2 sense (bright = dense):
 
 * 8-bit grayscale (``BitsStored == 8``, unsigned) is passed through byte for byte;
   MONOCHROME1 is inverted (``255 - x``).
@@ -157,35 +152,26 @@ def read_meta(source: Source, image_id: str | None = None, key: bytes = b"") -> 
         return _meta(_parse(source, header_only=True), image_id, key)
 
 
-def read_image(source: Source, at_least: int = 0) -> np.ndarray:
+def read_image(source: Source) -> np.ndarray:
     """Decode the single frame of ``source`` into a ``uint8`` ``(H, W)`` image.
 
     Display-ready in the MONOCHROME2 sense (see the module docstring for the
-    mapping); ``at_least`` > 0 allows a JPEG frame to be decoded smaller, down to that
-    many pixels a side. Raises :class:`DicomError` for anything that is not one
-    decodable grayscale or colour radiograph.
+    mapping). Raises :class:`DicomError` for anything that is not one decodable
+    grayscale or colour radiograph.
     """
-    return read_scaled(source, at_least)[0]
-
-
-def read_scaled(source: Source, at_least: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
-    """:func:`read_image` and the image's stored size ``(Rows, Columns)``, which the
-    returned image has unless ``at_least`` let the decoder shrink it."""
     _check_arguments(source, b"")
     with _as_dicom_error():
-        parsed = _parse(source, header_only=False)
-        image = _image(parsed, at_least)
-        return image, (_us(parsed.ds, "Rows") or 0, _us(parsed.ds, "Columns") or 0)
+        return _image(_parse(source, header_only=False))
 
 
 def read(
-    source: Source, image_id: str | None = None, key: bytes = b"", at_least: int = 0
+    source: Source, image_id: str | None = None, key: bytes = b""
 ) -> tuple[DicomMeta, np.ndarray]:
     """:func:`read_meta` and :func:`read_image` in one pass over the file."""
     _check_arguments(source, key)
     with _as_dicom_error():
         parsed = _parse(source, header_only=False)
-        return _meta(parsed, image_id, key), _image(parsed, at_least)
+        return _meta(parsed, image_id, key), _image(parsed)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -471,7 +457,7 @@ def _meta(parsed: _Parsed, image_id: str | None, key: bytes) -> DicomMeta:
 # --------------------------------------------------------------------------- pixels
 
 
-def _image(parsed: _Parsed, at_least: int = 0) -> np.ndarray:
+def _image(parsed: _Parsed) -> np.ndarray:
     ds = parsed.ds
     rows, cols = _us(ds, "Rows") or 0, _us(ds, "Columns") or 0
     if rows <= 0 or cols <= 0:
@@ -488,36 +474,20 @@ def _image(parsed: _Parsed, at_least: int = 0) -> np.ndarray:
         )
     uid = UID(_text(ds.file_meta, "TransferSyntaxUID") or "")
     if uid == JPEG_BASELINE:
-        image = _decode_jpeg_baseline(ds, rows, cols, jpeg_scale(rows, cols, at_least))
+        image = _decode_jpeg_baseline(ds, rows, cols)
         if image is not None:
             return _invert(image) if photometric == "MONOCHROME1" else image
     return _to_display(_decode_with_pydicom(ds, uid, rows, cols), ds, photometric)
 
 
-def jpeg_scale(rows: int, cols: int, at_least: int) -> int:
-    """The largest libjpeg downscale (1, 2, 4 or 8) keeping both sides >= ``at_least``."""
-    for scale in (8, 4, 2):
-        if at_least > 0 and math.ceil(min(rows, cols) / scale) >= at_least:
-            return scale
-    return 1
-
-
-# OpenCV's flags for a decode at 1/scale (gray: libjpeg outputs the luminance itself).
-_REDUCED = {
-    2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
-    4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
-    8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
-}
-
-
-def _decode_jpeg_baseline(ds: Dataset, rows: int, cols: int, scale: int = 1) -> np.ndarray | None:
+def _decode_jpeg_baseline(ds: Dataset, rows: int, cols: int) -> np.ndarray | None:
     """The fast path: the one encapsulated JPEG frame through OpenCV, or None to fall back.
 
-    Returns the ``uint8`` luminance image (before any MONOCHROME1 inversion) of
-    ``(ceil(rows / scale), ceil(cols / scale))``, or None whenever OpenCV's answer
-    cannot be trusted: no frame, a frame without an end-of-image marker (OpenCV would
-    fill the missing part with grey and only print a warning), or a decode failure. A
-    frame that decodes to another size than the header's raises :class:`DicomError`.
+    Returns the ``uint8`` ``(rows, cols)`` luminance image (before any MONOCHROME1
+    inversion), or None whenever OpenCV's answer cannot be trusted: no frame,
+    a frame without an end-of-image marker (OpenCV would fill the missing part
+    with grey and only print a warning), or a decode failure. A frame that decodes
+    to another size than the header's raises :class:`DicomError`.
     """
     try:
         frame = encaps.get_frame(ds.PixelData, 0, number_of_frames=1)
@@ -526,16 +496,14 @@ def _decode_jpeg_baseline(ds: Dataset, rows: int, cols: int, scale: int = 1) -> 
     # A frame is padded to even length with 0x00 after the EOI marker (FFD9).
     if b"\xff\xd9" not in frame[-8:]:
         return None
-    flag = _REDUCED.get(scale, cv2.IMREAD_UNCHANGED)
-    image = cv2.imdecode(np.frombuffer(frame, np.uint8), flag)
+    image = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.dtype != np.uint8:
         return None
-    expected = (math.ceil(rows / scale), math.ceil(cols / scale))
-    if image.shape[:2] != expected:
+    if image.shape[:2] != (rows, cols):
         # A well-formed JPEG of another size: no decoder can make it fit the header.
-        got = (image.shape[0] * scale, image.shape[1] * scale)
         raise DicomError(
-            f"JPEG frame size differs from the header ({got[0]}x{got[1]} vs {rows}x{cols})"
+            "JPEG frame size differs from the header "
+            f"({image.shape[0]}x{image.shape[1]} vs {rows}x{cols})"
         )
     if image.ndim == 3:
         if image.shape[2] != 3:

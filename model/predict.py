@@ -2,15 +2,14 @@
 
 :func:`predict_folder` applies an exported model (:mod:`model.export`) to every
 ``*.dcm`` below a folder, with exactly the training preprocessing: the same reader
-(:func:`data.dicom.read`, decoding no larger than the model needs) and the same resize
-to the model's ``img_size`` (:func:`data.resize.resize_image`, area interpolation). The
-probability map is then upsampled bilinearly to the DICOM's own size and the model
-card's triplet is applied there. Thresholding the upsampled probabilities, rather than
-upsampling the binary mask with nearest-neighbour, puts the mask boundary where the
-interpolated probability crosses the threshold instead of on the staircase of
-low-resolution pixels (an 8x8 block per pixel at 128 -> 1024); the triplet's
-``min_area`` is a fraction of the image area, so the same triplet means the same at
-either size.
+(:func:`data.dicom.read`) and the same resize to the model's ``img_size``
+(:func:`data.resize.resize_image`, area interpolation). The probability map is then
+upsampled bilinearly to the DICOM's own size and the model card's triplet is applied
+there. Thresholding the upsampled probabilities, rather than upsampling the binary mask
+with nearest-neighbour, puts the mask boundary where the interpolated probability
+crosses the threshold instead of on the staircase of low-resolution pixels (an 8x8 block
+per pixel at 128 -> 1024); the triplet's ``min_area`` is a fraction of the image area,
+so the same triplet means the same at either size.
 
 The CSV has one row per readable image, ``ImageId,EncodedPixels`` (relative RLE,
 column-major, over the DICOM's own height and width; ``-1`` when empty), ImageId being
@@ -141,14 +140,13 @@ def predict_folder(
                     errors.append((rel, image_id, reason))
                     continue
                 try:
-                    # The same decode as `convert` (at_least: see data.dicom).
-                    meta, image = read(path, image_id=image_id, at_least=size)
+                    _, image = read(path, image_id=image_id)
                 except DicomError as exc:
                     errors.append((rel, image_id, str(exc)))
                     continue
                 seen[image_id] = rel
                 ids.append(image_id)
-                shapes.append((meta.height, meta.width))
+                shapes.append(image.shape)
                 small.append(resize_image(image, size))
             if small:
                 probs = exported.predict_probs(np.stack(small), batch_size=batch_size)

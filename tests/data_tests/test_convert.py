@@ -144,11 +144,7 @@ def test_masks_land_where_the_csv_says_and_images_are_not_transposed(planted, co
             a = arrays[s]
             j = int(np.flatnonzero(a.meta.image_id == image_id)[0])
             np.testing.assert_array_equal(a.masks[j], resize_mask(truth, s))
-            # convert decodes the JPEG no larger than the largest size (data.dicom)
-            scaled = read_image(paths[image_id], at_least=max(SIZES))
-            np.testing.assert_array_equal(a.images[j], resize_image(scaled, s))
-            full = resize_image(image, s).astype(int)
-            assert np.abs(a.images[j] - full).mean() < 1.5  # not transposed, not shifted
+            np.testing.assert_array_equal(a.images[j], resize_image(image, s))
 
 
 def _rim_contrast(image: np.ndarray, mask: np.ndarray) -> float:

@@ -129,63 +129,6 @@ def test_reading_a_siim_file_emits_no_warnings():
         dicom.read(data)
 
 
-# --------------------------------------------------------------------------- scaled decode
-
-
-@pytest.mark.parametrize(
-    ("rows", "cols", "at_least", "scale"),
-    [
-        (1024, 1024, 0, 1),  # no target: full size
-        (1024, 1024, 256, 4),  # SIIM -> 256 px
-        (1024, 1024, 128, 8),
-        (1024, 1024, 512, 2),
-        (1024, 1024, 513, 1),
-        (1024, 1024, 2048, 1),  # upsampling later: full size
-        (1000, 900, 225, 4),  # the shorter side decides: ceil(900 / 4) = 225
-        (1000, 900, 226, 2),
-        (1023, 1023, 128, 8),  # libjpeg rounds scaled sizes up: ceil(1023 / 8) = 128
-    ],
-)
-def test_jpeg_scale_keeps_both_sides_at_least_the_target(rows, cols, at_least, scale):
-    assert dicom.jpeg_scale(rows, cols, at_least) == scale
-
-
-BIG8 = fac.smooth_image((512, 384), seed=7)
-
-
-@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
-def test_scaled_jpeg_decode_is_an_area_downsample(photometric):
-    """At 1/4 the IDCT downsamples: close to a full decode + area resize, 16x fewer pixels."""
-    data = fac.jpeg_baseline(BIG8, photometric=photometric)
-    full = dicom.read_image(data)
-    image, shape = dicom.read_scaled(data, at_least=96)
-    assert shape == (512, 384) and image.shape == (128, 96) and image.dtype == np.uint8
-    area = cv2.resize(full, (96, 128), interpolation=cv2.INTER_AREA)
-    assert _diff(image, area).mean() < 1.5 and _diff(image, area).max() <= 12
-    meta, same = dicom.read(data, at_least=96)
-    assert (meta.height, meta.width) == shape
-    np.testing.assert_array_equal(same, image)
-
-
-@pytest.mark.parametrize(
-    "data",
-    [fac.native(BIG8), fac.compressed(BIG8, fac.LOSSLESS["jpeg-ls"])],
-    ids=["native", "jpeg-ls"],
-)
-def test_other_transfer_syntaxes_decode_at_full_size_whatever_the_target(data):
-    image, shape = dicom.read_scaled(data, at_least=96)
-    assert image.shape == shape == (512, 384)
-    np.testing.assert_array_equal(image, BIG8)
-
-
-def test_a_frame_larger_than_its_header_is_caught_at_any_scale():
-    frame = fac.jpeg_frame(fac.smooth_image((1024, 768), seed=8))
-    data = fac.jpeg_baseline(BIG8, frame=frame)
-    for at_least in (0, 96):
-        with pytest.raises(dicom.DicomError, match="JPEG frame size differs from the header"):
-            dicom.read_image(data, at_least=at_least)
-
-
 # --------------------------------------------------------------------------- > 8 bits
 
 # Stored s -> modality x = 2 s - 1024, window center 0 / width 401 (LINEAR):
