@@ -150,7 +150,9 @@ def decode_pixels(
         out["label_error"].append(label_error)
         out["height"].append(image.shape[0] if image is not None else 0)
         out["width"].append(image.shape[1] if image is not None else 0)
-        out["mask_fraction"].append(float(mask.mean()) if mask is not None else None)
+        # count_nonzero: mean() would convert the 1024x1024 mask to float64 first.
+        fraction = np.count_nonzero(mask) / mask.size if mask is not None else None
+        out["mask_fraction"].append(fraction)
         for s in sizes:
             out[f"image_{s}"].append(resize_image(image, s).tobytes() if image is not None else b"")
             out[f"mask_{s}"].append(resize_mask(mask, s).tobytes() if mask is not None else None)
