@@ -128,7 +128,11 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         f"  search  {plan.path}: {len(summary.trials)} trials ("
         + ", ".join(f"{n} {k}" for k, n in sorted(summary.counts().items()))
         + f"), best {summary.metric} {best_value:.4f}"
-        + (f", {gain:+.4f} over the tutorial's settings" if gain is not None else "")
+        + (
+            f", {gain:+.4f} over the tutorial's settings ({summary.tutorial_outcome()})"
+            if gain is not None
+            else ""
+        )
     )
 
     _stage("5/7 export the best model")

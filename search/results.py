@@ -112,6 +112,12 @@ class SearchSummary:
         b, t = best.best(self.metric, self.mode)[0], tut.best(self.metric, self.mode)[0]
         return None if b is None or t is None else b - t
 
+    def tutorial_outcome(self) -> str:
+        """How the tutorial's trial ended, e.g. "stopped by ASHA after 2 epochs": a gain
+        over a trial stopped early is a gain over fewer epochs."""
+        tut = self.tutorial
+        return "" if tut is None else f"{tut.outcome} after {tut.epochs} epochs"
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for t in self.trials:
@@ -165,7 +171,8 @@ class SearchSummary:
             tut = self.tutorial
             assert tut is not None
             out.append(
-                f"Gain over the tutorial's settings (trial {tut.trial_id}, {tut.outcome}): "
+                f"Gain over the tutorial's settings (trial {tut.trial_id}, "
+                f"{self.tutorial_outcome()}): "
                 f"{gain:+.4f} {self.metric}"
             )
         failed = [t for t in self.trials if t.outcome == "failed"]

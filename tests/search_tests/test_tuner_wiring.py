@@ -108,6 +108,9 @@ def test_status_reads_the_directory_without_ray(finished):
     assert [t.trial_id for t in again.trials] == [t.trial_id for t in summary.trials]
     text = again.describe()
     assert "Best trial" in text and "Gain over the tutorial" in text
+    # The gain says how long the tutorial's trial ran: ASHA may have stopped it early.
+    tut = again.tutorial
+    assert f"{tut.trial_id}, {tut.outcome} after {tut.epochs} epochs)" in text
 
 
 def test_status_reads_files_a_running_search_is_writing(finished, tmp_path):
