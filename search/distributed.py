@@ -38,7 +38,8 @@ Used by a search trial when ``resources.workers_per_trial > 1`` and by
   ``tune.get_checkpoint()`` — the last epoch reported — to the workers, which resume
   from it. Each attempt is a new Train run (a fresh name), so Ray Train's automatic
   restore of a same-named run cannot resume from a checkpoint Tune never saw. The Train
-  run's folder is deleted when the driver ends. (`train --from-search` has no Tune
+  run's folder is deleted when the driver ends, and any left over (a trial ended from
+  outside) when the search ends (``search.tuner.run_search``). (`train --from-search` has no Tune
   layer: there Train itself replaces lost workers and resumes from its last checkpoint.)
 * **Stopping**: when ASHA stops a trial, Tune ends the trial's process, and the Train
   controller dies with it; the workers' placement group would not (it lives until the
@@ -76,7 +77,8 @@ DRIVER_MEMORY = 256 * 2**20
 TRAIN_WORKERS = "train_workers"  # metric: workers of the epoch's Train run
 TRAIN_NODES = "train_nodes"  # metric: their Ray node ids, comma-separated
 RESUMED_FROM = "resumed_from"  # metric: the epoch this attempt started from (0: scratch)
-# Items on the driver's channel: (_PLACEMENT_GROUP, pg), (_EPOCH, metrics, checkpoint),
+# Items on the driver's channel: (_PLACEMENT_GROUP, pg), (_EPOCH, metrics, checkpoint,
+# controller),
 # (_DONE,) when the trainer's fit returned or raised.
 _PLACEMENT_GROUP, _EPOCH, _DONE = "placement_group", "epoch", "done"
 
@@ -209,12 +211,16 @@ class ForwardEpochs(UserCallback):
         self.queue = queue
 
     def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
+        import ray
+
         row = dict(metrics[0])  # rank 0; the val_* metrics are the same on every worker
         row.pop("node_id", None)
         row[TRAIN_WORKERS] = len(metrics)
         # A string, not a list: TensorBoard skips strings quietly.
         row[TRAIN_NODES] = ",".join(sorted({str(m.get("node_id", "")) for m in metrics}))
-        self.queue.put((_EPOCH, row, checkpoint))
+        # The controller's own handle: a driver that stops early kills it (no more writes).
+        controller = ray.get_runtime_context().current_actor
+        self.queue.put((_EPOCH, row, checkpoint, controller))
 
     def after_exception(self, run_context: Any, worker_exceptions: dict) -> None:
         """Nothing to forward: the trainer's ``fit`` raises in the driver."""
@@ -248,6 +254,8 @@ def run_forwarding_epochs(
     trial and the run fails. Nothing else would free them in time: the Train controller
     is owned by this process and dies with it, and a placement group outlives its
     creator until the whole job ends (Ray's own cleaner needs the dashboard's state API).
+    The controller is killed too (each epoch's item carries its handle): alive, it would
+    still register the last checkpoint in the run's folder after the trial deleted it.
     The helper thread is not a daemon, so this process (a Tune trial actor) exits only
     when the run has ended and released its workers.
     """
@@ -270,14 +278,14 @@ def run_forwarding_epochs(
     thread = threading.Thread(target=run, name="pneumotune-train-run", daemon=False)
     thread.start()
     epochs: list[dict[str, Any]] = []
-    placement_group = None
+    placement_group = controller = None
     finished = False
     try:
         while (item := channel.get())[0] != _DONE:
             if item[0] == _PLACEMENT_GROUP:
                 placement_group = item[1]
                 continue
-            _, metrics, checkpoint = item
+            _, metrics, checkpoint, controller = item
             epochs.append(metrics)
             on_epoch(metrics, checkpoint)
         finished = True
@@ -286,6 +294,11 @@ def run_forwarding_epochs(
             if placement_group is not None:
                 with contextlib.suppress(Exception):
                     ray.util.remove_placement_group(placement_group)
+            # The controller would go on registering the last checkpoint in the run's
+            # folder after the trial deleted it; killed, it stops, and fit fails at once.
+            if controller is not None:
+                with contextlib.suppress(Exception):
+                    ray.kill(controller)
             # A controller blocked on a put now fails instead of waiting forever.
             channel.shutdown(force=True)
     thread.join()

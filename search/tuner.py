@@ -246,6 +246,15 @@ def run_search(
         write_plan(plan)
         tuner = build_tuner(plan, wrapped, **tuner_options)
     tuner.fit()
+    if plan.experiment.resources.workers_per_trial > 1:
+        from pyarrow import fs
+
+        from search.distributed import delete_train_runs
+
+        # Tune ends a trial that reached max_t from outside, which can cut its own clean-up
+        # short: whatever Train run folders are left go now that every trial has ended.
+        for trial_dir in plan.path.iterdir():
+            delete_train_runs(fs.LocalFileSystem(), str(trial_dir))
     summary = summarise(plan.path)
     (plan.path / "search.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
     return summary
