@@ -16,8 +16,6 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# Every --address: with none, data.ray_session.ensure_ray decides.
-ADDRESS_DEFAULT = "(default: $RAY_ADDRESS if set, else a new local Ray)"
 
 EPILOG = """\
 The pipeline, one stage per command (each writes what the next one reads):
@@ -178,7 +176,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--folds", type=int, default=5, help="patient-grouped folds (default 5)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    p.add_argument("--address", default=None, help="Ray address to join " + ADDRESS_DEFAULT)
+    _add_address(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=_run_convert)
 
@@ -202,6 +200,16 @@ def _run_convert(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     print(result.describe())
     return 0
+
+
+def _add_address(p: argparse.ArgumentParser, when: str = "") -> None:
+    # With no --address, data.ray_session.ensure_ray decides.
+    p.add_argument(
+        "--address",
+        default=None,
+        help=f"{when}join a running Ray cluster: auto, or ray://HOST:10001 "
+        "(default: $RAY_ADDRESS if set, else a new local Ray)",
+    )
 
 
 # --------------------------------------------------------------------------- search
@@ -233,11 +241,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="converted dataset (default: the experiment's `data:`)",
     )
-    p.add_argument(
-        "--address",
-        default=None,
-        help="join a running Ray cluster: auto, or ray://HOST:10001 " + ADDRESS_DEFAULT,
-    )
+    _add_address(p)
     p.add_argument("--num-samples", type=_positive_int, default=None, help="trials to run")
     p.add_argument(
         "--max-concurrent",
@@ -502,11 +506,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="with --from-search: GPUs of each worker (default: 1 if the cluster has GPUs)",
     )
-    p.add_argument(
-        "--address",
-        default=None,
-        help="with --from-search: join a running Ray cluster " + ADDRESS_DEFAULT,
-    )
+    _add_address(p, "with --from-search: ")
     p.add_argument(
         "--data",
         type=Path,

@@ -55,7 +55,6 @@ which is why one-worker trials run Keras in the trial itself (DESIGN.md).
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import tempfile
 import threading
@@ -69,7 +68,7 @@ from typing import Any
 from ray.train.v2.api.callback import UserCallback
 
 from search.config import Resources
-from search.trainable import MODEL_FILE, STATE_FILE
+from search.trainable import MODEL_FILE
 
 # What a trial's driver asks Tune for: no CPU or GPU (the Train workers hold those), and
 # Tune cannot place a trial that asks for nothing at all. ~A driver's resident memory.
@@ -123,7 +122,7 @@ def train_worker(loop: dict[str, Any]) -> None:
     from model.config import TrainConfig
     from model.multiworker import rows_for_even_split
     from model.train import configure_devices, fit
-    from search.trainable import split_fold
+    from search.trainable import split_fold, unpack_checkpoint, write_checkpoint
 
     configure_devices(False)
     gpus = tf.config.list_physical_devices("GPU")
@@ -156,9 +155,7 @@ def train_worker(loop: dict[str, Any]) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="pneumotune-worker-"))
     initial_epoch, resume_from = 0, None
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            shutil.copy(Path(d) / MODEL_FILE, scratch / MODEL_FILE)
-            initial_epoch = int(json.loads((Path(d) / STATE_FILE).read_text())["epoch"])
+        initial_epoch = unpack_checkpoint(checkpoint, scratch)
         resume_from = scratch / MODEL_FILE
 
     def on_epoch_end(epoch: int, metrics: dict[str, float], model: Any) -> None:
@@ -168,8 +165,7 @@ def train_worker(loop: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="pneumotune-ckpt-") as d:
             saved = None
             if rank == 0:
-                model.save(Path(d) / MODEL_FILE)
-                (Path(d) / STATE_FILE).write_text(json.dumps({"epoch": epoch}))
+                write_checkpoint(model, Path(d), epoch)
                 saved = ray.train.Checkpoint.from_directory(d)
             ray.train.report(row, checkpoint=saved, checkpoint_dir_name=f"epoch_{epoch:04d}")
 

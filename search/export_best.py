@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from model.config import TrainConfig
-from search.results import ResultsError, summarise
+from search.results import summarise
 
 
 @dataclass(frozen=True)
@@ -118,12 +118,7 @@ def export_best(results_dir: Path, out_dir: Path, data_dir: Path | None = None) 
     from search.trainable import MODEL_FILE, split_fold
 
     summary = summarise(Path(results_dir))
-    best = summary.best
-    if best is None:
-        raise ResultsError(f"no trial of {results_dir} has reported a {summary.metric} yet")
-    checkpoint = best.best_checkpoint(summary.metric, summary.mode)
-    if checkpoint is None:
-        raise ResultsError(f"the best trial {best.trial_id} has no checkpoint left on disk")
+    best, checkpoint = summary.best_trial_checkpoint()
     data_dir = Path(data_dir or summary.data_dir or "")
     cfg = TrainConfig.from_flat(best.config)
     model = keras.saving.load_model(checkpoint / MODEL_FILE)

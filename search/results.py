@@ -97,6 +97,17 @@ class SearchSummary:
         sign = 1 if self.mode == "max" else -1
         return max(scored, key=lambda t: sign * (t.best(self.metric, self.mode)[0] or 0.0))
 
+    def best_trial_checkpoint(self) -> tuple[TrialRecord, Path]:
+        """The best trial and its best checkpoint (what export and retrain start from);
+        :class:`ResultsError` when there is none yet."""
+        best = self.best
+        if best is None:
+            raise ResultsError(f"no trial of {self.path} has reported a {self.metric} yet")
+        checkpoint = best.best_checkpoint(self.metric, self.mode)
+        if checkpoint is None:
+            raise ResultsError(f"the best trial {best.trial_id} has no checkpoint left on disk")
+        return best, checkpoint
+
     @property
     def tutorial(self) -> TrialRecord | None:
         return next((t for t in self.trials if t.is_tutorial), None)

@@ -28,7 +28,7 @@ from typing import Any
 
 from model.config import TrainConfig
 from search.config import Resources
-from search.results import ResultsError, summarise
+from search.results import summarise
 
 __all__ = ["Retrained", "retrain_best"]
 
@@ -116,12 +116,7 @@ def retrain_best(
     t0 = time.perf_counter()
     results_dir, out_dir = Path(results_dir).absolute(), Path(out_dir)
     summary = summarise(results_dir)
-    best = summary.best
-    if best is None:
-        raise ResultsError(f"no trial of {results_dir} has reported a {summary.metric} yet")
-    checkpoint = best.best_checkpoint(summary.metric, summary.mode)
-    if checkpoint is None:
-        raise ResultsError(f"the best trial {best.trial_id} has no checkpoint left on disk")
+    best, checkpoint = summary.best_trial_checkpoint()
     cfg = TrainConfig.from_flat({**best.config, **({"epochs": epochs} if epochs else {})})
     data_dir = Path(data_dir or summary.data_dir or "")
     arrays = load_arrays(data_dir, cfg.img_size)

@@ -37,6 +37,20 @@ def split_fold(arrays: Arrays, val_fold: int) -> tuple[Arrays, Arrays]:
     )
 
 
+def write_checkpoint(model: Any, directory: Path, epoch: int) -> None:
+    """A trial's checkpoint, one-worker or multi-worker: the model and the epoch it ended."""
+    model.save(directory / MODEL_FILE)
+    (directory / STATE_FILE).write_text(json.dumps({"epoch": epoch}))
+
+
+def unpack_checkpoint(checkpoint: Any, scratch: Path) -> int:
+    """Copy a Tune/Train checkpoint's model to ``scratch / MODEL_FILE`` (the checkpoint's
+    own directory may be temporary) and return the epoch it ended."""
+    with checkpoint.as_directory() as d:
+        shutil.copy(Path(d) / MODEL_FILE, scratch / MODEL_FILE)
+        return int(json.loads((Path(d) / STATE_FILE).read_text())["epoch"])
+
+
 def limit_tf_threads(cpus: float) -> None:
     """Keep TensorFlow inside the trial's CPU share (two trials on two cores must not
     each start a pool as wide as the machine). Must run before TF builds anything."""
@@ -65,15 +79,12 @@ def train_trial(config: dict[str, Any], data: dict[int, Arrays]) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         scratch = Path(tempfile.mkdtemp(prefix="pneumotune-resume-"))
-        with checkpoint.as_directory() as d:
-            shutil.copy(Path(d) / MODEL_FILE, scratch / MODEL_FILE)
-            initial_epoch = int(json.loads((Path(d) / STATE_FILE).read_text())["epoch"])
+        initial_epoch = unpack_checkpoint(checkpoint, scratch)
         resume_from = scratch / MODEL_FILE
 
     def on_epoch_end(epoch: int, metrics: dict[str, float], model: Any) -> None:
         with tempfile.TemporaryDirectory(prefix="pneumotune-ckpt-") as d:
-            model.save(Path(d) / MODEL_FILE)
-            (Path(d) / STATE_FILE).write_text(json.dumps({"epoch": epoch}))
+            write_checkpoint(model, Path(d), epoch)
             tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(d))
 
     try:
