@@ -201,6 +201,18 @@ def test_no_label_file_means_every_image_unlabelled(synth_raw, ray_local, tmp_pa
     assert dataset.load_arrays(tmp_path / "ds", 32).images.shape[0] == 0  # labelled only
 
 
+def test_convert_leaves_the_users_ray_data_context_as_it_was(synth_raw, ray_local, tmp_path):
+    # The pixel pass turns Ray Data's per-operator reservation off for its own Dataset
+    # only (data.convert._without_op_reservation); the caller's pipelines keep theirs.
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    assert ctx.op_resource_reservation_enabled
+    result = convert(ConvertConfig(src=synth_raw, out=tmp_path / "ds", sizes=(32,)), progress=False)
+    assert result.manifest["counts"]["converted"] == result.manifest["counts"]["files_seen"]
+    assert ray.data.DataContext.get_current().op_resource_reservation_enabled
+
+
 @pytest.mark.parametrize(
     ("setup", "fragment"),
     [

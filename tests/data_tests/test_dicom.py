@@ -281,6 +281,31 @@ def test_read_meta_does_not_need_decodable_pixels():
         dicom.read_meta(fac.png())
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # cuts inside a UID
+@pytest.mark.parametrize("form", ["jpeg", "native", "no-preamble"])
+def test_header_read_from_a_prefix_of_the_file_is_the_whole_header(tmp_path, monkeypatch, form):
+    # read_meta reads HEADER_PREFIX bytes of a file and the rest only when the header is
+    # longer: every cut (inside the preamble, the file meta, an element, between two
+    # elements, past the end) must give the same header as a read of the whole file.
+    data = {
+        "jpeg": JPEG_SIIM,
+        "native": NATIVE_SIIM,
+        "no-preamble": fac.without_preamble(JPEG_SIIM),
+    }[form]
+    path = tmp_path / "x.dcm"
+    path.write_bytes(data)
+    whole = dicom.read_meta(data)
+    header_end = data.index(b"\xe0\x7f\x10\x00")  # the Pixel Data tag
+    for prefix in range(1, header_end + 16):
+        monkeypatch.setattr(dicom, "HEADER_PREFIX", prefix)
+        assert dicom.read_meta(path) == whole, prefix
+    path.write_bytes(NATIVE_SIIM[:420])  # truncated inside the header
+    for prefix in (100, 419, 420, 421):
+        monkeypatch.setattr(dicom, "HEADER_PREFIX", prefix)
+        with pytest.raises(dicom.DicomError, match="truncated file"):
+            dicom.read_meta(path)
+
+
 # --------------------------------------------------------------------------- metadata
 
 
