@@ -6,6 +6,7 @@
 (c) the decode floor: OpenCV decoding the same JPEG frames, nothing else (one process).
 
     python bench/convert.py [--images 1000] [--size 256] [--smoke-test]
+    python bench/convert.py --images 10712     # SIIM's stage-1 training set size (~8 min)
 
 Prints images/s for each and the ratios (targets: b >= 5x a; b within 2x of c), for (b)'s
 first run on a fresh Ray and for a second run on the same Ray (b'), as on a running cluster.
