@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -118,7 +117,7 @@ def read_header(path: Path, key: bytes) -> dict[str, Any]:
     return row
 
 
-def read_headers(paths: list[str], key: bytes) -> list[dict[str, Any]]:
+def read_header_chunk(paths: list[str], key: bytes) -> list[dict[str, Any]]:
     """``read_header`` for each file of one Ray task, in order."""
     return [read_header(Path(p), key) for p in paths]
 
@@ -218,8 +217,6 @@ def convert(
             return str(Path(path).relative_to(cfg.src))
         except ValueError:
             return str(path)
-
-    _warm_workers(ray)
 
     # Pass 1: headers, in Ray tasks of HEADER_FILES_PER_TASK files: ~0.5 ms per file of
     # GIL-bound parsing, 6 s for SIIM's 10,712 files in one driver thread. Results are
@@ -395,49 +392,21 @@ def _output_row(
     return out
 
 
-@functools.cache
-def _warm_task():
-    import ray
-
-    @ray.remote(num_cpus=1)
-    def warm() -> None:
-        # A fresh worker spends ~2 s importing Ray Data's task code, pydicom, its JPEG
-        # plugins and OpenCV: let that overlap with the header pass, not the pixel pass.
-        import cv2  # noqa: F401
-        import ray.data._internal.execution.operators.map_transformer  # noqa: F401
-
-        import data.dicom
-        import data.resize  # noqa: F401
-
-    return warm
-
-
 def _read_headers(ray: Any, paths: list[Path], key: bytes, bar: Any) -> Iterator[dict[str, Any]]:
     """Every file's header row, in the order of ``paths``, read by Ray tasks."""
     n_tasks = max(2 * _cluster_cpus(ray), -(-len(paths) // HEADER_FILES_PER_TASK))
     size = -(-len(paths) // n_tasks)
     chunks = [[str(p) for p in paths[i : i + size]] for i in range(0, len(paths), size)]
-    task = ray.remote(num_cpus=1)(read_headers)
+    task = ray.remote(num_cpus=1)(read_header_chunk)
     refs = [task.remote(chunk, key) for chunk in chunks]
-    position = {ref: i for i, ref in enumerate(refs)}
-    results: list[list[dict[str, Any]] | None] = [None] * len(refs)
-    pending = list(refs)
-    while pending:  # the bar moves as tasks finish, in any order
-        done, pending = ray.wait(pending, num_returns=1)
-        i = position[done[0]]
-        results[i] = ray.get(done[0])
-        bar.update(len(chunks[i]))
-    for rows in results:
-        yield from rows or []
+    for chunk, ref in zip(chunks, refs, strict=True):  # tasks start in this order too
+        rows = ray.get(ref)
+        bar.update(len(chunk))
+        yield from rows
 
 
 def _cluster_cpus(ray: Any) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
-def _warm_workers(ray: Any) -> None:
-    for _ in range(_cluster_cpus(ray)):
-        _warm_task().remote()  # fire and forget
 
 
 @contextlib.contextmanager
