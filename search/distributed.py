@@ -39,8 +39,9 @@ Used by a search trial when ``resources.workers_per_trial > 1`` and by
   from it. Each attempt is a new Train run (a fresh name), so Ray Train's automatic
   restore of a same-named run cannot resume from a checkpoint Tune never saw. The Train
   run's folder is deleted when the driver ends, and any left over (a trial ended from
-  outside) when the search ends (``search.tuner.run_search``). (`train --from-search` has no Tune
-  layer: there Train itself replaces lost workers and resumes from its last checkpoint.)
+  outside) when the search ends (``search.tuner.run_search``). (`train --from-search` has
+  no Tune layer: there Train itself replaces lost workers and resumes from its last
+  checkpoint.)
 * **Stopping**: when ASHA stops a trial, Tune ends the trial's process, and the Train
   controller dies with it; the workers' placement group would not (it lives until the
   search ends unless Ray's cleaner can reach the dashboard's state API), so the driver
@@ -76,9 +77,8 @@ DRIVER_MEMORY = 256 * 2**20
 TRAIN_WORKERS = "train_workers"  # metric: workers of the epoch's Train run
 TRAIN_NODES = "train_nodes"  # metric: their Ray node ids, comma-separated
 RESUMED_FROM = "resumed_from"  # metric: the epoch this attempt started from (0: scratch)
-# Items on the driver's channel: (_PLACEMENT_GROUP, pg), (_EPOCH, metrics, checkpoint,
-# controller),
-# (_DONE,) when the trainer's fit returned or raised.
+# Items on the driver's channel: (_PLACEMENT_GROUP, pg),
+# (_EPOCH, metrics, checkpoint, controller), (_DONE,) when the trainer's fit returned or raised.
 _PLACEMENT_GROUP, _EPOCH, _DONE = "placement_group", "epoch", "done"
 
 
