@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2
 import numpy as np
@@ -32,7 +31,7 @@ CACHE = Path(__file__).resolve().parent / "out"
 
 
 def synth_tree(n: int, size: int, seed: int = 0) -> Path:
-    from data.synth import SynthConfig, write_dataset
+    from pneumotune.data.synth import SynthConfig, write_dataset
 
     root = CACHE / f"synth-{n}-{size}-{seed}"
     if not (root / "train-rle.csv").exists():
@@ -95,7 +94,7 @@ def decode_floor(paths: list[Path]) -> float:
 
 # ---------------------------------------------------------------- (b) ours
 def ours(root: Path, size: int) -> tuple[float, dict[str, float]]:
-    from data.convert import ConvertConfig, convert
+    from pneumotune.data.convert import ConvertConfig, convert
 
     out = Path(tempfile.mkdtemp(prefix="bench-convert-"))
     try:
@@ -114,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     n = 100 if args.smoke_test else args.images
 
-    from data.convert import find_dicoms
-    from data.ray_session import ensure_ray
+    from pneumotune.data.convert import find_dicoms
+    from pneumotune.data.ray_session import ensure_ray
 
     root = synth_tree(n, 1024)
     paths = find_dicoms(root / "dicom-images-train")

@@ -27,37 +27,8 @@ from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CACHE = Path(__file__).resolve().parent / "out"
-
-
-def dataset(images: int, seed: int = 1) -> Path:
-    from data.convert import ConvertConfig, convert
-    from data.synth import SynthConfig, write_dataset
-
-    raw, ds = CACHE / f"search-raw-{images}-{seed}", CACHE / f"search-ds-{images}-{seed}"
-    if not (ds / "manifest.json").exists():
-        write_dataset(raw, SynthConfig(n_images=images, size=256, seed=seed), progress=True)
-        convert(ConvertConfig(src=raw, out=ds, sizes=(64, 128), overwrite=True), progress=True)
-    return ds
-
-
-from ray import tune  # noqa: E402
-
-
-class TrialEpochBudget(tune.Stopper):
-    """Stop everything once ``budget`` epochs were reported in total."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget, self.seen = budget, 0
-
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        self.seen += 1
-        return False
-
-    def stop_all(self) -> bool:
-        return self.seen >= self.budget
+from common import CACHE, dataset, trial_epoch_budget
 
 
 def curve(summary: Any) -> list[tuple[int, float]]:
@@ -94,7 +65,7 @@ def training_fraction(summary: Any, min_seconds: float) -> tuple[float | None, i
 
 
 def run_arm(name: str, exp: Any, ds: Path, storage: Path, **options: Any) -> Any:
-    from search.tuner import plan_search, run_search
+    from pneumotune.search.tuner import plan_search, run_search
 
     plan = plan_search(exp, ds, name=f"{name}-{time.strftime('%H%M%S')}", storage=storage)
     t0 = time.perf_counter()
@@ -132,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.rescore:
-        from search.results import summarise
+        from pneumotune.search.results import summarise
 
         arms = [summarise(d) for d in args.rescore]
         title = "rescored: " + ", ".join(d.name for d in args.rescore)
@@ -141,16 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke_test:
         args.budget, args.max_t, args.images = 8, 2, 120
 
-    from data.ray_session import ensure_ray
-    from search.config import load_experiment
-    from search.space import tutorial_point
+    from pneumotune.data.ray_session import ensure_ray
+    from pneumotune.search.config import load_experiment
+    from pneumotune.search.space import tutorial_point
 
     ds = dataset(args.images)
     ensure_ray()
     storage = CACHE / "search-results"
     base = load_experiment("demo")
     base = dataclasses.replace(base, epochs=args.max_t, storage=storage)
-    from data.dataset import read_manifest
+    from pneumotune.data.dataset import read_manifest
 
     sizes = [int(x) for x in args.sizes.split(",")]
     if not set(sizes) <= set(read_manifest(ds)["sizes"]):
@@ -171,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = dataclasses.replace(
         base, num_samples=args.budget, startup_trials=max(2, (2 * trials_a) // 4)
     )
-    b = run_arm("tpe-asha", ours, ds, storage, stop=TrialEpochBudget(args.budget))
+    b = run_arm("tpe-asha", ours, ds, storage, stop=trial_epoch_budget(args.budget))
     point, _ = tutorial_point(base)
     tutorial = dataclasses.replace(
         base,

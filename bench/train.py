@@ -25,11 +25,9 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
@@ -37,7 +35,7 @@ import numpy as np
 def synth_arrays(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` synthetic radiographs and their masks at ``size`` px (22% positive), rendered
     in memory with data.synth (no DICOM round trip: this benchmark is about training)."""
-    from data.synth import render_case
+    from pneumotune.data.synth import render_case
 
     rng = np.random.default_rng(seed)
     images = np.empty((n, size, size), np.uint8)
@@ -54,7 +52,7 @@ def plain_fit(cfg, images: np.ndarray, masks: np.ndarray) -> list[float]:
     """(a): per-epoch images/s of Keras' own fit on the arrays (same model, loss, optimizer)."""
     import keras
 
-    from model.train import build_model, compile_model
+    from pneumotune.model.train import build_model, compile_model
 
     keras.utils.set_random_seed(cfg.seed)
     model = compile_model(build_model(cfg), cfg, len(images))
@@ -83,7 +81,7 @@ def plain_fit(cfg, images: np.ndarray, masks: np.ndarray) -> list[float]:
 
 def our_fit(cfg, images: np.ndarray, masks: np.ndarray) -> list[float]:
     """(b)/(c): per-epoch training images/s of model.train.fit (validation excluded)."""
-    from model.train import fit
+    from pneumotune.model.train import fit
 
     val = (images[:8], masks[:8])  # tiny: validation time is not part of train_seconds
     result = fit(cfg, (images, masks), val)
@@ -92,7 +90,7 @@ def our_fit(cfg, images: np.ndarray, masks: np.ndarray) -> list[float]:
 
 def augment_rate(size: int, n: int, seed: int = 0) -> float:
     """(d): images/s of the tutorial augmentation on one thread at ``size`` px."""
-    from data.augment import AugmentConfig, augment_batch, build_augment
+    from pneumotune.data.augment import AugmentConfig, augment_batch, build_augment
 
     images, masks = synth_arrays(min(n, 32), size, seed)
     reps = max(1, n // len(images))
@@ -106,7 +104,7 @@ def augment_rate(size: int, n: int, seed: int = 0) -> float:
 
 def pipeline_rate(cfg, images: np.ndarray, masks: np.ndarray) -> float:
     """(d): images/s of the tf.data stream of :func:`model.train.fit`, nothing consuming it."""
-    from model.train import epoch_plan, make_dataset
+    from pneumotune.model.train import epoch_plan, make_dataset
 
     plan = epoch_plan(cfg, masks.reshape(len(masks), -1).any(axis=1))
     t0 = time.perf_counter()
@@ -136,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import tensorflow as tf
 
-    from data.augment import AugmentConfig
-    from model.config import TrainConfig
+    from pneumotune.data.augment import AugmentConfig
+    from pneumotune.model.config import TrainConfig
 
     depth = 2 if args.smoke_test else 4
     base = TrainConfig(

@@ -40,11 +40,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# The repository root, so that `python cluster/capacity.py` finds `model` and `data`
-# without an install (cluster/ is not a package).
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -95,7 +91,7 @@ def model_cost(img_size: int, base_filters: int, depth: int = 4) -> ModelCost:
     import keras
     import numpy as np
 
-    from model.resunet import build_resunet
+    from pneumotune.model.resunet import build_resunet
 
     model = build_resunet(img_size, base_filters, depth)
     activations = macs = 0
@@ -118,7 +114,7 @@ def measure_fit(img_size: int, base_filters: int, batch: int, steps: int) -> flo
     import keras
     import numpy as np
 
-    from model.resunet import build_resunet
+    from pneumotune.model.resunet import build_resunet
 
     rng = np.random.default_rng(0)
     n = batch * steps
@@ -138,7 +134,7 @@ def _peak_rss_child(img_size: int, base_filters: int, batch: int) -> None:
     import keras
     import numpy as np
 
-    from model.resunet import build_resunet
+    from pneumotune.model.resunet import build_resunet
 
     x = np.full((batch, img_size, img_size, 1), 128.0, "float32")
     y = np.zeros((batch, img_size, img_size, 1), "float32")
@@ -172,7 +168,7 @@ def measure_augment(img_size: int, n: int = 64) -> float:
     import cv2
     import numpy as np
 
-    from data.augment import AugmentConfig, augment_batch, build_augment
+    from pneumotune.data.augment import AugmentConfig, augment_batch, build_augment
 
     cv2.setNumThreads(1)  # one tf.data thread = one core
     rng = np.random.default_rng(0)
@@ -232,7 +228,7 @@ def search_budget(name: str, sizes: tuple[int, ...], factor: float = 1.0) -> dic
     ASHA budget in trial-epochs, GPU-hours at each (img_size, base_filters) of its space
     at its depth / batch / precision, and whether one trial's activations fit in its
     share of the card (``resources.gpu``)."""
-    from search.config import STORED, ConfigError, load_experiment
+    from pneumotune.search.config import STORED, ConfigError, load_experiment
 
     try:
         exp = load_experiment(name)

@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from data import dataset, labels, rle
-from data.dicom import find_dicoms
-from data.ray_session import ensure_ray, quiet_ray_data
-from data.split import assign_folds
+from pneumotune.data import dataset, labels, rle
+from pneumotune.data.dicom import find_dicoms
+from pneumotune.data.ray_session import ensure_ray, quiet_ray_data
+from pneumotune.data.split import assign_folds
 
 SIIM_TRAIN_DIR = "dicom-images-train"
 PART_ROWS = 2048  # rows per Parquet file
@@ -105,7 +105,7 @@ class ConvertResult:
 # ------------------------------------------------------------------ worker functions
 def read_header(path: Path, key: bytes) -> dict[str, Any]:
     """One file's header fields, or an ``error`` (never raises for a bad file)."""
-    from data.dicom import DicomError, read_meta
+    from pneumotune.data.dicom import DicomError, read_meta
 
     row: dict[str, Any] = {"path": str(path), "image_id": path.stem, "error": ""}
     try:
@@ -131,8 +131,8 @@ def decode_pixels(
     """Ray Data UDF: ``{"bytes", "path"}`` -> resized image and mask bytes per size."""
     import cv2
 
-    from data.dicom import DicomError, read_image
-    from data.resize import resize_image, resize_mask
+    from pneumotune.data.dicom import DicomError, read_image
+    from pneumotune.data.resize import resize_image, resize_mask
 
     # Ray runs one task per core: OpenCV's own thread pool would only oversubscribe them.
     cv2.setNumThreads(1)

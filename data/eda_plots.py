@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator, NullLocator
 
-from data.figures import (
+from pneumotune.data.figures import (
     CLASS_COLOURS,
     CLASS_ORDER,
     NO_PNEUMOTHORAX,

@@ -16,7 +16,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data import rle
+from pneumotune.data import rle
 
 SIIM_LABEL_FILES = ("stage_2_train.csv", "train-rle.csv")
 REQUIRED_COLUMNS = ("ImageId", "EncodedPixels")

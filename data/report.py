@@ -30,9 +30,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data import dataset
-from data.dicom import MAX_AGE_YEARS
-from data.eda_plots import (
+from pneumotune.data import dataset
+from pneumotune.data.dicom import MAX_AGE_YEARS
+from pneumotune.data.eda_plots import (
     MIN_SHAPE_N,
     Pixels,
     fig_age,
@@ -52,7 +52,7 @@ from data.eda_plots import (
     sex_of,
     view_of,
 )
-from data.figures import (
+from pneumotune.data.figures import (
     NO_PNEUMOTHORAX,
     PNEUMOTHORAX,
     UNLABELLED,

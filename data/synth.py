@@ -46,7 +46,7 @@ from pydicom.uid import (
 )
 from tqdm import tqdm
 
-from data import rle
+from pneumotune.data import rle
 
 DIALECT_FILES = {"stage1": "train-rle.csv", "stage2": "stage_2_train.csv"}
 TEST_LABEL_FILE = "test-rle.csv"

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from data.augment import AugmentConfig
+from pneumotune.data.augment import AugmentConfig
 
 SCHEDULES = ("constant", "cosine", "cosine_restarts", "step", "one_cycle")
 METRICS = ("val_iou", "val_dice", "val_kaggle_dice", "val_positive_iou", "val_loss")

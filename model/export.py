@@ -37,10 +37,10 @@ import numpy as np
 import tensorflow as tf
 
 # losses / schedules: imported for their registered classes, which model.keras names.
-from model import losses as _losses  # noqa: F401
-from model import schedules as _schedules  # noqa: F401
-from model.config import TrainConfig
-from model.postprocess import Triplet
+from pneumotune.model import losses as _losses  # noqa: F401
+from pneumotune.model import schedules as _schedules  # noqa: F401
+from pneumotune.model.config import TrainConfig
+from pneumotune.model.postprocess import Triplet
 
 __all__ = [
     "CARD_FILE",

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model import metrics
+from pneumotune.model import metrics
 
 __all__ = [
     "DEFAULT_LOWERS",

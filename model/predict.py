@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data import rle
-from data.dicom import DicomError, find_dicoms, read, read_meta
-from data.labels import LabelFileError, LabelTable, read_labels
-from data.resize import resize_image, resize_probabilities
+from pneumotune.data import rle
+from pneumotune.data.dicom import DicomError, find_dicoms, read, read_meta
+from pneumotune.data.labels import LabelFileError, LabelTable, read_labels
+from pneumotune.data.resize import resize_image, resize_probabilities
 
 __all__ = [
     "PredictInputError",
@@ -112,8 +112,8 @@ def predict_folder(
     """
     from tqdm import tqdm
 
-    from model.export import load_model
-    from model.postprocess import apply_triplet
+    from pneumotune.model.export import load_model
+    from pneumotune.model.postprocess import apply_triplet
 
     t0 = time.perf_counter()
     dicom_dir, out_csv = Path(dicom_dir), Path(out_csv)

@@ -47,13 +47,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from data.augment import augment_batch, build_augment, worker_seed
-from data.sampling import epoch_indices, positive_share
-from model import metrics as M
-from model.config import METRICS, TrainConfig
-from model.losses import make_loss
-from model.resunet import build_resunet
-from model.schedules import make_schedule
+from pneumotune.data.augment import augment_batch, build_augment, worker_seed
+from pneumotune.data.sampling import epoch_indices, positive_share
+from pneumotune.model import metrics as M
+from pneumotune.model.config import METRICS, TrainConfig
+from pneumotune.model.losses import make_loss
+from pneumotune.model.resunet import build_resunet
+from pneumotune.model.schedules import make_schedule
 
 __all__ = ["FitResult", "TrainingDiverged", "configure_devices", "fit", "steps_per_epoch"]
 
@@ -512,7 +512,7 @@ def fit(
             model = compile_model(build_model(cfg), cfg, n)
     first_callbacks: list[keras.callbacks.Callback] = []
     if strategy is not None:
-        from model import multiworker
+        from pneumotune.model import multiworker
 
         first_callbacks = multiworker.adapt_model(model, strategy, cfg.img_size)
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from model.config import METRICS, TrainConfig
+from pneumotune.model.config import METRICS, TrainConfig
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
 STORED = "stored"

@@ -54,15 +54,15 @@ def _stage(title: str) -> None:
 
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
-    from data.convert import ConvertConfig, convert
-    from data.dataset import read_manifest
-    from data.ray_session import ensure_ray
-    from data.report import report_dataset
-    from data.synth import SynthConfig, write_dataset
-    from model.predict import predict_folder, score_submission
-    from search.config import load_experiment
-    from search.export_best import export_best
-    from search.tuner import plan_search, run_search
+    from pneumotune.data.convert import ConvertConfig, convert
+    from pneumotune.data.dataset import read_manifest
+    from pneumotune.data.ray_session import ensure_ray
+    from pneumotune.data.report import report_dataset
+    from pneumotune.data.synth import SynthConfig, write_dataset
+    from pneumotune.model.predict import predict_folder, score_submission
+    from pneumotune.search.config import load_experiment
+    from pneumotune.search.export_best import export_best
+    from pneumotune.search.tuner import plan_search, run_search
 
     t0 = time.perf_counter()
     out = cfg.out.absolute()

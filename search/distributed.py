@@ -68,8 +68,8 @@ from typing import Any
 
 from ray.train.v2.api.callback import UserCallback
 
-from search.config import Resources
-from search.trainable import MODEL_FILE
+from pneumotune.search.config import Resources
+from pneumotune.search.trainable import MODEL_FILE
 
 # What a trial's driver asks Tune for: no CPU or GPU (the Train workers hold those), and
 # Tune cannot place a trial that asks for nothing at all. ~A driver's resident memory.
@@ -112,17 +112,17 @@ def train_worker(loop: dict[str, Any]) -> None:
     import ray
     import ray.train
 
-    from search.trainable import limit_tf_threads
+    from pneumotune.search.trainable import limit_tf_threads
 
     # Before TensorFlow initialises: thread pools, then GPU memory growth (a fractional
     # GPU is shared), then the strategy, which starts the collective runtime.
     limit_tf_threads(float(loop["cpus"]))
     import tensorflow as tf
 
-    from model.config import TrainConfig
-    from model.multiworker import rows_for_even_split
-    from model.train import configure_devices, fit
-    from search.trainable import split_fold, unpack_checkpoint, write_checkpoint
+    from pneumotune.model.config import TrainConfig
+    from pneumotune.model.multiworker import rows_for_even_split
+    from pneumotune.model.train import configure_devices, fit
+    from pneumotune.search.trainable import split_fold, unpack_checkpoint, write_checkpoint
 
     configure_devices(False)
     gpus = tf.config.list_physical_devices("GPU")
@@ -342,7 +342,7 @@ def multi_worker_trial(resources: Resources):
         from ray import tune
         from ray.train.tensorflow import TensorflowTrainer
 
-        from model.config import TrainConfig
+        from pneumotune.model.config import TrainConfig
 
         cfg = TrainConfig.from_flat(config)
         # Train writes its run into the trial's own folder of Tune's storage.

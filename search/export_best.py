@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from model.config import TrainConfig
-from search.results import summarise
+from pneumotune.model.config import TrainConfig
+from pneumotune.search.results import summarise
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,9 @@ class ValidationTuning:
 def tune_on_validation(
     model: Any, cfg: TrainConfig, images: np.ndarray, masks: np.ndarray
 ) -> ValidationTuning:
-    from model import metrics as M
-    from model.postprocess import tune_triplet
-    from model.train import predict_probs
+    from pneumotune.model import metrics as M
+    from pneumotune.model.postprocess import tune_triplet
+    from pneumotune.model.train import predict_probs
 
     probs = predict_probs(model, images, batch_size=2 * cfg.batch_size)
     triplet, score = tune_triplet(probs, masks)
@@ -84,7 +84,7 @@ def tune_and_export(
     extra: dict[str, Any],
 ) -> Exported:
     """Tune the triplet on ``val`` predictions, then write the model directory."""
-    from model.export import export_model
+    from pneumotune.model.export import export_model
 
     t0 = time.perf_counter()
     tuned = tune_on_validation(model, cfg, *val)
@@ -113,9 +113,9 @@ def export_best(results_dir: Path, out_dir: Path, data_dir: Path | None = None) 
     """Export the best trial of a search (finished, or still running: its best so far)."""
     import keras
 
-    from data.dataset import load_arrays
-    from model import train as _registers_custom_objects  # noqa: F401  (ComboLoss, schedules)
-    from search.trainable import MODEL_FILE, split_fold
+    from pneumotune.data.dataset import load_arrays
+    from pneumotune.model import train as _registers_custom_objects  # noqa: F401  (ComboLoss, schedules)
+    from pneumotune.search.trainable import MODEL_FILE, split_fold
 
     summary = summarise(Path(results_dir))
     best, checkpoint = summary.best_trial_checkpoint()

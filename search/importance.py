@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.config import ParamSpec
-from search.results import SearchSummary, TrialRecord
+from pneumotune.search.config import ParamSpec
+from pneumotune.search.results import SearchSummary, TrialRecord
 
 MIN_FINISHED_TRIALS = 5  # fewer finished trials than this and no importance is computed
 MIN_TOP_TRIALS = 2  # trials in PED-ANOVA's "top" group, at least
@@ -215,7 +215,7 @@ def load_specs(plan: dict[str, Any]) -> tuple[dict[str, ParamSpec], str]:
     ``plan`` is ``pneumotune.json``. Returns ``({}, why)`` when the file is not there
     or cannot be read any more; ``why`` is empty on success.
     """
-    from search.config import ConfigError, load_experiment
+    from pneumotune.search.config import ConfigError, load_experiment
 
     source = plan.get("experiment_source")
     if not source:

@@ -74,7 +74,7 @@ class ProgressLines(tune.Callback):
 def _reason(trial: Any) -> str:
     from pathlib import Path
 
-    from search.results import last_exception_line
+    from pneumotune.search.results import last_exception_line
 
     path = trial.error_file
     if path and Path(path).is_file():

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from data.figures import Section, Table, figure_section, section_text, write_report
-from search.config import ParamSpec
-from search.importance import Importance, load_specs, param_importances
-from search.report_plots import (
+from pneumotune.data.figures import Section, Table, figure_section, section_text, write_report
+from pneumotune.search.config import ParamSpec
+from pneumotune.search.importance import Importance, load_specs, param_importances
+from pneumotune.search.report_plots import (
     PredictionSample,
     fig_best_so_far,
     fig_best_vs_tutorial,
@@ -37,8 +37,8 @@ from search.report_plots import (
     fig_parallel,
     fig_predictions,
 )
-from search.results import PLAN_FILE, SearchSummary, TrialRecord, summarise
-from search.watch import is_finished
+from pneumotune.search.results import PLAN_FILE, SearchSummary, TrialRecord, summarise
+from pneumotune.search.watch import is_finished
 
 REPORT_DIR = "report"  # default output folder inside the search directory
 DEFAULT_SAMPLES = 6  # validation images in the predictions figure
@@ -130,7 +130,7 @@ def dataset_identifiers(data_dir: str | None) -> set[str]:
     Ids shorter than 6 characters are left out: they would match ordinary words and
     numbers (as in :func:`data.report.check_no_identifiers`).
     """
-    from data.dataset import DatasetError, read_meta
+    from pneumotune.data.dataset import DatasetError, read_meta
 
     if not data_dir or not Path(data_dir).is_dir():
         return set()
@@ -472,7 +472,7 @@ def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> P
     Half the images (rounded up) are positive when the fold has that many; the rest
     negative. Binarised at the trial's ``threshold`` (what its metrics were scored with).
     """
-    from search.trainable import MODEL_FILE
+    from pneumotune.search.trainable import MODEL_FILE
 
     best = summary.best
     if best is None:
@@ -495,10 +495,10 @@ def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> P
         )
     import keras
 
-    from data.dataset import load_arrays
-    from model import metrics as M
-    from model.train import predict_probs
-    from search.trainable import split_fold
+    from pneumotune.data.dataset import load_arrays
+    from pneumotune.model import metrics as M
+    from pneumotune.model.train import predict_probs
+    from pneumotune.search.trainable import split_fold
 
     size = int(best.config["img_size"])
     fold = int(best.config.get("val_fold", 0))

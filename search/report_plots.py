@@ -22,9 +22,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from data.figures import CLASS_COLOURS, PNEUMOTHORAX, new_figure
-from search.config import ParamSpec
-from search.results import SearchSummary, TrialRecord
+from pneumotune.data.figures import CLASS_COLOURS, PNEUMOTHORAX, new_figure
+from pneumotune.search.config import ParamSpec
+from pneumotune.search.results import SearchSummary, TrialRecord
 
 OUTCOME_COLOURS: dict[str, str] = {
     "completed": "#0072B2",  # blue

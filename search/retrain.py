@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.config import TrainConfig
-from search.config import Resources
-from search.results import summarise
+from pneumotune.model.config import TrainConfig
+from pneumotune.search.config import Resources
+from pneumotune.search.results import summarise
 
 __all__ = ["Retrained", "retrain_best"]
 
@@ -106,12 +106,17 @@ def retrain_best(
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
 
-    from data.dataset import load_arrays
-    from model.export import export_model
-    from search.distributed import run_forwarding_epochs, run_name, scaling_config, train_worker
-    from search.export_best import tune_on_validation
-    from search.single_run import format_epoch
-    from search.trainable import MODEL_FILE, split_fold
+    from pneumotune.data.dataset import load_arrays
+    from pneumotune.model.export import export_model
+    from pneumotune.search.distributed import (
+        run_forwarding_epochs,
+        run_name,
+        scaling_config,
+        train_worker,
+    )
+    from pneumotune.search.export_best import tune_on_validation
+    from pneumotune.search.single_run import format_epoch
+    from pneumotune.search.trainable import MODEL_FILE, split_fold
 
     t0 = time.perf_counter()
     results_dir, out_dir = Path(results_dir).absolute(), Path(out_dir)

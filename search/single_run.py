@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.config import TrainConfig
-from search.config import ExperimentConfig
+from pneumotune.model.config import TrainConfig
+from pneumotune.search.config import ExperimentConfig
 
 __all__ = ["TrainOnceResult", "format_epoch", "train_once"]
 
@@ -95,10 +95,10 @@ def train_once(
         ValueError: an invalid override, or a validation fold with no image.
         model.train.TrainingDiverged: the loss became NaN.
     """
-    from data.dataset import load_arrays, read_manifest
-    from model.train import fit
-    from search.export_best import tune_and_export
-    from search.trainable import split_fold
+    from pneumotune.data.dataset import load_arrays, read_manifest
+    from pneumotune.model.train import fit
+    from pneumotune.search.export_best import tune_and_export
+    from pneumotune.search.trainable import split_fold
 
     t0 = time.perf_counter()
     data_dir, out_dir = Path(data_dir), Path(out_dir)

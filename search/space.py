@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from model.config import TrainConfig
-from search.config import ExperimentConfig, ParamSpec
+from pneumotune.model.config import TrainConfig
+from pneumotune.search.config import ExperimentConfig, ParamSpec
 
 
 def base_values(exp: ExperimentConfig) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from data.dataset import Arrays
+from pneumotune.data.dataset import Arrays
 
 MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
@@ -68,8 +68,8 @@ def train_trial(config: dict[str, Any], data: dict[int, Arrays]) -> None:
     """Tune function trainable. ``data`` maps img_size -> the labelled arrays at that size."""
     from ray import tune
 
-    from model.train import fit
-    from search.space import train_config
+    from pneumotune.model.train import fit
+    from pneumotune.search.space import train_config
 
     limit_tf_threads(float(os.environ.get("OMP_NUM_THREADS", "1")))
     cfg = train_config(config)

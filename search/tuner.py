@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from search.config import ExperimentConfig
-from search.results import PLAN_FILE, SearchSummary, summarise
+from pneumotune.search.config import ExperimentConfig
+from pneumotune.search.results import PLAN_FILE, SearchSummary, summarise
 
 Trainable = Callable[[dict[str, Any], dict[int, Any]], None]
 
@@ -52,8 +52,8 @@ def plan_search(
     max_concurrent: int | None = None,
 ) -> SearchPlan:
     """Validate the experiment against its dataset before anything starts."""
-    from data.dataset import read_manifest
-    from search.space import tutorial_point
+    from pneumotune.data.dataset import read_manifest
+    from pneumotune.search.space import tutorial_point
 
     data_dir = Path(data_dir or exp.data or "")
     if not str(data_dir) or str(data_dir) == ".":
@@ -72,7 +72,7 @@ def plan_search(
 
 def load_data(plan: SearchPlan) -> dict[int, Any]:
     """The labelled arrays of every img_size the space can choose, read once."""
-    from data.dataset import load_arrays
+    from pneumotune.data.dataset import load_arrays
 
     sizes = sorted({int(s) for s in plan.experiment.param_values("img_size")})
     return {s: load_arrays(plan.data_dir, s) for s in sizes}
@@ -81,12 +81,12 @@ def load_data(plan: SearchPlan) -> dict[int, Any]:
 def wrapped_trainable(plan: SearchPlan, data: dict[int, Any], trainable: Trainable | None = None):
     from ray import tune
 
-    from search.trainable import train_trial
+    from pneumotune.search.trainable import train_trial
 
     res = plan.experiment.resources
     if trainable is None and res.workers_per_trial > 1:
         # Ray Train workers hold the CPUs/GPUs; the trial is their light driver.
-        from search.distributed import multi_worker_trainable
+        from pneumotune.search.distributed import multi_worker_trainable
 
         return multi_worker_trainable(res, data)
     fn = tune.with_parameters(trainable or train_trial, data=data)
@@ -100,19 +100,24 @@ def build_tuner(
     sampler: str = "tpe",
     early_stopping: bool = True,
     stop: Any = None,
+    points: list[dict[str, Any]] | None = None,
+    callbacks: list[Any] | None = None,
 ):
     """A fresh Tuner for ``plan`` (``trainable`` already wrapped with data and resources).
 
     ``sampler="random"`` and ``early_stopping=False`` (FIFO) exist for baselines
-    (bench/search.py); ``stop`` is a Tune stopper (e.g. a trial-epoch budget).
+    (bench/search.py); ``sampler="grid"`` runs exactly ``points`` (each merged over the
+    fixed values, in order, once each: bench/atlas.py); ``stop`` is a Tune stopper (e.g.
+    a trial-epoch budget).
     """
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from search.progress import ProgressLines
-    from search.space import make_space
+    from pneumotune.model.config import TrainConfig
+    from pneumotune.search.progress import ProgressLines
+    from pneumotune.search.space import base_values, make_space
 
     exp = plan.experiment
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines
@@ -123,15 +128,29 @@ def build_tuner(
         ),
         "random": lambda: optuna.samplers.RandomSampler(seed=exp.seed),
     }
-    if sampler not in samplers:
-        raise ValueError(f"sampler must be one of {sorted(samplers)}, got {sampler!r}")
-    searcher = OptunaSearch(
-        space=make_space(exp),
-        metric=exp.metric,
-        mode=exp.mode,
-        points_to_evaluate=[plan.tutorial_point] if plan.tutorial_point else None,
-        sampler=samplers[sampler](),
-    )
+    param_space = None
+    if sampler == "grid":
+        from ray.tune.search import BasicVariantGenerator
+
+        if not points:
+            raise ValueError("sampler='grid' needs the points to run")
+        # Whole training configs, so that every point sets the same keys: Tune only lets a
+        # point set keys that its param_space has.
+        fixed = base_values(exp)
+        full = [TrainConfig.from_flat({**fixed, **p}).to_flat() for p in points]
+        param_space = dict.fromkeys(full[0])
+        searcher = BasicVariantGenerator(points_to_evaluate=full, max_concurrent=exp.max_concurrent)
+        exp = replace(exp, num_samples=len(points))
+    elif sampler in samplers:
+        searcher = OptunaSearch(
+            space=make_space(exp),
+            metric=exp.metric,
+            mode=exp.mode,
+            points_to_evaluate=[plan.tutorial_point] if plan.tutorial_point else None,
+            sampler=samplers[sampler](),
+        )
+    else:
+        raise ValueError(f"sampler must be one of {[*sorted(samplers), 'grid']}, got {sampler!r}")
     scheduler = (
         ASHAScheduler(
             time_attr="training_iteration",  # one report per epoch
@@ -144,6 +163,7 @@ def build_tuner(
     )
     return tune.Tuner(
         trainable,
+        param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=exp.metric,
             mode=exp.mode,
@@ -165,7 +185,7 @@ def build_tuner(
             ),
             stop=stop,
             # Our one-line-per-event progress replaces Tune's tables (search/progress.py).
-            callbacks=[ProgressLines(exp.metric, exp.mode, exp.epochs)],
+            callbacks=[ProgressLines(exp.metric, exp.mode, exp.epochs), *(callbacks or [])],
             verbose=0,
         ),
     )
@@ -249,7 +269,7 @@ def run_search(
     if plan.experiment.resources.workers_per_trial > 1:
         from pyarrow import fs
 
-        from search.distributed import delete_train_runs
+        from pneumotune.search.distributed import delete_train_runs
 
         # Tune ends a trial that reached max_t from outside, which can cut its own clean-up
         # short: whatever Train run folders are left go now that every trial has ended.

@@ -19,7 +19,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from search.results import PLAN_FILE, SearchSummary, TrialRecord, summarise
+from pneumotune.search.results import PLAN_FILE, SearchSummary, TrialRecord, summarise
 
 OUTCOME_STYLES = {
     "completed": "blue",

@@ -26,7 +26,7 @@ def ray_local():
 @pytest.fixture(scope="session")
 def synth_raw(tmp_path_factory):
     """A small synthetic SIIM folder: 64 DICOMs at 128 px, 2 of them without a label row."""
-    from data.synth import SynthConfig, write_dataset
+    from pneumotune.data.synth import SynthConfig, write_dataset
 
     out = tmp_path_factory.mktemp("synth") / "raw"
     write_dataset(out, SynthConfig(n_images=64, size=128, seed=0, unlabelled=2), workers=2)
@@ -36,7 +36,7 @@ def synth_raw(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_dataset(synth_raw, ray_local, tmp_path_factory):
     """``synth_raw`` converted at 32 and 64 px with the real Ray Data pipeline."""
-    from data.convert import ConvertConfig, convert
+    from pneumotune.data.convert import ConvertConfig, convert
 
     out = tmp_path_factory.mktemp("dataset") / "ds"
     convert(ConvertConfig(src=synth_raw, out=out, sizes=(32, 64), n_folds=4), progress=False)

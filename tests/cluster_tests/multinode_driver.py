@@ -32,7 +32,7 @@ def make_node_trial(attempt_log: str):
         import ray
         from ray import tune
 
-        from search.trainable import split_fold
+        from pneumotune.search.trainable import split_fold
         from tests.search_tests.cheap import score
 
         node = ray.get_runtime_context().get_node_id()
@@ -80,10 +80,10 @@ def main(workdir: Path) -> int:
     import ray
     from ray.cluster_utils import Cluster
 
-    from data.convert import ConvertConfig, convert
-    from data.synth import SynthConfig, write_dataset
-    from search.config import parse_experiment
-    from search.tuner import plan_search, run_search
+    from pneumotune.data.convert import ConvertConfig, convert
+    from pneumotune.data.synth import SynthConfig, write_dataset
+    from pneumotune.search.config import parse_experiment
+    from pneumotune.search.tuner import plan_search, run_search
 
     # A head and two workers of one CPU each: one trial per node at a time.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})

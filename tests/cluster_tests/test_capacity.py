@@ -30,7 +30,7 @@ def test_conv_flops_agree_with_tensorflows_profiler(capacity, img_size, base_fil
         convert_variables_to_constants_v2,
     )
 
-    from model.resunet import build_resunet
+    from pneumotune.model.resunet import build_resunet
 
     model = build_resunet(img_size, base_filters, depth)
     forward = tf.function(lambda x: model(x, training=False)).get_concrete_function(

@@ -12,7 +12,7 @@ import pytest
 import ray
 import yaml
 
-from search.config import load_experiment
+from pneumotune.search.config import load_experiment
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 YAMLS = sorted(CLUSTER.glob("*.yaml"))

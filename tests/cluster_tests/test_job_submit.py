@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.results import summarise
+from pneumotune.search.results import summarise
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from search.results import summarise
+from pneumotune.search.results import summarise
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 4

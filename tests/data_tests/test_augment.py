@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from data.augment import AugmentConfig, augment_batch, build_augment, worker_seed
+from pneumotune.data.augment import AugmentConfig, augment_batch, build_augment, worker_seed
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 64

@@ -11,11 +11,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from data import dataset, rle
-from data.convert import ConvertConfig, ConvertInputError, convert, find_dicoms
-from data.dicom import read_image
-from data.resize import resize_image, resize_mask
-from search.cli import main as cli
+from pneumotune.cli import main as cli
+from pneumotune.data import dataset, rle
+from pneumotune.data.convert import ConvertConfig, ConvertInputError, convert, find_dicoms
+from pneumotune.data.dicom import read_image
+from pneumotune.data.resize import resize_image, resize_mask
 from tests.data_tests import dicom_factory
 
 SIZES = (32, 64)

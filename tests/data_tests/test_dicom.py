@@ -12,7 +12,7 @@ import pytest
 from pydicom import encaps
 from pydicom.uid import JPEG2000
 
-from data import dicom
+from pneumotune.data import dicom
 from tests.data_tests import dicom_factory as fac
 
 IMG8 = fac.smooth_image((60, 84), seed=1)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from data import labels
+from pneumotune.data import labels
 
 
 def _write(tmp_path: Path, text: str, name: str = "train-rle.csv") -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from data.ray_session import join_address
+from pneumotune.data.ray_session import join_address
 
 
 @pytest.mark.parametrize(

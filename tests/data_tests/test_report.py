@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data import dataset, eda_plots, figures, report, rle
-from data.convert import ConvertConfig, convert
-from search import cli
+from pneumotune import cli
+from pneumotune.data import dataset, eda_plots, figures, report, rle
+from pneumotune.data.convert import ConvertConfig, convert
 from tests.data_tests import dicom_factory as fac
 
 N_IMAGES = 14

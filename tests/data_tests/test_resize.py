@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data.resize import resize_image, resize_mask, resize_probabilities
+from pneumotune.data.resize import resize_image, resize_mask, resize_probabilities
 
 
 def test_mask_downsampling_is_a_majority_vote():

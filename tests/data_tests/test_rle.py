@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data import rle
+from pneumotune.data import rle
 
 
 def _mask(shape, pixels):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.split import assign_folds
+from pneumotune.data.split import assign_folds
 
 
 def _cohort(seed: int, n_patients: int = 120):

@@ -18,9 +18,10 @@ import pytest
 from pydicom.encaps import generate_frames
 from pydicom.uid import UID
 
-from data import rle
-from data.labels import read_labels
-from data.synth import (
+from pneumotune.cli import main as cli_main
+from pneumotune.data import rle
+from pneumotune.data.labels import read_labels
+from pneumotune.data.synth import (
     ImagePlan,
     SynthConfig,
     SynthSummary,
@@ -28,7 +29,6 @@ from data.synth import (
     render_case,
     write_dataset,
 )
-from search.cli import main as cli_main
 
 SIZE = 128
 # Fixed seeds: the counts these tests rely on (multi-region and overlapping positives,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.config import TrainConfig
-from model.export import (
+from pneumotune.model.config import TrainConfig
+from pneumotune.model.export import (
     CARD_FILE,
     KERAS_FILE,
     SAVED_MODEL_DIR,
@@ -19,8 +19,8 @@ from model.export import (
     export_model,
     load_model,
 )
-from model.postprocess import Triplet
-from model.train import build_model, compile_model
+from pneumotune.model.postprocess import Triplet
+from pneumotune.model.train import build_model, compile_model
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.losses import EPSILON, ComboLoss, make_loss
+from pneumotune.model.losses import EPSILON, ComboLoss, make_loss
 
 # Keras 3.15 converts TF variables with np.array(x, copy=False) (saving, set_weights),
 # which numpy 2 reports; not ours to fix.

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from model import metrics
+from pneumotune.model import metrics
 
 
 def _m(rows: list[str]) -> np.ndarray:

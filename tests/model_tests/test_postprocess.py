@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from model import metrics
-from model.postprocess import Triplet, apply_triplet, apply_triplet_batch, tune_triplet
+from pneumotune.model import metrics
+from pneumotune.model.postprocess import Triplet, apply_triplet, apply_triplet_batch, tune_triplet
 
 
 def _blob(size: int, r0: int, c0: int, side: int, value: float, base=None) -> np.ndarray:

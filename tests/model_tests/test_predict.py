@@ -9,19 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data import rle
-from data.dicom import read
-from data.resize import resize_image, resize_probabilities
-from model.config import TrainConfig
-from model.export import ModelDirError, export_model, load_model
-from model.postprocess import Triplet, apply_triplet
-from model.predict import (
+from pneumotune.data import rle
+from pneumotune.data.dicom import read
+from pneumotune.data.resize import resize_image, resize_probabilities
+from pneumotune.model.config import TrainConfig
+from pneumotune.model.export import ModelDirError, export_model, load_model
+from pneumotune.model.postprocess import Triplet, apply_triplet
+from pneumotune.model.predict import (
     PredictInputError,
     find_dicoms,
     predict_folder,
     score_submission,
 )
-from model.train import build_model, compile_model
+from pneumotune.model.train import build_model, compile_model
 from tests.data_tests import dicom_factory
 
 pytestmark = pytest.mark.filterwarnings(

@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import pytest
 
-from model.losses import make_loss
-from model.metrics import IoU, KaggleDice
-from model.resunet import build_resunet
-from model.schedules import make_schedule
+from pneumotune.model.losses import make_loss
+from pneumotune.model.metrics import IoU, KaggleDice
+from pneumotune.model.resunet import build_resunet
+from pneumotune.model.schedules import make_schedule
 
 # Keras 3.15 converts TF variables with np.array(x, copy=False) (saving, set_weights),
 # which numpy 2 reports; not ours to fix.

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from model import schedules
-from model.schedules import SCHEDULES, LinearWarmup, OneCycle, make_schedule
+from pneumotune.model import schedules
+from pneumotune.model.schedules import SCHEDULES, LinearWarmup, OneCycle, make_schedule
 
 # Keras 3.15 converts TF variables with np.array(x, copy=False) (saving, set_weights),
 # which numpy 2 reports; not ours to fix.

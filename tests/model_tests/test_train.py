@@ -8,12 +8,12 @@ import keras
 import numpy as np
 import pytest
 
-from data.augment import AugmentConfig
-from data.sampling import positive_share
-from model import metrics as M
-from model import train as train_module
-from model.config import SCHEDULES, TrainConfig
-from model.train import (
+from pneumotune.data.augment import AugmentConfig
+from pneumotune.data.sampling import positive_share
+from pneumotune.model import metrics as M
+from pneumotune.model import train as train_module
+from pneumotune.model.config import SCHEDULES, TrainConfig
+from pneumotune.model.train import (
     METRIC_KEYS,
     TrainingDiverged,
     _optimizer,

@@ -20,8 +20,8 @@ from typing import Any
 
 from ray import tune
 
-from data.dataset import Arrays
-from search.trainable import split_fold
+from pneumotune.data.dataset import Arrays
+from pneumotune.search.trainable import split_fold
 
 
 def score(config: dict[str, Any], epoch: int, epochs: int) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import ray
 
-from search.tuner import plan_search, run_search
+from pneumotune.search.tuner import plan_search, run_search
 from tests.search_tests.cheap import make_cheap_trial
 from tests.search_tests.test_tuner_wiring import _experiment
 

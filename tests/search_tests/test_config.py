@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.config import ConfigError, load_experiment, parse_experiment
+from pneumotune.search.config import ConfigError, load_experiment, parse_experiment
 
 GOOD = {
     "name": "t",

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.multiworker import rows_for_even_split
-from search.config import parse_experiment
-from search.distributed import (
+from pneumotune.model.multiworker import rows_for_even_split
+from pneumotune.search.config import parse_experiment
+from pneumotune.search.distributed import (
     RESUMED_FROM,
     TRAIN_NODES,
     TRAIN_WORKERS,
@@ -29,8 +29,8 @@ from search.distributed import (
     run_forwarding_epochs,
     run_name,
 )
-from search.trainable import MODEL_FILE, STATE_FILE
-from search.tuner import plan_search, run_search
+from pneumotune.search.trainable import MODEL_FILE, STATE_FILE
+from pneumotune.search.tuner import plan_search, run_search
 
 EPOCHS = 3
 
@@ -206,10 +206,10 @@ def test_two_workers_train_like_one_process(multi_worker_search, tiny_dataset):
     """Global batches: the same config trains the same way in one process (fit without a
     strategy, same rows; only BatchNorm's per-worker batch statistics differ), the epochs
     after the retry included: the resumed run goes on where the killed one stopped."""
-    from data.dataset import load_arrays
-    from model.config import TrainConfig
-    from model.train import fit
-    from search.trainable import split_fold
+    from pneumotune.data.dataset import load_arrays
+    from pneumotune.model.config import TrainConfig
+    from pneumotune.model.train import fit
+    from pneumotune.search.trainable import split_fold
 
     summary, _ = multi_worker_search
     trial = summary.trials[0]
@@ -227,8 +227,8 @@ def test_two_workers_train_like_one_process(multi_worker_search, tiny_dataset):
 
 @pytest.mark.slow
 def test_train_from_search_retrains_on_all_data_and_exports(multi_worker_search, tmp_path):
-    from model.export import load_model
-    from search.cli import main
+    from pneumotune.cli import main
+    from pneumotune.model.export import load_model
 
     summary, _ = multi_worker_search
     out = tmp_path / "model"
@@ -313,7 +313,7 @@ def test_a_trial_stopped_early_frees_its_workers_at_once(ray_local, tmp_path):
 
 
 def test_train_needs_a_config_or_a_search(capsys):
-    from search.cli import main
+    from pneumotune.cli import main
 
     assert main(["train"]) == 2
     assert "--config CONFIG (one run) or --from-search" in capsys.readouterr().err

@@ -22,20 +22,21 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from data.dataset import read_meta
-from data.figures import empty_axes
-from search import cli, report, report_plots
-from search.config import load_experiment, parse_experiment
-from search.importance import (
+from pneumotune import cli
+from pneumotune.data.dataset import read_meta
+from pneumotune.data.figures import empty_axes
+from pneumotune.search import report, report_plots
+from pneumotune.search.config import load_experiment, parse_experiment
+from pneumotune.search.importance import (
     MIN_FINISHED_TRIALS,
     distributions,
     finished_trials,
     load_specs,
     param_importances,
 )
-from search.results import PLAN_FILE, summarise
-from search.tuner import plan_search, run_search
-from search.watch import is_finished, watch
+from pneumotune.search.results import PLAN_FILE, summarise
+from pneumotune.search.tuner import plan_search, run_search
+from pneumotune.search.watch import is_finished, watch
 from tests.search_tests.cheap import cheap_trial
 
 YAML = """\
@@ -106,9 +107,9 @@ def without_model(search_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def with_model(search_dir, without_model, tmp_path_factory):
     """A tiny untrained ResUNet of the best trial's config saved into its best checkpoint."""
-    from model.config import TrainConfig
-    from model.train import build_model
-    from search.trainable import MODEL_FILE
+    from pneumotune.model.config import TrainConfig
+    from pneumotune.model.train import build_model
+    from pneumotune.search.trainable import MODEL_FILE
 
     summary = summarise(search_dir)
     best = summary.best
@@ -296,7 +297,7 @@ def test_prediction_rows_mix_positives_and_negatives():
 
 
 def test_parallel_axes_place_values_in_the_searched_range():
-    from search.config import ParamSpec
+    from pneumotune.search.config import ParamSpec
 
     sizes = report_plots.param_axis(
         "img_size", [64, 64, 32, 64], ParamSpec("img_size", ("stored",))

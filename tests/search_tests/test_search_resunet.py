@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from data.convert import find_dicoms
-from model.export import load_model
-from model.predict import predict_folder
-from search.config import parse_experiment
-from search.export_best import export_best
-from search.tuner import plan_search, run_search
+from pneumotune.data.convert import find_dicoms
+from pneumotune.model.export import load_model
+from pneumotune.model.predict import predict_folder
+from pneumotune.search.config import parse_experiment
+from pneumotune.search.export_best import export_best
+from pneumotune.search.tuner import plan_search, run_search
 
 pytestmark = pytest.mark.slow
 

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from data.convert import find_dicoms
-from data.dataset import read_meta
-from model.export import CARD_FILE, load_model
-from search.cli import main as cli
+from pneumotune.cli import main as cli
+from pneumotune.data.convert import find_dicoms
+from pneumotune.data.dataset import read_meta
+from pneumotune.model.export import CARD_FILE, load_model
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search.config import parse_experiment
-from search.space import make_space, train_config, tutorial_point
+from pneumotune.search.config import parse_experiment
+from pneumotune.search.space import make_space, train_config, tutorial_point
 
 RAW = {
     "name": "t",

@@ -7,10 +7,10 @@ import json
 import pandas as pd
 import pytest
 
-from data.dataset import read_manifest
-from search.config import parse_experiment
-from search.results import summarise
-from search.tuner import plan_search, run_search
+from pneumotune.data.dataset import read_manifest
+from pneumotune.search.config import parse_experiment
+from pneumotune.search.results import summarise
+from pneumotune.search.tuner import plan_search, run_search
 from tests.search_tests.cheap import cheap_trial, make_cheap_trial
 
 SPACE = {

@@ -115,7 +115,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from data.synth import SynthConfig, write_dataset
+    from pneumotune.data.synth import SynthConfig, write_dataset
 
     if args.unlabelled > args.images:
         raise UsageError(f"--unlabelled {args.unlabelled} exceeds --images {args.images}")
@@ -182,7 +182,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from data.convert import ConvertConfig, ConvertInputError, convert
+    from pneumotune.data.convert import ConvertConfig, ConvertInputError, convert
 
     cfg = ConvertConfig(
         src=args.src,
@@ -271,10 +271,10 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from data.dataset import DatasetError
-    from data.ray_session import ensure_ray
-    from search.config import ConfigError, load_experiment
-    from search.tuner import latest_experiment, plan_search, run_search
+    from pneumotune.data.dataset import DatasetError
+    from pneumotune.data.ray_session import ensure_ray
+    from pneumotune.search.config import ConfigError, load_experiment
+    from pneumotune.search.tuner import latest_experiment, plan_search, run_search
 
     try:
         exp = load_experiment(args.config)
@@ -339,7 +339,7 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from search.results import ResultsError, summarise
+    from pneumotune.search.results import ResultsError, summarise
 
     if args.interval <= 0:
         raise UsageError(f"--interval must be > 0 seconds, got {args.interval}")
@@ -347,7 +347,7 @@ def _run_status(args: argparse.Namespace) -> int:
         if not args.watch:
             print(summarise(args.results).describe())
             return 0
-        from search.watch import watch
+        from pneumotune.search.watch import watch
 
         watch(args.results, args.interval)
     except ResultsError as exc:
@@ -401,9 +401,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from data.dataset import MANIFEST, DatasetError
-    from data.report import report_dataset
-    from search.results import is_experiment
+    from pneumotune.data.dataset import MANIFEST, DatasetError
+    from pneumotune.data.report import report_dataset
+    from pneumotune.search.results import is_experiment
 
     if is_experiment(args.dataset):
         return _run_search_report(args)
@@ -424,8 +424,8 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def _run_search_report(args: argparse.Namespace) -> int:
-    from search.report import DEFAULT_SAMPLES, report_search
-    from search.results import ResultsError
+    from pneumotune.search.report import DEFAULT_SAMPLES, report_search
+    from pneumotune.search.results import ResultsError
 
     samples = DEFAULT_SAMPLES if args.samples is None else args.samples
     try:
@@ -539,10 +539,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from data.dataset import DatasetError
-    from model.train import TrainingDiverged
-    from search.config import ConfigError, load_experiment
-    from search.single_run import train_once
+    from pneumotune.data.dataset import DatasetError
+    from pneumotune.model.train import TrainingDiverged
+    from pneumotune.search.config import ConfigError, load_experiment
+    from pneumotune.search.single_run import train_once
 
     if args.from_search is not None:
         return _run_train_from_search(args)
@@ -571,11 +571,11 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_train_from_search(args: argparse.Namespace) -> int:
-    from data.dataset import DatasetError
-    from data.ray_session import ensure_ray
-    from model.train import TrainingDiverged
-    from search.results import ResultsError
-    from search.retrain import retrain_best
+    from pneumotune.data.dataset import DatasetError
+    from pneumotune.data.ray_session import ensure_ray
+    from pneumotune.model.train import TrainingDiverged
+    from pneumotune.search.results import ResultsError
+    from pneumotune.search.retrain import retrain_best
 
     if args.config is not None or args.overrides:
         raise UsageError("--from-search takes its config from the search: drop --config/--set")
@@ -629,8 +629,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from model.export import ModelDirError
-    from model.predict import PredictInputError, predict_folder
+    from pneumotune.model.export import ModelDirError
+    from pneumotune.model.predict import PredictInputError, predict_folder
 
     try:
         result = predict_folder(
@@ -676,7 +676,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    from model.predict import PredictInputError, score_submission
+    from pneumotune.model.predict import PredictInputError, score_submission
 
     try:
         result = score_submission(
@@ -713,9 +713,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from data.dataset import DatasetError
-    from search.export_best import export_best
-    from search.results import ResultsError
+    from pneumotune.data.dataset import DatasetError
+    from pneumotune.search.export_best import export_best
+    from pneumotune.search.results import ResultsError
 
     try:
         result = export_best(args.results, args.out, data_dir=args.data)
@@ -765,7 +765,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from search.demo import DemoConfig, run_demo
+    from pneumotune.search.demo import DemoConfig, run_demo
 
     try:
         cfg = DemoConfig(

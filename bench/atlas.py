@@ -1,0 +1,208 @@
+"""A learning-curve atlas: every config of a grid trained to max_t, every epoch recorded.
+
+    python bench/atlas.py [--name synth64] [--max-t 30] [--images 400] [--smoke-test]
+    python bench/atlas.py --export-only [--name synth64]
+
+The grid (lr x schedule x base_filters x positive share x augmentation, 48 configs, the
+tutorial's point among them) is trained with the product's own machinery: the demo
+experiment's fixed values, `pneumotune.search.tuner.run_search` with a FIFO grid
+searcher, the same trainable (one `tune.report` per epoch, a checkpoint per epoch). The
+first 8 configs of a spread are run again with a second seed, so that the atlas says how
+noisy a curve is.
+
+Resumable: the run lives in bench/out/atlas-<name> (Ray Tune's layout); running the same
+command again restores it, and trials that were running go on from their last epoch's
+checkpoint. Every finished trial rewrites bench/atlas/<name>.csv (columns: config_id,
+one per axis, seed, epoch, the val metrics, epoch_seconds), so a killed run keeps
+everything it finished. bench/replay.py replays the CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import itertools
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from ray import tune
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+ATLAS_DIR = HERE / "atlas"
+
+# The axes, each level with the training values it stands for. The tutorial's point as
+# the product places it in the demo space (bench/search.py's arm (c)): lr 1e-3, cosine,
+# 16 filters, the natural share of positives, the tutorial's augmentations.
+AXES: dict[str, dict[str, dict[str, Any]]] = {
+    "lr": {str(v): {"lr": v} for v in (5.0e-4, 1.0e-3, 2.0e-3)},
+    "schedule": {s: {"schedule": s} for s in ("cosine", "one_cycle")},
+    "base_filters": {str(v): {"base_filters": v} for v in (8, 16)},
+    "pos_share": {
+        "natural": {"pos_share_start": None, "pos_share_end": None},
+        "0.8-0.4": {"pos_share_start": 0.8, "pos_share_end": 0.4},
+    },
+    "augment": {
+        "none": {
+            f"augment.{k}_p": 0.0 for k in ("flip", "color", "distort", "affine", "crop")
+        },
+        "tutorial": {},  # filled from AugmentConfig.tutorial() in grid()
+    },
+}
+TUTORIAL = {
+    "lr": "0.001",
+    "schedule": "cosine",
+    "base_filters": "16",
+    "pos_share": "natural",
+    "augment": "tutorial",
+}
+REPEATS = 8  # configs run again with seed 1
+METRICS = ("val_iou", "val_dice", "val_kaggle_dice", "val_positive_iou", "val_loss", "loss")
+
+
+def grid() -> list[dict[str, str]]:
+    """Every combination of the axes' levels, as level labels, in a fixed order."""
+    names = list(AXES)
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*AXES.values())]
+
+
+def training_values(levels: dict[str, str]) -> dict[str, Any]:
+    from pneumotune.model.config import TrainConfig
+
+    tutorial_aug = {
+        k: v for k, v in TrainConfig.tutorial().to_flat().items() if k.startswith("augment.")
+    }
+    values: dict[str, Any] = {}
+    for axis, level in levels.items():
+        values.update(tutorial_aug if (axis, level) == ("augment", "tutorial") else {})
+        values.update(AXES[axis][level])
+    return values
+
+
+def runs(configs: list[dict[str, str]]) -> list[tuple[int, int]]:
+    """(config_id, seed): every config with seed 0, then REPEATS spread ones with seed 1."""
+    step = max(1, len(configs) // REPEATS)
+    repeats = list(range(0, len(configs), step))[:REPEATS]
+    return [(i, 0) for i in range(len(configs))] + [(i, 1) for i in repeats]
+
+
+def export_csv(path: Path, csv_path: Path, configs: list[dict[str, str]], max_t: int) -> int:
+    """Write the finished trials' curves; returns how many runs it holds."""
+    from pneumotune.search.results import summarise
+
+    summary = summarise(path)
+    by_values = [training_values(c) for c in configs]
+    rows, n_runs = [], 0
+    for trial in summary.trials:
+        if trial.epochs < max_t:
+            continue  # running, or lost when a session ended: rerun on resume
+        config_id = next(
+            i
+            for i, v in enumerate(by_values)
+            if all(trial.config.get(k) == x for k, x in v.items())
+        )
+        n_runs += 1
+        for r in trial.history[:max_t]:
+            rows.append(
+                {
+                    "config_id": config_id,
+                    **configs[config_id],
+                    "seed": trial.config["seed"],
+                    "epoch": int(r["training_iteration"]),
+                    **{m: round(float(r[m]), 6) for m in METRICS},
+                    "epoch_seconds": round(float(r["epoch_seconds"]), 3),
+                }
+            )
+    rows.sort(key=lambda r: (r["config_id"], r["seed"], r["epoch"]))
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = csv_path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        fields = ["config_id", *AXES, "seed", "epoch", *METRICS, "epoch_seconds"]
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(csv_path)  # a reader never sees half a file
+    return n_runs
+
+
+class ExportOnEnd(tune.Callback):
+    """The CSV rewritten each time a run finishes, so a killed atlas keeps what it did."""
+
+    def __init__(self, path: Path, csv_path: Path, configs: list, max_t: int, total: int):
+        self.args, self.total = (path, csv_path, configs, max_t), total
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        n = export_csv(*self.args)
+        print(f"atlas: {n}/{self.total} runs in {self.args[1]}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--name", default="synth64", help="atlas name (default synth64)")
+    parser.add_argument("--max-t", type=int, default=30, help="epochs per config (default 30)")
+    parser.add_argument("--images", type=int, default=400, help="synthetic DICOMs (default 400)")
+    parser.add_argument("--size", type=int, default=64, help="image size (default 64)")
+    parser.add_argument("--concurrent", type=int, default=2, help="trials at once (default 2)")
+    parser.add_argument("--export-only", action="store_true", help="only rewrite the CSV")
+    parser.add_argument("--smoke-test", action="store_true", help="4 configs, 2 epochs")
+    args = parser.parse_args(argv)
+    if args.smoke_test:
+        args.name, args.max_t, args.images = "smoke", 2, 120
+
+    from pneumotune.search.tuner import plan_search
+
+    configs = grid()
+    path = OUT / f"atlas-{args.name}"
+    csv_path = (OUT if args.smoke_test else ATLAS_DIR) / f"{args.name}.csv"
+    if args.export_only:
+        print(f"{export_csv(path, csv_path, configs, args.max_t)} runs -> {csv_path}")
+        return 0
+
+    from common import dataset
+
+    from pneumotune.data.ray_session import ensure_ray
+    from pneumotune.search.config import load_experiment
+    from pneumotune.search.tuner import run_search
+
+    todo = runs(configs)[: 4 if args.smoke_test else None]
+    ds = dataset(args.images)
+    base = load_experiment("demo")
+    exp = dataclasses.replace(
+        base.resolve_sizes([args.size]),
+        space=(),
+        fixed={**base.fixed, "img_size": args.size},
+        epochs=args.max_t,
+        max_concurrent=args.concurrent,
+        max_failures=3,
+        enqueue_tutorial=False,
+        num_samples=len(todo),
+        storage=OUT,
+    )
+    points = [{**training_values(configs[i]), "seed": seed} for i, seed in todo]
+    plan = plan_search(exp, ds, name=path.name, storage=OUT)
+
+    ensure_ray(num_cpus=args.concurrent)
+    resume = (path / "pneumotune.json").is_file()
+    print(f"atlas {args.name}: {len(todo)} runs x {args.max_t} epochs at {args.size} px")
+    run_search(
+        plan,
+        resume=resume,
+        sampler="grid",
+        points=points,
+        early_stopping=False,
+        callbacks=[ExportOnEnd(path, csv_path, configs, args.max_t, len(todo))],
+    )
+    print(f"{export_csv(path, csv_path, configs, args.max_t)} runs -> {csv_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

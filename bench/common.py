@@ -1,0 +1,41 @@
+"""What the benchmarks share: the cached synthetic dataset and a trial-epoch budget.
+
+Imported by the bench scripts as ``common`` (a script's own folder is on its path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+CACHE = Path(__file__).resolve().parent / "out"
+
+
+def dataset(images: int, seed: int = 1) -> Path:
+    """``images`` synthetic 256-px DICOMs converted at 64 and 128 px, made once and cached."""
+    from pneumotune.data.convert import ConvertConfig, convert
+    from pneumotune.data.synth import SynthConfig, write_dataset
+
+    raw, ds = CACHE / f"search-raw-{images}-{seed}", CACHE / f"search-ds-{images}-{seed}"
+    if not (ds / "manifest.json").exists():
+        write_dataset(raw, SynthConfig(n_images=images, size=256, seed=seed), progress=True)
+        convert(ConvertConfig(src=raw, out=ds, sizes=(64, 128), overwrite=True), progress=True)
+    return ds
+
+
+def trial_epoch_budget(budget: int) -> Any:
+    """A Tune stopper that ends the whole search once ``budget`` epochs were reported."""
+    from ray import tune
+
+    class TrialEpochBudget(tune.Stopper):
+        def __init__(self) -> None:
+            self.seen = 0
+
+        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+            self.seen += 1
+            return False
+
+        def stop_all(self) -> bool:
+            return self.seen >= budget
+
+    return TrialEpochBudget()
