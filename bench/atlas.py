@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--name", default="synth64", help="atlas name (default synth64)")
-    parser.add_argument("--max-t", type=int, default=30, help="epochs per config (default 30)")
-    parser.add_argument("--images", type=int, default=400, help="synthetic DICOMs (default 400)")
+    parser.add_argument("--max-t", type=int, default=24, help="epochs per config (default 24)")
+    parser.add_argument("--images", type=int, default=300, help="synthetic DICOMs (default 300)")
     parser.add_argument("--size", type=int, default=64, help="image size (default 64)")
     parser.add_argument("--concurrent", type=int, default=2, help="trials at once (default 2)")
     parser.add_argument("--export-only", action="store_true", help="only rewrite the CSV")
