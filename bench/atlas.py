@@ -49,9 +49,7 @@ AXES: dict[str, dict[str, dict[str, Any]]] = {
         "0.8-0.4": {"pos_share_start": 0.8, "pos_share_end": 0.4},
     },
     "augment": {
-        "none": {
-            f"augment.{k}_p": 0.0 for k in ("flip", "color", "distort", "affine", "crop")
-        },
+        "none": {f"augment.{k}_p": 0.0 for k in ("flip", "color", "distort", "affine", "crop")},
         "tutorial": {},  # filled from AugmentConfig.tutorial() in grid()
     },
 }

@@ -1,4 +1,4 @@
-"""What the benchmarks share: the cached synthetic dataset and a trial-epoch budget.
+"""What the benchmarks share: the cached synthetic dataset.
 
 Imported by the bench scripts as ``common`` (a script's own folder is on its path).
 """
@@ -6,7 +6,6 @@ Imported by the bench scripts as ``common`` (a script's own folder is on its pat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 CACHE = Path(__file__).resolve().parent / "out"
 
@@ -21,21 +20,3 @@ def dataset(images: int, seed: int = 1) -> Path:
         write_dataset(raw, SynthConfig(n_images=images, size=256, seed=seed), progress=True)
         convert(ConvertConfig(src=raw, out=ds, sizes=(64, 128), overwrite=True), progress=True)
     return ds
-
-
-def trial_epoch_budget(budget: int) -> Any:
-    """A Tune stopper that ends the whole search once ``budget`` epochs were reported."""
-    from ray import tune
-
-    class TrialEpochBudget(tune.Stopper):
-        def __init__(self) -> None:
-            self.seen = 0
-
-        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-            self.seen += 1
-            return False
-
-        def stop_all(self) -> bool:
-            return self.seen >= budget
-
-    return TrialEpochBudget()

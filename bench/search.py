@@ -28,7 +28,9 @@ from typing import Any
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import CACHE, dataset, trial_epoch_budget
+from common import CACHE, dataset
+
+from pneumotune.search.replay import EpochBudget
 
 
 def curve(summary: Any) -> list[tuple[int, float]]:
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = dataclasses.replace(
         base, num_samples=args.budget, startup_trials=max(2, (2 * trials_a) // 4)
     )
-    b = run_arm("tpe-asha", ours, ds, storage, stop=trial_epoch_budget(args.budget))
+    b = run_arm("tpe-asha", ours, ds, storage, stop=EpochBudget(args.budget))
     point, _ = tutorial_point(base)
     tutorial = dataclasses.replace(
         base,

@@ -90,7 +90,7 @@ def our_fit(cfg, images: np.ndarray, masks: np.ndarray) -> list[float]:
 
 def augment_rate(size: int, n: int, seed: int = 0) -> float:
     """(d): images/s of the tutorial augmentation on one thread at ``size`` px."""
-    from pneumotune.data.augment import AugmentConfig, augment_batch, build_augment
+    from pneumotune.model.augment import AugmentConfig, augment_batch, build_augment
 
     images, masks = synth_arrays(min(n, 32), size, seed)
     reps = max(1, n // len(images))
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import tensorflow as tf
 
-    from pneumotune.data.augment import AugmentConfig
+    from pneumotune.model.augment import AugmentConfig
     from pneumotune.model.config import TrainConfig
 
     depth = 2 if args.smoke_test else 4

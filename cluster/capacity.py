@@ -168,7 +168,7 @@ def measure_augment(img_size: int, n: int = 64) -> float:
     import cv2
     import numpy as np
 
-    from pneumotune.data.augment import AugmentConfig, augment_batch, build_augment
+    from pneumotune.model.augment import AugmentConfig, augment_batch, build_augment
 
     cv2.setNumThreads(1)  # one tf.data thread = one core
     rng = np.random.default_rng(0)

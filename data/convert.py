@@ -38,6 +38,7 @@ from pneumotune.data import dataset, labels, rle
 from pneumotune.data.dicom import find_dicoms
 from pneumotune.data.ray_session import ensure_ray, quiet_ray_data
 from pneumotune.data.split import assign_folds
+from pneumotune.errors import PneumotuneError
 
 SIIM_TRAIN_DIR = "dicom-images-train"
 PART_ROWS = 2048  # rows per Parquet file
@@ -46,7 +47,7 @@ ERROR_COLUMNS = ("path", "image_id", "stage", "reason")
 HEADER_FILES_PER_TASK = 256
 
 
-class ConvertInputError(Exception):
+class ConvertInputError(PneumotuneError):
     """The conversion cannot run at all (no DICOMs, unusable label file, unwritable output)."""
 
 
@@ -185,12 +186,89 @@ def _union_regions(
 def convert(
     cfg: ConvertConfig, address: str | None = None, progress: bool = False
 ) -> ConvertResult:
-    """Run the conversion; see the module docstring. Returns the manifest and timing."""
+    """Run the conversion; see the module docstring. Returns the manifest and timing.
+
+    The phases, in order: list the DICOMs, read the label file, prepare the output, start
+    Ray, read the headers (pass 1), join the labels and assign the folds, decode and
+    resize the pixels (pass 2, Ray Data) into Parquet, then the manifest and the ledger.
+    """
     t0 = time.perf_counter()
-    root = _dicom_root(cfg.src)
+    root, paths = _list_dicoms(cfg.src)
+    label_path, table = _load_labels(cfg)
+    _prepare_out(cfg.out, cfg.overwrite)
+    ray, ray_seconds = _start_ray(address)
+    key = _pseudonym_key()
+    ledger = _Ledger(cfg.src)
+
+    t_headers = time.perf_counter()
+    headers = _read_header_pass(ray, paths, key, ledger, progress)
+    timings = {"ray_start": ray_seconds, "headers": time.perf_counter() - t_headers}
+    status = _join_labels(table, headers, ledger)
+    folds = _assign_patient_folds(headers, status, cfg)
+
+    pixel_ds = _pixel_pipeline(ray, headers, status, table, cfg)
+    t_pixels = time.perf_counter()
+    tally = _write_parquet(pixel_ds, headers, status, folds, table, cfg, ledger, progress)
+    timings["pixels"] = time.perf_counter() - t_pixels
+
+    manifest = _manifest(cfg, root, label_path, table, len(paths), tally, ledger)
+    c = manifest["counts"]
+    # The ledger's invariant; a failure here is a bug in this module, not bad input.
+    assert c["files_seen"] == c["converted"] + c["errors"], (
+        c["files_seen"],
+        c["converted"],
+        c["errors"],
+    )
+    _write_ledger(cfg.out / "errors.csv", ledger.rows)
+    (cfg.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    reasons = Counter(_reason_kind(e["reason"]) for e in ledger.rows)
+    return ConvertResult(cfg.out, manifest, time.perf_counter() - t0, reasons, timings)
+
+
+# ------------------------------------------------------------------ phases
+@dataclass
+class _Ledger:
+    """The rows of ``errors.csv``: every rejected file and label row, in the order found."""
+
+    src: Path  # file paths are written relative to it where they can be
+    rows: list[dict[str, str]] = field(default_factory=list)
+
+    def rel(self, path: str) -> str:
+        try:
+            return str(Path(path).relative_to(self.src))
+        except ValueError:
+            return str(path)
+
+    def add(self, path: str, image_id: str, stage: str, reason: str) -> None:
+        """One row; ``path`` is ``""`` for a label row that names no file."""
+        path = self.rel(path) if path else ""
+        self.rows.append({"path": path, "image_id": image_id, "stage": stage, "reason": reason})
+
+    def count(self, *stages: str) -> int:
+        return sum(1 for e in self.rows if e["stage"] in stages)
+
+
+@dataclass
+class _Tally:
+    """What the pixel pass wrote: Parquet files and rows, label counts, patients."""
+
+    files: list[str]
+    converted: int
+    counts: Counter
+    patients: set[str]
+
+
+def _list_dicoms(src: Path) -> tuple[Path, list[Path]]:
+    """The DICOM root (``dicom-images-train`` in a SIIM download) and its ``*.dcm`` files."""
+    root = _dicom_root(src)
     paths = find_dicoms(root)
     if not paths:
         raise ConvertInputError(f"no *.dcm files found under {root}")
+    return root, paths
+
+
+def _load_labels(cfg: ConvertConfig) -> tuple[Path | None, labels.LabelTable]:
+    """The label file (given, or the SIIM CSV at the top of ``src``) and its rows."""
     label_path = cfg.labels if cfg.labels is not None else labels.find_label_file(cfg.src)
     try:
         table = (
@@ -200,76 +278,85 @@ def convert(
         )
     except labels.LabelFileError as exc:
         raise ConvertInputError(str(exc)) from None
-    _prepare_out(cfg.out, cfg.overwrite)
+    return label_path, table
 
+
+def _start_ray(address: str | None) -> tuple[Any, float]:
+    """The ``ray`` module, connected (or started locally), and the seconds that took."""
     t_ray = time.perf_counter()
     ensure_ray(address)
     quiet_ray_data()
     import ray
 
-    ray_seconds = time.perf_counter() - t_ray
+    return ray, time.perf_counter() - t_ray
 
-    key = _pseudonym_key()
-    ledger: list[dict[str, str]] = []
 
-    def rel(path: str) -> str:
-        try:
-            return str(Path(path).relative_to(cfg.src))
-        except ValueError:
-            return str(path)
+def _read_header_pass(
+    ray: Any, paths: list[Path], key: bytes, ledger: _Ledger, progress: bool
+) -> dict[str, dict[str, Any]]:
+    """Pass 1: ``image_id -> header row`` of each readable file; the others to the ledger.
 
-    # Pass 1: headers, in Ray tasks of HEADER_FILES_PER_TASK files: ~0.5 ms per file of
-    # GIL-bound parsing, 6 s for SIIM's 10,712 files in one driver thread. Results are
-    # taken in listing order, which decides which of two files with one id is kept.
-    headers: dict[str, dict[str, Any]] = {}  # image_id -> header row
-    t_headers = time.perf_counter()
+    Ray tasks of HEADER_FILES_PER_TASK files: ~0.5 ms per file of GIL-bound parsing, 6 s
+    for SIIM's 10,712 files in one driver thread. Results are taken in listing order,
+    which decides which of two files with one id is kept.
+    """
+    headers: dict[str, dict[str, Any]] = {}
     with _bar(progress, len(paths), "headers") as bar:
         for row in _read_headers(ray, paths, key, bar):
             image_id = row["image_id"]
             if row["error"]:
-                ledger.append(_ledger(rel(row["path"]), image_id, "read", row["error"]))
+                ledger.add(row["path"], image_id, "read", row["error"])
             elif image_id in headers:
-                other = rel(headers[image_id]["path"])
+                other = ledger.rel(headers[image_id]["path"])
                 reason = f"duplicate image id: the same id was already read from {other}"
-                ledger.append(_ledger(rel(row["path"]), image_id, "read", reason))
+                ledger.add(row["path"], image_id, "read", reason)
             else:
                 headers[image_id] = row
-    timings = {"ray_start": ray_seconds, "headers": time.perf_counter() - t_headers}
+    return headers
 
-    # Labels: rows for images that have no DICOM, and rows that are malformed.
+
+def _join_labels(
+    table: labels.LabelTable, headers: dict[str, dict[str, Any]], ledger: _Ledger
+) -> dict[str, str]:
+    """Each image's label status; label rows for no DICOM and malformed rows to the ledger."""
     for problem in table.orphans:
-        ledger.append(_ledger("", "", "label", f"line {problem.line}: {problem.reason}"))
+        ledger.add("", "", "label", f"line {problem.line}: {problem.reason}")
     for image_id, rows in table.rows.items():
         if image_id not in headers:
             for r in rows:
-                ledger.append(
-                    _ledger(
-                        "", image_id, "label", f"line {r.line}: label for an image id with no DICOM"
-                    )
-                )
+                reason = f"line {r.line}: label for an image id with no DICOM"
+                ledger.add("", image_id, "label", reason)
     for image_id, problems in table.bad.items():
         for p in problems:
             suffix = "" if image_id in headers else " (and no DICOM has this image id)"
-            ledger.append(_ledger("", image_id, "label", p.reason + suffix))
+            ledger.add("", image_id, "label", p.reason + suffix)
+    return {i: table.status(i) for i in headers}
 
-    # Folds, on patient pseudonyms, stratified by the label as known so far.
+
+def _assign_patient_folds(
+    headers: dict[str, dict[str, Any]], status: dict[str, str], cfg: ConvertConfig
+) -> dict[str, int]:
+    """Folds, on patient pseudonyms, stratified by the label as known so far."""
     ids = list(headers)
-    status = {i: table.status(i) for i in ids}
-    folds = dict(
-        zip(
-            ids,
-            assign_folds(
-                ids,
-                [headers[i].get("patient_id") for i in ids],
-                [{"positive": True, "negative": False}.get(status[i]) for i in ids],
-                n_folds=cfg.n_folds,
-                seed=cfg.seed,
-            ).tolist(),
-            strict=True,
-        )
+    folds = assign_folds(
+        ids,
+        [headers[i].get("patient_id") for i in ids],
+        [{"positive": True, "negative": False}.get(status[i]) for i in ids],
+        n_folds=cfg.n_folds,
+        seed=cfg.seed,
     )
+    return dict(zip(ids, folds.tolist(), strict=True))
 
-    # Pass 2: pixels.
+
+def _pixel_pipeline(
+    ray: Any,
+    headers: dict[str, dict[str, Any]],
+    status: dict[str, str],
+    table: labels.LabelTable,
+    cfg: ConvertConfig,
+) -> Any:
+    """Pass 2, not yet run: a Ray Data dataset of decoded, resized images and masks."""
+    ids = list(headers)
     regions = {
         i: [(r.line, r.rle) for r in table.regions(i)] for i in ids if status[i] == "positive"
     }
@@ -277,53 +364,70 @@ def convert(
     # and the decode into one task: no hand-over of raw bytes through the object store.
     blocks = max(2 * _cluster_cpus(ray), -(-len(ids) // cfg.files_per_task))
     with _without_op_reservation(ray.data.DataContext.get_current()):
-        pixel_ds = ray.data.read_binary_files(
+        return ray.data.read_binary_files(
             [headers[i]["path"] for i in ids], include_paths=True, override_num_blocks=blocks
         ).map_batches(
             decode_pixels,
             batch_size=None,
             fn_kwargs={"sizes": cfg.sizes, "regions": regions, "dialect": cfg.rle_dialect},
         )
+
+
+def _write_parquet(
+    pixel_ds: Any,
+    headers: dict[str, dict[str, Any]],
+    status: dict[str, str],
+    folds: dict[str, int],
+    table: labels.LabelTable,
+    cfg: ConvertConfig,
+    ledger: _Ledger,
+    progress: bool,
+) -> _Tally:
+    """Run pass 2, streaming its rows into Parquet parts; failed decodes to the ledger."""
     writer = dataset.PartWriter(cfg.out, cfg.sizes, part_rows=PART_ROWS)
-    t_pixels = time.perf_counter()
     counts: Counter = Counter()
     patients: set[str] = set()
-    with _bar(progress, len(ids), "decoding") as bar:
+    with _bar(progress, len(headers), "decoding") as bar:
         for batch in pixel_ds.iter_batches(batch_size=ROW_GROUP_ROWS, batch_format="pyarrow"):
             rows = []
             for row in batch.to_pylist():
                 bar.update(1)
-                header = headers[row["image_id"]]
+                image_id = row["image_id"]
+                header = headers[image_id]
                 if row["error"]:
-                    ledger.append(
-                        _ledger(rel(header["path"]), row["image_id"], "decode", row["error"])
-                    )
+                    ledger.add(header["path"], image_id, "decode", row["error"])
                     continue
-                label_status = status[row["image_id"]]
+                label_status = status[image_id]
                 if row["label_error"]:
-                    ledger.append(
-                        _ledger(rel(header["path"]), row["image_id"], "label", row["label_error"])
-                    )
+                    ledger.add(header["path"], image_id, "label", row["label_error"])
                     label_status = "bad"
-                out = _output_row(
-                    row, header, label_status, folds[row["image_id"]], table, cfg.sizes
-                )
+                out = _output_row(row, header, label_status, folds[image_id], table, cfg.sizes)
                 rows.append(out)
                 counts[label_status] += 1
                 counts["regions"] += out["n_regions"]
                 counts["invalid_age"] += header.get("age_status") == "invalid"
-                patients.add(header.get("patient_id") or f"image:{row['image_id']}")
+                patients.add(header.get("patient_id") or f"image:{image_id}")
             writer.write(rows)
     files = writer.close()
-    timings["pixels"] = time.perf_counter() - t_pixels
+    return _Tally(files, writer.rows, counts, patients)
 
-    n_errors = sum(1 for e in ledger if e["stage"] in ("read", "decode"))
-    converted = writer.rows
-    manifest = {
+
+def _manifest(
+    cfg: ConvertConfig,
+    root: Path,
+    label_path: Path | None,
+    table: labels.LabelTable,
+    files_seen: int,
+    tally: _Tally,
+    ledger: _Ledger,
+) -> dict[str, Any]:
+    """``manifest.json``: what was converted, from what, how it was split, the counts."""
+    counts = tally.counts
+    return {
         "schema_version": dataset.SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "sizes": list(cfg.sizes),
-        "files": files,
+        "files": tally.files,
         "source": {
             "dicom_root": str(root),
             "labels": label_path.name if label_path else None,
@@ -337,26 +441,20 @@ def convert(
             "method": "patient-grouped, stratified by has_pneumothorax",
         },
         "counts": {
-            "files_seen": len(paths),
-            "converted": converted,
-            "errors": n_errors,
+            "files_seen": files_seen,
+            "converted": tally.converted,
+            "errors": ledger.count("read", "decode"),
             "labelled": counts["positive"] + counts["negative"],
             "unlabelled": counts["unlabelled"] + counts["bad"],
             "positive": counts["positive"],
             "negative": counts["negative"],
             "regions": counts["regions"],
             "label_rows": table.n_rows,
-            "label_errors": sum(1 for e in ledger if e["stage"] == "label"),
-            "patients": len(patients),
+            "label_errors": ledger.count("label"),
+            "patients": len(tally.patients),
             "invalid_age": counts["invalid_age"],
         },
     }
-    # The ledger's invariant; a failure here is a bug in this module, not bad input.
-    assert len(paths) == converted + n_errors, (len(paths), converted, n_errors)
-    _write_ledger(cfg.out / "errors.csv", ledger)
-    (cfg.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    reasons = Counter(_reason_kind(e["reason"]) for e in ledger)
-    return ConvertResult(cfg.out, manifest, time.perf_counter() - t0, reasons, timings)
 
 
 def _output_row(
@@ -465,10 +563,6 @@ def _pseudonym_key() -> bytes:
     # user sets PNEUMOTUNE_PSEUDONYM_KEY to make them stable. Folds do not depend on it.
     env = os.environ.get("PNEUMOTUNE_PSEUDONYM_KEY")
     return env.encode() if env else os.urandom(32)
-
-
-def _ledger(path: str, image_id: str, stage: str, reason: str) -> dict[str, str]:
-    return {"path": path, "image_id": image_id, "stage": stage, "reason": reason}
 
 
 def _reason_kind(reason: str) -> str:

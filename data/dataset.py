@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pneumotune.errors import PneumotuneError
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 ERRORS = "errors.csv"
@@ -113,7 +115,7 @@ class PartWriter:
 
 
 # ------------------------------------------------------------------ reading
-class DatasetError(ValueError):
+class DatasetError(PneumotuneError, ValueError):
     """A dataset folder that cannot be read as asked (the message says what to do)."""
 
 
@@ -164,6 +166,19 @@ class Arrays:
         return Arrays(
             self.images[index], self.masks[index], self.meta.iloc[index].reset_index(drop=True)
         )
+
+
+def split_fold(arrays: Arrays, val_fold: int) -> tuple[Arrays, Arrays]:
+    """Training rows (every other fold) and validation rows (``val_fold``)."""
+    folds = arrays.meta["fold"].to_numpy()
+    is_val = folds == val_fold
+    if not is_val.any() or is_val.all():
+        side = "no validation" if not is_val.any() else "no training"
+        raise DatasetError(
+            f"val_fold {val_fold} leaves {side} image (folds of the labelled images: "
+            f"{sorted(set(folds.tolist()))})"
+        )
+    return arrays.subset((~is_val).nonzero()[0]), arrays.subset(is_val.nonzero()[0])
 
 
 def check_size(manifest: dict[str, Any], size: int, root: Path) -> None:

@@ -642,6 +642,6 @@ def _unit_to_uint8(unit: np.ndarray) -> np.ndarray:
 def find_dicoms(root: Path) -> list[Path]:
     """Every ``*.dcm`` file below ``root`` (any depth, any case of the suffix), sorted.
 
-    DOMAIN.md: never rely on the depth of a SIIM tree (study/series/instance).
+    Never rely on the depth of a SIIM tree (study/series/instance).
     """
     return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())

@@ -5,7 +5,7 @@ Pure functions over what :mod:`data.report` has read (the metadata DataFrame wit
 :class:`Pixels` summary); no file is read or written here. Each ``fig_*`` returns a
 ``matplotlib.figure.Figure``, or ``None`` when there is nothing to draw, so that the
 report says so in text instead of showing an empty axis. Colours per label state come
-from :data:`data.figures.CLASS_COLOURS` and are the same in every figure.
+from :data:`pneumotune.reports.figures.CLASS_COLOURS` and are the same in every figure.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator, NullLocator
 
-from pneumotune.data.figures import (
+from pneumotune.reports.figures import (
     CLASS_COLOURS,
     CLASS_ORDER,
     NO_PNEUMOTHORAX,
     PNEUMOTHORAX,
     UNLABELLED,
     new_figure,
+    overlay_mask,
 )
 
 BOX_COLOUR = "#F0E442"  # yellow: stands out on grey and on the vermillion mask
@@ -159,15 +160,10 @@ def fig_positive_examples(pixels: Pixels, meta: pd.DataFrame, rows: list[int]) -
     fig = new_figure(11.0, 3.75 * len(rows))
     axes = np.atleast_2d(fig.subplots(len(rows), 3))
     clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
-    rgb = np.array([int(CLASS_COLOURS[PNEUMOTHORAX][i : i + 2], 16) for i in (1, 3, 5)]) / 255
     for k, (row, (ax_mask, ax_clahe, ax_raw)) in enumerate(zip(rows, axes, strict=True)):
         image, mask = pixels.images[row], pixels.masks[row]
-        overlay = np.zeros((*mask.shape, 4))
-        overlay[mask > 0] = (*rgb, 0.45)
         ax_mask.imshow(image, cmap="gray", vmin=0, vmax=255)
-        ax_mask.imshow(overlay)
-        # An outline too: thin or tiny regions vanish under a translucent fill alone.
-        ax_mask.contour(mask, levels=[0.5], colors=[CLASS_COLOURS[PNEUMOTHORAX]], linewidths=1)
+        overlay_mask(ax_mask, mask, CLASS_COLOURS[PNEUMOTHORAX], linewidth=1)
         n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
         for x, y, w, h, _area in stats[1:]:
             ax_mask.add_patch(

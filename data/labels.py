@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumotune.data import rle
+from pneumotune.errors import PneumotuneError
 
 SIIM_LABEL_FILES = ("stage_2_train.csv", "train-rle.csv")
 REQUIRED_COLUMNS = ("ImageId", "EncodedPixels")
 
 
-class LabelFileError(ValueError):
+class LabelFileError(PneumotuneError, ValueError):
     """The label file cannot be used at all (missing, unreadable, wrong columns)."""
 
 

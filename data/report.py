@@ -5,12 +5,13 @@ parts), never the DICOMs. Pixels are shown at the largest stored size <= 256 px;
 are streamed one batch of rows at a time, so a full SIIM dataset (10k images) is
 summarised in bounded memory: only the sampled images are kept, and the heat map and
 mean radiograph are running sums. The figures are drawn by :mod:`data.eda_plots`; the
-page is assembled by :mod:`data.figures`.
+page is assembled by :mod:`pneumotune.reports.page`.
 
 Privacy: the report shows counts, tag values that do not identify anyone (sex, age,
 view position) and pictures. It never prints a patient pseudonym, an image id or a
 file path (sample images are "image 3 of the sample"); :func:`report_dataset` checks
-the page text against every pseudonym and image id before writing it.
+the page text against every pseudonym and image id before writing it
+(:mod:`pneumotune.reports.privacy`).
 """
 
 from __future__ import annotations
@@ -52,16 +53,9 @@ from pneumotune.data.eda_plots import (
     sex_of,
     view_of,
 )
-from pneumotune.data.figures import (
-    NO_PNEUMOTHORAX,
-    PNEUMOTHORAX,
-    UNLABELLED,
-    Section,
-    Table,
-    figure_section,
-    section_text,
-    write_report,
-)
+from pneumotune.reports import page, privacy
+from pneumotune.reports.figures import NO_PNEUMOTHORAX, PNEUMOTHORAX, UNLABELLED
+from pneumotune.reports.page import Section, Table, figure_section, plural
 
 REPORT_DIR = "report"  # default output folder inside the dataset folder
 MAX_PIXEL_SIZE = 256  # the report's pictures do not need more, and 256 px keeps it fast
@@ -71,17 +65,9 @@ _BATCH_ROWS = 256  # rows decoded at a time while streaming pixels
 
 
 @dataclass(frozen=True)
-class ReportResult:
-    """What :func:`report_dataset` wrote.
+class ReportResult(page.WrittenReport):
+    """What :func:`report_dataset` wrote (the page, its PNGs and section keys, and:)."""
 
-    ``figures`` maps a section key to its PNG for the sections that drew one;
-    ``sections`` lists every section key, in page order (each is an ``id`` in the HTML).
-    """
-
-    html: Path
-    pngs: tuple[Path, ...]
-    figures: dict[str, Path]
-    sections: tuple[str, ...]
     size: int  # the stored size the pictures were taken from
     seconds: float
 
@@ -122,16 +108,9 @@ def report_dataset(
 
     sections = build_sections(manifest, meta, errors, pixels, sample_rows, positive_rows)
     intro = _intro(root, manifest, meta, size, seed)
-    check_no_identifiers([*intro, *section_text(sections)], meta, errors)
-    written = write_report(out, f"Dataset report: {root.resolve().name}", intro, sections)
-    return ReportResult(
-        html=written.html,
-        pngs=tuple(written.figures.values()),
-        figures=written.figures,
-        sections=tuple(s.key for s in sections),
-        size=size,
-        seconds=time.perf_counter() - t0,
-    )
+    check_no_identifiers([*intro, *page.section_text(sections)], meta, errors)
+    written = page.write_report(out, f"Dataset report: {root.resolve().name}", intro, sections)
+    return ReportResult.extending(written, size=size, seconds=time.perf_counter() - t0)
 
 
 def build_sections(
@@ -243,10 +222,7 @@ def short_reason(reason: str, hide: Collection[str] = ()) -> str:
     """
     text = _LINE_PREFIX.sub("", reason.strip()).split("; ", 1)[0]
     text = _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(_drop_parenthesised(text).split()))
-    text = _PATH_LIKE.sub("…", text)
-    for name in hide:
-        if len(name) >= 4:
-            text = text.replace(name, "…")
+    text = privacy.hide(_PATH_LIKE.sub(privacy.HIDDEN, text), hide, min_chars=4)
     return textwrap.shorten(text, 80, placeholder=" …") or "(no reason given)"
 
 
@@ -265,31 +241,14 @@ def _drop_parenthesised(text: str) -> str:
 
 # --------------------------------------------------------------------------- privacy
 def check_no_identifiers(texts: list[str], meta: pd.DataFrame, errors: pd.DataFrame | None) -> None:
-    """Raise ``RuntimeError`` if a patient pseudonym or an image id appears in ``texts``.
-
-    A bug guard: the report is built from counts and tags, so a hit means a section
-    leaks a per-patient or per-image string and the page must not be written. Plain
-    substring search: the page text is small (figures are not searched).
-    """
-    forbidden = {str(v) for v in meta["patient_id"].dropna()} | {str(v) for v in meta["image_id"]}
-    if errors is not None:
-        forbidden |= set(errors["image_id"])
-    joined = "\n".join(texts)
-    # Very short ids ("x", "12") would match ordinary words and counts.
-    found = [f for f in forbidden if len(f) >= 6 and f in joined]
-    if found:
-        raise RuntimeError(
-            f"the report text would show {len(found)} patient pseudonym(s) or image id(s); "
-            "this is a bug in data.report"
-        )
+    """Raise ``RuntimeError`` if a patient pseudonym or an image id of ``meta`` or of the
+    ledger ``errors`` appears in ``texts`` (the guard of :mod:`pneumotune.reports.privacy`)."""
+    ledger = errors["image_id"] if errors is not None else ()
+    forbidden = privacy.identifiers(meta["patient_id"], meta["image_id"], ledger)
+    privacy.check_no_identifiers(texts, forbidden, "data.report")
 
 
 # --------------------------------------------------------------------------- sections
-def _n(count: int, noun: str) -> str:
-    """``"1 image"``, ``"3 images"`` (regular English plurals only)."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 def overview_section(manifest: dict[str, Any]) -> Section:
     counts = manifest.get("counts", {})
     meanings = {
@@ -367,7 +326,7 @@ def class_balance_section(meta: pd.DataFrame) -> Section:
     text = (
         f"{counts.get(PNEUMOTHORAX, 0)} of {labelled} labelled images "
         f"({pct(counts.get(PNEUMOTHORAX, 0), labelled)}) have a pneumothorax; "
-        f"{_n(counts.get(UNLABELLED, 0), 'image')} unlabelled (no label row: unknown, not "
+        f"{plural(counts.get(UNLABELLED, 0), 'image')} unlabelled (no label row: unknown, not "
         "negative)."
     )
     return figure_section(
@@ -412,7 +371,7 @@ def age_section(meta: pd.DataFrame) -> Section:
         "class's own age distribution (% of the class per band), to compare shapes across "
         f"unequal classes; a class with fewer than {MIN_SHAPE_N} ages is left out there.",
         paragraphs=[
-            f"{_n(no_age, 'image')} without a valid age (missing or invalid): not drawn."
+            f"{plural(no_age, 'image')} without a valid age (missing or invalid): not drawn."
             if no_age
             else "Every image has a valid age."
         ],
@@ -543,7 +502,7 @@ def errors_section(errors: pd.DataFrame | None) -> Section:
         caption="Rejected files (read: not a usable DICOM header; decode: pixels unreadable) "
         "and label rows (label) by reason, with per-file details removed.",
         paragraphs=[
-            f"{_n(len(errors), 'row')} in errors.csv: "
+            f"{plural(len(errors), 'row')} in errors.csv: "
             + ", ".join(f"{by_stage[s]} at the {s} stage" for s in by_stage.index)
             + ". errors.csv beside the dataset lists each file and the full reason."
         ],

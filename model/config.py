@@ -11,7 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from pneumotune.data.augment import AugmentConfig
+from pneumotune.errors import ConfigError
+from pneumotune.model.augment import AugmentConfig
 
 SCHEDULES = ("constant", "cosine", "cosine_restarts", "step", "one_cycle")
 METRICS = ("val_iou", "val_dice", "val_kaggle_dice", "val_positive_iou", "val_loss")
@@ -84,7 +85,7 @@ class TrainConfig:
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if problems:
-            raise ValueError("invalid training config: " + "; ".join(problems))
+            raise ConfigError("invalid training config: " + "; ".join(problems))
 
     # -------------------------------------------------------------- flat form
     def to_flat(self) -> dict[str, Any]:
@@ -102,7 +103,7 @@ class TrainConfig:
         known = set(base.to_flat())
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown training parameter(s) {unknown}; known: {sorted(known)}")
+            raise ConfigError(f"unknown training parameter(s) {unknown}; known: {sorted(known)}")
         top = {k: v for k, v in values.items() if not k.startswith("augment.")}
         aug = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("augment.")}
         augment = dataclasses.replace(base.augment, **aug) if aug else base.augment

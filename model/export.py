@@ -36,6 +36,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pneumotune.errors import PneumotuneError
+
 # losses / schedules: imported for their registered classes, which model.keras names.
 from pneumotune.model import losses as _losses  # noqa: F401
 from pneumotune.model import schedules as _schedules  # noqa: F401
@@ -63,7 +65,7 @@ FORBIDDEN_KEYS = frozenset(
 )
 
 
-class ModelDirError(ValueError):
+class ModelDirError(PneumotuneError, ValueError):
     """A folder that is not a usable exported model (the message says what is missing)."""
 
 

@@ -34,6 +34,7 @@ from pneumotune.data import rle
 from pneumotune.data.dicom import DicomError, find_dicoms, read, read_meta
 from pneumotune.data.labels import LabelFileError, LabelTable, read_labels
 from pneumotune.data.resize import resize_image, resize_probabilities
+from pneumotune.errors import PneumotuneError
 
 __all__ = [
     "PredictInputError",
@@ -50,7 +51,7 @@ ERROR_COLUMNS = ("path", "image_id", "reason")
 SIIM_SHAPE = (1024, 1024)
 
 
-class PredictInputError(ValueError):
+class PredictInputError(PneumotuneError, ValueError):
     """The command cannot run on these inputs (no DICOMs, unusable CSV, ...)."""
 
 

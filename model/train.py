@@ -11,8 +11,8 @@ Arrays: images ``uint8 (N, S, S)``, masks ``uint8 (N, S, S)`` holding 0/1, with
 (it rescales inside, so prediction cannot normalise differently).
 
 The input pipeline. Every epoch's image order is drawn up front, one seeded generator
-per epoch (:func:`data.sampling.epoch_indices`, with the positive share of
-:func:`data.sampling.positive_share` when the config sets one), so epoch ``e`` sees the
+per epoch (:func:`pneumotune.model.sampling.epoch_indices`, with the positive share of
+:func:`pneumotune.model.sampling.positive_share` when the config sets one), so epoch ``e`` sees the
 same images whether the run started at epoch 0 or resumed at ``e``. The batches of all
 remaining epochs form one ``tf.data`` stream (Keras keeps one iterator across epochs
 when ``steps_per_epoch`` is given):
@@ -47,15 +47,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pneumotune.data.augment import augment_batch, build_augment, worker_seed
-from pneumotune.data.sampling import epoch_indices, positive_share
+from pneumotune.errors import PneumotuneError
 from pneumotune.model import metrics as M
+from pneumotune.model.augment import augment_batch, build_augment, worker_seed
 from pneumotune.model.config import METRICS, TrainConfig
+from pneumotune.model.devices import configure_devices
 from pneumotune.model.losses import make_loss
 from pneumotune.model.resunet import build_resunet
+from pneumotune.model.sampling import epoch_indices, positive_share
 from pneumotune.model.schedules import make_schedule
 
-__all__ = ["FitResult", "TrainingDiverged", "configure_devices", "fit", "steps_per_epoch"]
+__all__ = ["FitResult", "TrainingDiverged", "fit", "steps_per_epoch"]
 
 EpochHook = Callable[[int, dict[str, float], keras.Model], None]
 
@@ -74,8 +76,10 @@ METRIC_KEYS: tuple[str, ...] = (
 )
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(PneumotuneError, RuntimeError):
     """The training loss became NaN or infinite; the message says when and what to try."""
+
+    exit_code = 1  # the input was valid; the run failed
 
 
 @dataclass
@@ -104,40 +108,6 @@ class FitResult:
     @property
     def last(self) -> dict[str, float]:
         return self.history[-1]
-
-
-# --------------------------------------------------------------------------- devices
-
-
-def configure_devices(mixed_precision: bool = False) -> str | None:
-    """Turn on memory growth on every GPU; return the dtype policy to build with.
-
-    Memory growth lets two trials share one GPU (fractional ``gpu`` resources): without it
-    the first TensorFlow process takes the whole card. It can only be set before the GPUs
-    are initialised; when a GPU is already in use the setting stays as it was.
-
-    Mixed precision: ``"mixed_float16"`` on a GPU (Keras then wraps the optimizer in a
-    ``LossScaleOptimizer``). On a CPU-only machine it is refused with a ``ValueError``
-    rather than switched to bfloat16: float16 has no fast CPU kernels, and bfloat16 helps
-    only on CPUs with native support (AVX512-BF16 / AMX) and little even there (measured
-    on a 2-core AVX512-BF16 VM, 128 px, 8 filters: 1.0-1.3x, within the noise), while it
-    changes the numerics of a trial, so that the same config would mean different
-    training on CPU and GPU nodes of one search.
-    Returns ``None`` for the default float32 policy.
-    """
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        # RuntimeError: already initialised by an earlier model in this process; keep it.
-        with contextlib.suppress(RuntimeError):
-            tf.config.experimental.set_memory_growth(gpu, True)
-    if not mixed_precision:
-        return None
-    if not gpus:
-        raise ValueError(
-            "mixed_precision=True needs a GPU (float16 on tensor cores); on a CPU it gains "
-            "little or nothing and changes the numerics: set mixed_precision: false for CPU runs"
-        )
-    return "mixed_float16"
 
 
 # --------------------------------------------------------------------------- schedule

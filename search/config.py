@@ -36,14 +36,13 @@ from typing import Any
 
 import yaml
 
+from pneumotune.errors import ConfigError
 from pneumotune.model.config import METRICS, TrainConfig
+
+__all__ = ["ConfigError", "ExperimentConfig", "ParamSpec", "load_experiment", "parse_experiment"]
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
 STORED = "stored"
-
-
-class ConfigError(ValueError):
-    """An experiment file that cannot be used; the message names the file and the key."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pneumotune.errors import UsageError
+
 DEMO_SIZES = (64, 128)
 TRAIN_SEED, TEST_SEED = 0, 1
 
@@ -32,9 +34,9 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         if self.images < 40:
-            raise ValueError(f"images must be >= 40 for a 5-fold split, got {self.images}")
+            raise UsageError(f"images must be >= 40 for a 5-fold split, got {self.images}")
         if self.test_images < 1:
-            raise ValueError(f"test_images must be >= 1, got {self.test_images}")
+            raise UsageError(f"test_images must be >= 1, got {self.test_images}")
 
 
 @dataclass

@@ -21,7 +21,8 @@ Used by a search trial when ``resources.workers_per_trial > 1`` and by
   memory; one transfer per node) and splits the folds itself. Ray Data is not used: the
   fit core draws a seeded, resumable epoch plan over in-memory arrays (positive share,
   per-batch augmentation seeds), which a streaming split across workers would break,
-  and a size's arrays already fit the object store (DESIGN.md).
+  and a size's arrays already fit the object store (10,712 images at 512 px are 2.8 GB
+  of uint8 images and as much again of masks).
 * **Metrics and checkpoints**: every worker scores the whole validation set (the same
   numbers everywhere) and calls ``ray.train.report`` each epoch; rank 0 alone saves the
   model (``MODEL_FILE`` + ``STATE_FILE``, the one-worker layout) as the Train checkpoint.
@@ -50,7 +51,7 @@ Used by a search trial when ``resources.workers_per_trial > 1`` and by
 Train's storage is the trial's folder in Tune's storage, which every node must reach
 (cluster/README.md, "Storage"). Cost: a Train run starts in ~20-25 s on a busy 2-core
 machine (workers, TensorFlow, the collective's gRPC ring), paid once per trial attempt,
-which is why one-worker trials run Keras in the trial itself (DESIGN.md).
+which is why one-worker trials run Keras in the trial itself.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ from typing import Any
 
 from ray.train.v2.api.callback import UserCallback
 
+from pneumotune.search.checkpoint import MODEL_FILE
 from pneumotune.search.config import Resources
-from pneumotune.search.trainable import MODEL_FILE
 
 # What a trial's driver asks Tune for: no CPU or GPU (the Train workers hold those), and
 # Tune cannot place a trial that asks for nothing at all. ~A driver's resident memory.
@@ -112,17 +113,19 @@ def train_worker(loop: dict[str, Any]) -> None:
     import ray
     import ray.train
 
-    from pneumotune.search.trainable import limit_tf_threads
+    from pneumotune.model.devices import limit_tf_threads
 
     # Before TensorFlow initialises: thread pools, then GPU memory growth (a fractional
     # GPU is shared), then the strategy, which starts the collective runtime.
     limit_tf_threads(float(loop["cpus"]))
     import tensorflow as tf
 
+    from pneumotune.data.dataset import split_fold
     from pneumotune.model.config import TrainConfig
+    from pneumotune.model.devices import configure_devices
     from pneumotune.model.multiworker import rows_for_even_split
-    from pneumotune.model.train import configure_devices, fit
-    from pneumotune.search.trainable import split_fold, unpack_checkpoint, write_checkpoint
+    from pneumotune.model.train import fit
+    from pneumotune.search.checkpoint import unpack_checkpoint, write_checkpoint
 
     configure_devices(False)
     gpus = tf.config.list_physical_devices("GPU")

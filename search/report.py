@@ -5,13 +5,13 @@ via :func:`search.results.summarise`), the experiment YAML when it is still ther
 the searched ranges), and, for the prediction examples, the dataset's validation fold.
 Works on a running search too: it shows what exists so far. Figures are drawn by
 :mod:`search.report_plots`, importances computed by :mod:`search.importance`, and the
-page assembled by :mod:`data.figures` (the same page model as the EDA report).
+page assembled by :mod:`pneumotune.reports.page` (the same page model as the EDA report).
 
 Privacy: results hold no patient data, but failure messages could quote a file, and
 the prediction examples come from the dataset. Images are numbered within the page,
 never named; failure reasons have every image id and patient pseudonym of the dataset
 replaced, and the page text is checked against them before it is written
-(:func:`data.report.check_no_identifiers`).
+(:mod:`pneumotune.reports.privacy`, the same guard as the EDA report's).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from pneumotune.data.figures import Section, Table, figure_section, section_text, write_report
+from pneumotune.reports import page, privacy
+from pneumotune.reports.page import Section, Table, figure_section, plural
 from pneumotune.search.config import ParamSpec
 from pneumotune.search.importance import Importance, load_specs, param_importances
 from pneumotune.search.report_plots import (
@@ -46,17 +47,9 @@ OUTCOME_ORDER = ("completed", "stopped by ASHA", "failed", "running", "pending")
 
 
 @dataclass(frozen=True)
-class SearchReportResult:
-    """What :func:`report_search` wrote.
+class SearchReportResult(page.WrittenReport):
+    """What :func:`report_search` wrote (the page, its PNGs and section keys, and:)."""
 
-    ``figures`` maps a section key to its PNG for the sections that drew one;
-    ``sections`` lists every section key in page order (each is an ``id`` in the HTML).
-    """
-
-    html: Path
-    pngs: tuple[Path, ...]
-    figures: dict[str, Path]
-    sections: tuple[str, ...]
     trials: int
     running: bool
     seconds: float
@@ -103,33 +96,18 @@ def report_search(
     ]
     running = not is_finished(summary)
     intro = _intro(summary, plan, running)
-    texts = [*intro, *section_text(sections)]
-    found = [f for f in forbidden if f in "\n".join(texts)]
-    if found:
-        raise RuntimeError(
-            f"the report text would show {len(found)} image id(s) or patient pseudonym(s); "
-            "this is a bug in search.report"
-        )
+    privacy.check_no_identifiers([*intro, *page.section_text(sections)], forbidden, "search.report")
     out = Path(out_dir) if out_dir is not None else root / REPORT_DIR
-    written = write_report(out, f"Search report: {summary.name}", intro, sections)
-    return SearchReportResult(
-        html=written.html,
-        pngs=tuple(written.figures.values()),
-        figures=written.figures,
-        sections=tuple(s.key for s in sections),
-        trials=len(summary.trials),
-        running=running,
-        seconds=time.perf_counter() - t0,
+    written = page.write_report(out, f"Search report: {summary.name}", intro, sections)
+    return SearchReportResult.extending(
+        written, trials=len(summary.trials), running=running, seconds=time.perf_counter() - t0
     )
 
 
 # --------------------------------------------------------------------------- privacy
 def dataset_identifiers(data_dir: str | None) -> set[str]:
-    """Every image id and patient pseudonym of the dataset (empty if it is not readable).
-
-    Ids shorter than 6 characters are left out: they would match ordinary words and
-    numbers (as in :func:`data.report.check_no_identifiers`).
-    """
+    """Every image id and patient pseudonym of the dataset (empty if it is not readable),
+    as :func:`pneumotune.reports.privacy.identifiers` keeps them (6 characters or more)."""
     from pneumotune.data.dataset import DatasetError, read_meta
 
     if not data_dir or not Path(data_dir).is_dir():
@@ -138,15 +116,7 @@ def dataset_identifiers(data_dir: str | None) -> set[str]:
         meta = read_meta(Path(data_dir))
     except (DatasetError, OSError, ValueError):
         return set()
-    values = {str(v) for v in meta["image_id"]} | {str(v) for v in meta["patient_id"].dropna()}
-    return {v for v in values if len(v) >= 6}
-
-
-def hide(text: str, forbidden: set[str]) -> str:
-    for value in forbidden:
-        if value in text:
-            text = text.replace(value, "…")
-    return text
+    return privacy.identifiers(meta["image_id"], meta["patient_id"])
 
 
 # --------------------------------------------------------------------------- helpers
@@ -155,10 +125,6 @@ def fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "-" if value is None else str(value)
-
-
-def _n(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _best_text(t: TrialRecord, summary: SearchSummary, short: bool = True) -> str:
@@ -173,7 +139,7 @@ def _best_text(t: TrialRecord, summary: SearchSummary, short: bool = True) -> st
 def _intro(summary: SearchSummary, plan: dict[str, Any], running: bool) -> list[str]:
     counts = summary.counts()
     lines = [
-        f"{_n(len(summary.trials), 'trial')} of up to {summary.max_t} epochs, scored on "
+        f"{plural(len(summary.trials), 'trial')} of up to {summary.max_t} epochs, scored on "
         f"{summary.metric} ({'higher' if summary.mode == 'max' else 'lower'} is better) on "
         f"each trial's validation fold. Written {time.strftime('%Y-%m-%d %H:%M')} from the "
         f"search folder {summary.path.resolve().name}.",
@@ -241,14 +207,19 @@ def overview_section(summary: SearchSummary, plan: dict[str, Any], forbidden: se
     paragraphs = []
     if failed:
         paragraphs.append(
-            f"{_n(len(failed), 'trial')} failed after its retries; the reason is the "
+            f"{plural(len(failed), 'trial')} failed after its retries; the reason is the "
             "exception line of the trial's error file (error.txt in its folder has the rest)."
         )
         tables.append(
             Table(
                 ("trial", "attempts", "epochs reported", "reason"),
                 [
-                    (t.trial_id, t.num_failures, t.epochs, hide(t.error or "unknown", forbidden))
+                    (
+                        t.trial_id,
+                        t.num_failures,
+                        t.epochs,
+                        privacy.hide(t.error or "unknown", forbidden),
+                    )
                     for t in failed
                 ],
                 caption="failed trials",
@@ -300,7 +271,7 @@ def trials_section(summary: SearchSummary) -> Section:
 def curves_section(summary: SearchSummary) -> Section:
     stopped = sum(t.outcome == "stopped by ASHA" for t in summary.trials)
     stops = (
-        f"ASHA stopped {_n(stopped, 'trial')} early (x at the last epoch it ran)"
+        f"ASHA stopped {plural(stopped, 'trial')} early (x at the last epoch it ran)"
         if stopped
         else "ASHA stopped no trial early"
     )

@@ -1,10 +1,11 @@
 """The search report's figures: a :class:`search.results.SearchSummary` in, figures out.
 
 Pure functions: no file is read here (the predictions figure takes arrays). Each
-``fig_*`` returns a ``matplotlib.figure.Figure`` built with :func:`data.figures.new_figure`,
-or ``None`` when there is nothing to draw, so that the page says so in text instead of
-showing an empty axis. Trial outcomes have one colour each in every figure
-(:data:`OUTCOME_COLOURS`, Okabe-Ito); the tutorial's trial is always black and dashed.
+``fig_*`` returns a ``matplotlib.figure.Figure`` built with
+:func:`pneumotune.reports.figures.new_figure`, or ``None`` when there is nothing to draw,
+so that the page says so in text instead of showing an empty axis. Trial outcomes have
+one colour each in every figure (:data:`OUTCOME_COLOURS`, Okabe-Ito); the tutorial's
+trial is always black and dashed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from pneumotune.data.figures import CLASS_COLOURS, PNEUMOTHORAX, new_figure
+from pneumotune.reports.figures import CLASS_COLOURS, PNEUMOTHORAX, new_figure, overlay_mask
 from pneumotune.search.config import ParamSpec
 from pneumotune.search.results import SearchSummary, TrialRecord
 
@@ -491,12 +492,7 @@ class PredictionSample:
 
 def _overlay(ax: Any, image: np.ndarray, mask: np.ndarray, colour: str) -> None:
     ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    if mask.any():
-        rgb = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
-        layer = np.zeros((*mask.shape, 4))
-        layer[mask > 0] = (*rgb, 0.45)
-        ax.imshow(layer, interpolation="nearest")
-        ax.contour(mask, levels=[0.5], colors=[colour], linewidths=1.2)
+    overlay_mask(ax, mask, colour, linewidth=1.2, interpolation="nearest")
 
 
 def fig_predictions(samples: Sequence[PredictionSample], per_row: int = 2) -> Figure | None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pneumotune.errors import PneumotuneError
+
 PLAN_FILE = "pneumotune.json"
 # Keys of result.json that are bookkeeping, not metrics or config.
 _TUNE_KEYS = {
@@ -24,7 +26,7 @@ _TUNE_KEYS = {
 }  # fmt: skip
 
 
-class ResultsError(ValueError):
+class ResultsError(PneumotuneError, ValueError):
     """A folder that is not a pneumotune search (the message says what it expected)."""
 
 

@@ -106,8 +106,9 @@ def retrain_best(
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
 
-    from pneumotune.data.dataset import load_arrays
+    from pneumotune.data.dataset import load_arrays, split_fold
     from pneumotune.model.export import export_model
+    from pneumotune.search.checkpoint import MODEL_FILE
     from pneumotune.search.distributed import (
         run_forwarding_epochs,
         run_name,
@@ -116,7 +117,6 @@ def retrain_best(
     )
     from pneumotune.search.export_best import tune_on_validation
     from pneumotune.search.single_run import format_epoch
-    from pneumotune.search.trainable import MODEL_FILE, split_fold
 
     t0 = time.perf_counter()
     results_dir, out_dir = Path(results_dir).absolute(), Path(out_dir)

@@ -95,10 +95,9 @@ def train_once(
         ValueError: an invalid override, or a validation fold with no image.
         model.train.TrainingDiverged: the loss became NaN.
     """
-    from pneumotune.data.dataset import load_arrays, read_manifest
+    from pneumotune.data.dataset import load_arrays, read_manifest, split_fold
     from pneumotune.model.train import fit
     from pneumotune.search.export_best import tune_and_export
-    from pneumotune.search.trainable import split_fold
 
     t0 = time.perf_counter()
     data_dir, out_dir = Path(data_dir), Path(out_dir)

@@ -1,6 +1,6 @@
 """The Tune trainable: one trial = one `model.train.fit`, one report per epoch.
 
-Thin on purpose (STYLE.md): the arrays arrive through the object store
+Thin on purpose: the arrays arrive through the object store
 (``tune.with_parameters``), the flat config becomes a ``TrainConfig``, every epoch
 reports its metrics with a checkpoint, and a restarted trial resumes from
 ``tune.get_checkpoint()`` — model, optimizer state (so the LR schedule goes on from
@@ -9,65 +9,21 @@ the same step) and epoch count.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from pneumotune.data.dataset import Arrays
-
-MODEL_FILE = "model.keras"
-STATE_FILE = "state.json"
-
-
-def split_fold(arrays: Arrays, val_fold: int) -> tuple[Arrays, Arrays]:
-    """Training rows (every other fold) and validation rows (``val_fold``)."""
-    folds = arrays.meta["fold"].to_numpy()
-    is_val = folds == val_fold
-    if not is_val.any() or is_val.all():
-        side = "no validation" if not is_val.any() else "no training"
-        raise ValueError(
-            f"val_fold {val_fold} leaves {side} image (folds of the labelled images: "
-            f"{sorted(set(folds.tolist()))})"
-        )
-    return arrays.subset((folds != val_fold).nonzero()[0]), arrays.subset(
-        (folds == val_fold).nonzero()[0]
-    )
-
-
-def write_checkpoint(model: Any, directory: Path, epoch: int) -> None:
-    """A trial's checkpoint, one-worker or multi-worker: the model and the epoch it ended."""
-    model.save(directory / MODEL_FILE)
-    (directory / STATE_FILE).write_text(json.dumps({"epoch": epoch}))
-
-
-def unpack_checkpoint(checkpoint: Any, scratch: Path) -> int:
-    """Copy a Tune/Train checkpoint's model to ``scratch / MODEL_FILE`` (the checkpoint's
-    own directory may be temporary) and return the epoch it ended."""
-    with checkpoint.as_directory() as d:
-        shutil.copy(Path(d) / MODEL_FILE, scratch / MODEL_FILE)
-        return int(json.loads((Path(d) / STATE_FILE).read_text())["epoch"])
-
-
-def limit_tf_threads(cpus: float) -> None:
-    """Keep TensorFlow inside the trial's CPU share (two trials on two cores must not
-    each start a pool as wide as the machine). Must run before TF builds anything."""
-    import tensorflow as tf
-
-    n = max(1, int(cpus))
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(min(n, 2))
-    except RuntimeError:
-        pass  # TF already initialised in this process (a reused worker): keep its pools
+from pneumotune.data.dataset import Arrays, split_fold
+from pneumotune.search.checkpoint import MODEL_FILE, unpack_checkpoint, write_checkpoint
 
 
 def train_trial(config: dict[str, Any], data: dict[int, Arrays]) -> None:
     """Tune function trainable. ``data`` maps img_size -> the labelled arrays at that size."""
     from ray import tune
 
+    from pneumotune.model.devices import limit_tf_threads
     from pneumotune.model.train import fit
     from pneumotune.search.space import train_config
 

@@ -20,8 +20,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pneumotune.errors import UsageError
 from pneumotune.search.config import ExperimentConfig
 from pneumotune.search.results import PLAN_FILE, SearchSummary, summarise
+
+JOURNAL_FILE = "optuna.journal"
 
 Trainable = Callable[[dict[str, Any], dict[int, Any]], None]
 
@@ -57,7 +60,7 @@ def plan_search(
 
     data_dir = Path(data_dir or exp.data or "")
     if not str(data_dir) or str(data_dir) == ".":
-        raise ValueError("no dataset: pass --data DATASET or set `data:` in the experiment")
+        raise UsageError("no dataset: pass --data DATASET or set `data:` in the experiment")
     manifest = read_manifest(data_dir)
     exp = exp.resolve_sizes(manifest["sizes"])
     if num_samples is not None:
@@ -99,14 +102,18 @@ def build_tuner(
     *,
     sampler: str = "tpe",
     early_stopping: bool = True,
+    fidelity: bool = True,
     stop: Any = None,
     points: list[dict[str, Any]] | None = None,
     callbacks: list[Any] | None = None,
 ):
     """A fresh Tuner for ``plan`` (``trainable`` already wrapped with data and resources).
 
-    ``sampler="random"`` and ``early_stopping=False`` (FIFO) exist for baselines
-    (bench/search.py); ``sampler="grid"`` runs exactly ``points`` (each merged over the
+    The searcher is :class:`pneumotune.search.searcher.FidelityOptunaSearch` (trials
+    ASHA stopped are PRUNED for Optuna); ``fidelity=False`` is Ray's stock OptunaSearch
+    (they are COMPLETE with their last score). ``sampler="random"``, ``"gp"`` (Optuna's
+    GPSampler) and ``early_stopping=False`` (FIFO) exist for baselines (bench/search.py,
+    bench/replay.py); ``sampler="grid"`` runs exactly ``points`` (each merged over the
     fixed values, in order, once each: bench/atlas.py); ``stop`` is a Tune stopper (e.g.
     a trial-epoch budget).
     """
@@ -117,16 +124,24 @@ def build_tuner(
 
     from pneumotune.model.config import TrainConfig
     from pneumotune.search.progress import ProgressLines
+    from pneumotune.search.searcher import FidelityOptunaSearch
     from pneumotune.search.space import base_values, make_space
 
     exp = plan.experiment
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines
     samplers = {
         # multivariate: one joint model, so that lr x schedule-like pairs are learnt together.
+        # constant_liar: running trials count as bad, so that concurrent proposals differ.
         "tpe": lambda: optuna.samplers.TPESampler(
-            seed=exp.seed, n_startup_trials=exp.tpe_startup_trials, multivariate=True
+            seed=exp.seed,
+            n_startup_trials=exp.tpe_startup_trials,
+            multivariate=True,
+            constant_liar=True,
         ),
         "random": lambda: optuna.samplers.RandomSampler(seed=exp.seed),
+        "gp": lambda: optuna.samplers.GPSampler(
+            seed=exp.seed, n_startup_trials=exp.tpe_startup_trials
+        ),
     }
     param_space = None
     if sampler == "grid":
@@ -142,7 +157,13 @@ def build_tuner(
         searcher = BasicVariantGenerator(points_to_evaluate=full, max_concurrent=exp.max_concurrent)
         exp = replace(exp, num_samples=len(points))
     elif sampler in samplers:
-        searcher = OptunaSearch(
+        options = {"max_t": exp.epochs} if fidelity else {}
+        searcher = (FidelityOptunaSearch if fidelity else OptunaSearch)(
+            **options,
+            # The study lives in the results folder: optuna-dashboard and optuna.load_study
+            # open it, and a resumed search goes on writing to it.
+            storage=journal_storage(plan.path),
+            study_name=plan.name,
             space=make_space(exp),
             metric=exp.metric,
             mode=exp.mode,
@@ -191,6 +212,15 @@ def build_tuner(
     )
 
 
+def journal_storage(folder: Path) -> Any:
+    """The Optuna study's storage: a Journal file, ``<folder>/optuna.journal``."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(folder / JOURNAL_FILE)))
+
+
 def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -234,7 +264,7 @@ def latest_experiment(storage: Path, experiment: str, name: str | None = None) -
         plans = [p for p in plans if p["name"].startswith(f"{experiment}-")]
     if not plans:
         what = f"named {name!r}" if name else f"of experiment {experiment!r}"
-        raise ValueError(f"no search {what} to resume under {storage}")
+        raise UsageError(f"no search {what} to resume under {storage}")
     return PreviousSearch(plans[-1]["name"], Path(plans[-1]["data_dir"]))
 
 
@@ -255,11 +285,11 @@ def run_search(
     wrapped = wrapped_trainable(plan, data, trainable)
     if resume:
         if not tune.Tuner.can_restore(str(plan.path)):
-            raise ValueError(f"nothing to resume at {plan.path} (no Tune experiment state there)")
+            raise UsageError(f"nothing to resume at {plan.path} (no Tune experiment state there)")
         tuner = tune.Tuner.restore(str(plan.path), trainable=wrapped, resume_errored=False)
     else:
         if plan.path.exists() and any(plan.path.iterdir()):
-            raise ValueError(
+            raise UsageError(
                 f"{plan.path} already holds an experiment: use --resume to continue it or "
                 "--name to start another"
             )

@@ -19,6 +19,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from pneumotune.errors import UsageError
 from pneumotune.search.results import PLAN_FILE, SearchSummary, TrialRecord, summarise
 
 OUTCOME_STYLES = {
@@ -129,7 +130,7 @@ def watch(
     (``KeyboardInterrupt`` propagates; the search itself is not touched).
     """
     if interval <= 0:
-        raise ValueError(f"interval must be > 0 seconds, got {interval}")
+        raise UsageError(f"interval must be > 0 seconds, got {interval}")
     console = console or Console()
     if not console.is_terminal:
         return _watch_plain(Path(results_dir), interval, console, sleep)

@@ -32,7 +32,7 @@ def make_node_trial(attempt_log: str):
         import ray
         from ray import tune
 
-        from pneumotune.search.trainable import split_fold
+        from pneumotune.data.dataset import split_fold
         from tests.search_tests.cheap import score
 
         node = ray.get_runtime_context().get_node_id()

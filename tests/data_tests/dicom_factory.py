@@ -2,8 +2,8 @@
 
 Test-only and self-contained (``data.synth`` has its own SIIM writer). Every builder
 returns the complete file content as ``bytes``, exactly what Ray Data's
-``read_binary_files`` hands to the reader. Header tags follow the SIIM files
-(DOMAIN.md): Secondary Capture, Modality CR, PatientID = PatientName = a UUID,
+``read_binary_files`` hands to the reader. Header tags follow the SIIM files:
+Secondary Capture, Modality CR, PatientID = PatientName = a UUID,
 PatientSex, PatientAge "58", ViewPosition, PixelSpacing, BodyPartExamined CHEST.
 Keyword arguments named after DICOM keywords override a tag; ``None`` removes it.
 """

@@ -18,8 +18,10 @@ import pandas as pd
 import pytest
 
 from pneumotune import cli
-from pneumotune.data import dataset, eda_plots, figures, report, rle
+from pneumotune.data import dataset, eda_plots, report, rle
 from pneumotune.data.convert import ConvertConfig, convert
+from pneumotune.reports import figures
+from pneumotune.reports.page import Section, write_report
 from tests.data_tests import dicom_factory as fac
 
 N_IMAGES = 14
@@ -311,9 +313,9 @@ def test_pixel_size_prefers_the_largest_up_to_256():
 
 def test_write_report_removes_stale_figures(tmp_path):
     png = figures.png_bytes(figures.new_figure(2, 2))
-    figures.write_report(tmp_path, "t", [], [figures.Section("a", "A", png=png)])
+    write_report(tmp_path, "t", [], [Section("a", "A", png=png)])
     assert (tmp_path / "a.png").is_file()
-    written = figures.write_report(tmp_path, "t", ["intro <b>"], [figures.Section("a", "A")])
+    written = write_report(tmp_path, "t", ["intro <b>"], [Section("a", "A")])
     assert not (tmp_path / "a.png").exists() and written.figures == {}
     assert "intro &lt;b&gt;" in written.html.read_text()  # text is escaped
 

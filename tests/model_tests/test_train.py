@@ -8,11 +8,11 @@ import keras
 import numpy as np
 import pytest
 
-from pneumotune.data.augment import AugmentConfig
-from pneumotune.data.sampling import positive_share
 from pneumotune.model import metrics as M
 from pneumotune.model import train as train_module
+from pneumotune.model.augment import AugmentConfig
 from pneumotune.model.config import SCHEDULES, TrainConfig
+from pneumotune.model.sampling import positive_share
 from pneumotune.model.train import (
     METRIC_KEYS,
     TrainingDiverged,

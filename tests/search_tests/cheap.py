@@ -20,8 +20,7 @@ from typing import Any
 
 from ray import tune
 
-from pneumotune.data.dataset import Arrays
-from pneumotune.search.trainable import split_fold
+from pneumotune.data.dataset import Arrays, split_fold
 
 
 def score(config: dict[str, Any], epoch: int, epochs: int) -> float:

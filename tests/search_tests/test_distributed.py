@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from pneumotune.model.multiworker import rows_for_even_split
+from pneumotune.search.checkpoint import MODEL_FILE, STATE_FILE
 from pneumotune.search.config import parse_experiment
 from pneumotune.search.distributed import (
     RESUMED_FROM,
@@ -29,7 +30,6 @@ from pneumotune.search.distributed import (
     run_forwarding_epochs,
     run_name,
 )
-from pneumotune.search.trainable import MODEL_FILE, STATE_FILE
 from pneumotune.search.tuner import plan_search, run_search
 
 EPOCHS = 3
@@ -206,10 +206,9 @@ def test_two_workers_train_like_one_process(multi_worker_search, tiny_dataset):
     """Global batches: the same config trains the same way in one process (fit without a
     strategy, same rows; only BatchNorm's per-worker batch statistics differ), the epochs
     after the retry included: the resumed run goes on where the killed one stopped."""
-    from pneumotune.data.dataset import load_arrays
+    from pneumotune.data.dataset import load_arrays, split_fold
     from pneumotune.model.config import TrainConfig
     from pneumotune.model.train import fit
-    from pneumotune.search.trainable import split_fold
 
     summary, _ = multi_worker_search
     trial = summary.trials[0]

@@ -24,7 +24,7 @@ from rich.console import Console
 
 from pneumotune import cli
 from pneumotune.data.dataset import read_meta
-from pneumotune.data.figures import empty_axes
+from pneumotune.reports.figures import empty_axes
 from pneumotune.search import report, report_plots
 from pneumotune.search.config import load_experiment, parse_experiment
 from pneumotune.search.importance import (

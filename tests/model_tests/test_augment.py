@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pneumotune.data.augment import AugmentConfig, augment_batch, build_augment, worker_seed
+from pneumotune.model.augment import AugmentConfig, augment_batch, build_augment, worker_seed
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 64
@@ -259,7 +259,7 @@ def test_build_validation(size, seed):
 
 def test_import_pulls_in_neither_tensorflow_nor_ray():
     code = (
-        "import sys, data.augment, data.sampling; "
+        "import sys, pneumotune.model.augment, pneumotune.model.sampling; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'ray', 'keras')]; "
         "assert not bad, bad"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumotune.data.sampling import epoch_indices, positive_share
+from pneumotune.model.sampling import epoch_indices, positive_share
 
 
 @pytest.mark.parametrize(

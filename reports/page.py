@@ -1,65 +1,30 @@
-"""Building blocks shared by the reports: figures, class colours and one self-contained HTML page.
+"""The offline HTML page both reports are written as: sections, tables, embedded PNGs.
 
 A report is a list of :class:`Section` s (text, small tables, at most one figure each).
 :func:`write_report` renders them into a single HTML file that opens offline (every PNG
 is embedded as a base64 ``data:`` URI, the CSS is inline, nothing is fetched) and also
-writes each PNG beside it, for slides and issues.
-
-Figures are built with matplotlib's object-oriented API (:func:`new_figure` returns a
-``matplotlib.figure.Figure`` rendered by the Agg canvas), never through ``pyplot``: no
-global figure registry to leak memory across many figures, no GUI backend to select,
-and it works inside Ray workers and headless CI alike.
+writes each PNG beside it, for slides and issues. What a page shows is checked for
+patient identifiers by each report (:mod:`pneumotune.reports.privacy`) before it is written.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import numbers
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-# One colour per label state in every figure (Okabe-Ito: distinguishable with the
-# common colour-vision deficiencies, and in greyscale print).
-PNEUMOTHORAX = "pneumothorax"
-NO_PNEUMOTHORAX = "no pneumothorax"
-UNLABELLED = "unlabelled"
-CLASS_ORDER: tuple[str, ...] = (PNEUMOTHORAX, NO_PNEUMOTHORAX, UNLABELLED)
-CLASS_COLOURS: dict[str, str] = {
-    PNEUMOTHORAX: "#D55E00",  # vermillion
-    NO_PNEUMOTHORAX: "#0072B2",  # blue
-    UNLABELLED: "#999999",  # grey
-}
-DPI = 100
+from pneumotune.reports.figures import png_bytes
 
 
-def new_figure(width: float, height: float) -> Figure:
-    """A figure of ``width`` x ``height`` inches with constrained layout (no overlapping labels)."""
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    fig.patch.set_facecolor("white")
-    return fig
-
-
-def png_bytes(fig: Figure) -> bytes:
-    """The figure as PNG bytes (Agg canvas, white background)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
-    return buffer.getvalue()
-
-
-def empty_axes(fig: Figure) -> list[Axes]:
-    """The axes of ``fig`` that draw no data (no patch, line, image or collection).
-
-    A report never shows such an axis: a section without data says so in text. Tests
-    call this on every figure a report builds.
-    """
-    return [ax for ax in fig.axes if not (ax.patches or ax.lines or ax.images or ax.collections)]
+def plural(count: int, noun: str) -> str:
+    """``"1 image"``, ``"3 images"`` (regular English plurals only)."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 # --------------------------------------------------------------------------- page model
@@ -121,8 +86,21 @@ def figure_section(
 
 @dataclass(frozen=True)
 class WrittenReport:
+    """What :func:`write_report` wrote; each report's result extends it with its own facts.
+
+    ``figures`` maps a section key to its PNG for the sections that drew one;
+    ``sections`` lists every section key, in page order (each is an ``id`` in the HTML).
+    """
+
     html: Path
-    figures: dict[str, Path]  # section key -> PNG file, for the sections that have one
+    pngs: tuple[Path, ...]
+    figures: dict[str, Path]
+    sections: tuple[str, ...]
+
+    @classmethod
+    def extending(cls, written: WrittenReport, **more: Any) -> Self:
+        """A ``cls`` (a subclass) with the fields of ``written`` and the ``more`` of its own."""
+        return cls(**{f.name: getattr(written, f.name) for f in fields(WrittenReport)}, **more)
 
 
 def write_report(
@@ -144,7 +122,8 @@ def write_report(
             path.unlink()
     page = out_dir / "report.html"
     page.write_text(render_html(title, intro, sections), encoding="utf-8")
-    return WrittenReport(page, figures)
+    keys = tuple(s.key for s in sections)
+    return WrittenReport(page, tuple(figures.values()), figures, keys)
 
 
 def render_html(title: str, intro: Iterable[str], sections: Sequence[Section]) -> str:

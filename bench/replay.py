@@ -1,0 +1,170 @@
+"""Search strategies compared on a recorded learning-curve atlas, over many seeds.
+
+    python bench/replay.py --atlas bench/atlas/synth64.csv --seeds 20 [--seed-offset 0]
+                           --budget 4 [--json OUT] [--strategies ours,random+fifo,...]
+                           [--scale 0.01] [--smoke-test]
+
+B (``--budget``) counts full trainings: a search may report B x max_t epochs in all.
+Each strategy runs the product's real searcher and scheduler through Ray Tune on the
+recorded curves (pneumotune.search.replay), once per seed. Per strategy: the median and
+quartiles of the regret (the atlas's best val_iou minus the best the search saw) and
+the median trial-epochs until the search first came within 0.01 of the atlas best
+("never" counts as never). ``--json`` writes the table with the atlas's facts (best,
+each epoch's rank correlation with the full-length score, the tutorial's score).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from atlas import TUTORIAL  # bench/atlas.py: the grid's tutorial point
+
+from pneumotune.search.replay import (
+    METRIC,
+    Atlas,
+    Strategy,
+    load_atlas,
+    run_one,
+    spearman_by_epoch,
+    summarise,
+)
+
+
+def strategies() -> dict[str, Strategy]:
+    ours = shipped_strategy()
+    return {
+        "random+fifo": Strategy("random", asha=False),
+        "random+asha": Strategy("random", asha=True, grace=ours.grace, reduction=ours.reduction),
+        "tpe+fifo": Strategy("tpe", asha=False, fidelity=False),
+        "tpe+asha": Strategy("tpe", asha=True, fidelity=False, tutorial=True, grace=2, reduction=2),
+        "gp+asha": Strategy("gp", asha=True, grace=ours.grace, reduction=ours.reduction),
+        "ours": ours,
+    }
+
+
+def shipped_strategy() -> Strategy:
+    """What the product ships: demo.yaml's ASHA and start-up settings, FidelityOptunaSearch."""
+    from pneumotune.search.config import load_experiment
+
+    exp = load_experiment("demo")
+    return Strategy(
+        "tpe",
+        asha=True,
+        fidelity=True,
+        tutorial=exp.enqueue_tutorial,
+        grace=exp.asha.grace_period,
+        reduction=exp.asha.reduction_factor,
+        startup=exp.startup_trials,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--atlas", type=Path, default=Path(__file__).parent / "atlas" / "synth64.csv"
+    )
+    parser.add_argument("--seeds", type=int, default=20, help="searches per strategy")
+    parser.add_argument("--seed-offset", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--budget", type=int, default=4, help="full trainings (default 4)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument(
+        "--strategies",
+        default="random+fifo,random+asha,tpe+fifo,tpe+asha,ours",
+        help=f"comma-separated, of {', '.join(strategies())}",
+    )
+    parser.add_argument(
+        "--scale", type=float, default=0.01, help="replayed seconds per recorded second"
+    )
+    parser.add_argument("--smoke-test", action="store_true", help="2 seeds, budget 2")
+    args = parser.parse_args(argv)
+    if args.smoke_test:
+        args.seeds, args.budget = 2, 2
+    known = strategies()
+    chosen = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        parser.error(f"unknown strategies {unknown}; known: {sorted(known)}")
+
+    import ray
+
+    atlas = load_atlas(args.atlas, TUTORIAL)
+    print(
+        f"atlas {args.atlas.name}: {len(atlas.curves)} configs x {atlas.max_t} epochs, best "
+        f"{METRIC} {atlas.best:.4f}; budget {args.budget} x {atlas.max_t} trial-epochs, "
+        f"seeds {args.seed_offset}..{args.seed_offset + args.seeds - 1}",
+        flush=True,
+    )
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    results: dict[str, Any] = {}
+    workdir = Path(tempfile.mkdtemp(prefix="pneumotune-replay-"))
+    try:
+        for name in chosen:
+            t0 = time.perf_counter()
+            runs = []
+            for seed in range(args.seed_offset, args.seed_offset + args.seeds):
+                runs.append(run_one(atlas, known[name], seed, args.budget, args.scale, workdir))
+                shutil.rmtree(workdir / f"s{seed}", ignore_errors=True)
+            results[name] = summarise(atlas, runs)
+            results[name]["seconds"] = round(time.perf_counter() - t0, 1)
+            print(f"  {name:14} {json.dumps(results[name])}", flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        ray.shutdown()
+    print_table(results, args.budget)
+    if args.json:
+        out = {
+            "budget": args.budget,
+            "seeds": [args.seed_offset, args.seed_offset + args.seeds - 1],
+            "atlas": atlas_facts(atlas, args.atlas),
+            "strategies": results,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def atlas_facts(atlas: Atlas, path: Path) -> dict[str, Any]:
+    tutorial_key = tuple(atlas.tutorial.get(a, "") for a in atlas.axes)
+    return {
+        "path": str(path),
+        "configs": len(atlas.curves),
+        "max_t": atlas.max_t,
+        "best": round(atlas.best, 4),
+        "tutorial_final": round(atlas.final(tutorial_key), 4)
+        if tutorial_key in atlas.curves
+        else None,
+        "spearman_epoch_vs_final": spearman_by_epoch(atlas),
+    }
+
+
+def print_table(results: dict[str, Any], budget: int) -> None:
+    base = results.get("random+fifo", {}).get("median_regret")
+    print(f"\nbudget {budget}: regret = atlas best - best seen (median [q25, q75])")
+    print(f"{'strategy':14} {'median':>8} {'q25':>8} {'q75':>8} {'vs random+fifo':>15} "
+          f"{'epochs to 0.01':>15} {'never':>6}")  # fmt: skip
+    for name, r in results.items():
+        ratio = f"{r['median_regret'] / base:.2f}" if base else "-"
+        to_best = (
+            "never" if r["median_epochs_to_best"] is None else f"{r['median_epochs_to_best']:g}"
+        )
+        print(
+            f"{name:14} {r['median_regret']:8.4f} {r['q25_regret']:8.4f} {r['q75_regret']:8.4f} "
+            f"{ratio:>15} {to_best:>15} {r['never_within']:>6}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The dataset's commands: `synth`, `convert` and the report of a dataset.
+
+Each ``add_*`` registers one subcommand on the top-level parser (pneumotune/cli.py);
+its handler parses nothing more and calls the importable function that does the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pneumotune import cli_args as A
+from pneumotune.errors import UsageError
+
+
+# --------------------------------------------------------------------------- synth
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="write a synthetic dataset in the SIIM-ACR layout",
+        description=(
+            "Write a synthetic chest X-ray dataset that follows the real SIIM-ACR layout: "
+            "OUT/dicom-images-<split>/<study>/<series>/<SOPInstanceUID>.dcm (JPEG Baseline, "
+            "8-bit MONOCHROME2, real tags) and the label CSV in the stage-1 (train-rle.csv, "
+            "leading spaces) or stage-2 (stage_2_train.csv) dialect. Deterministic for a seed."
+        ),
+    )
+    p.add_argument("out", type=Path, help="output folder (created)")
+    p.add_argument(
+        "--images",
+        type=A.positive_int,
+        default=200,
+        help="DICOM files to write, including the --unlabelled ones (default 200)",
+    )
+    p.add_argument(
+        "--size", type=int, default=1024, help="image side in pixels (default 1024, as SIIM)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--positive-fraction",
+        type=A.fraction,
+        default=0.22,
+        help="share of labelled images with a pneumothorax (default 0.22, as SIIM)",
+    )
+    p.add_argument(
+        "--unlabelled",
+        type=int,
+        default=0,
+        metavar="K",
+        help="how many of the images get no CSV row at all (default 0)",
+    )
+    p.add_argument(
+        "--dialect",
+        choices=("stage1", "stage2"),
+        default="stage1",
+        help="stage1: train-rle.csv with leading spaces; stage2: stage_2_train.csv",
+    )
+    p.add_argument(
+        "--split",
+        choices=("train", "test"),
+        default="train",
+        help="folder name dicom-images-<split>; a test split's labels go to "
+        "test-rle.csv, kept only for scoring (default train)",
+    )
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.set_defaults(func=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from pneumotune.data.synth import SynthConfig, write_dataset
+
+    if args.unlabelled > args.images:
+        raise UsageError(f"--unlabelled {args.unlabelled} exceeds --images {args.images}")
+    try:  # the options' checks live in SynthConfig, for library callers too
+        cfg = SynthConfig(
+            n_images=args.images,
+            size=args.size,
+            seed=args.seed,
+            positive_fraction=args.positive_fraction,
+            unlabelled=args.unlabelled,
+            dialect=args.dialect,
+            split=args.split,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        summary = write_dataset(args.out, cfg, workers=args.workers, progress=True)
+    except FileExistsError as exc:
+        raise UsageError(str(exc)) from exc
+    print(summary.describe())
+    return 0
+
+
+# --------------------------------------------------------------------------- convert
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="DICOMs + RLE labels -> Parquet dataset (Ray Data)",
+        description=(
+            "Convert a folder of DICOM files and an RLE label CSV into a Parquet dataset with "
+            "a manifest.json and an errors.csv ledger, using Ray Data on all local cores (or "
+            "the cluster given by --address). Bad files and bad label rows are recorded with "
+            "their reason and the run goes on: files_seen == converted + errors."
+        ),
+        epilog=(
+            "SRC may be the top of a SIIM download: if it holds dicom-images-train/, only that "
+            "folder is read, and train-rle.csv or stage_2_train.csv at its top is the default "
+            "label file. With no label file at all, every image is stored as unlabelled."
+        ),
+    )
+    p.add_argument("src", type=Path, help="folder searched recursively for *.dcm")
+    p.add_argument("out", type=Path, help="dataset folder to write (must be empty or absent)")
+    p.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="label CSV with columns ImageId, EncodedPixels (default: found in SRC)",
+    )
+    p.add_argument(
+        "--sizes",
+        type=A.sizes,
+        default=(256, 512),
+        help="comma-separated square sizes to store (default 256,512)",
+    )
+    p.add_argument(
+        "--rle-dialect",
+        choices=("relative", "standard"),
+        default="relative",
+        help="relative: SIIM (default); standard: absolute 1-based starts",
+    )
+    p.add_argument("--folds", type=int, default=5, help="patient-grouped folds (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    A.add_address(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from pneumotune.data.convert import ConvertConfig, convert
+
+    cfg = ConvertConfig(
+        src=args.src,
+        out=args.out,
+        labels=args.labels,
+        sizes=args.sizes,
+        rle_dialect=args.rle_dialect,
+        n_folds=args.folds,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    print(convert(cfg, address=args.address, progress=True).describe())
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """The report of a dataset (the `report` command is registered by the search's commands,
+    which tell a dataset from a search folder)."""
+    from pneumotune.data.dataset import MANIFEST
+    from pneumotune.data.report import report_dataset
+
+    if not (args.dataset / MANIFEST).is_file():
+        raise UsageError(
+            f"{args.dataset} is not a pneumotune dataset: expected a folder holding {MANIFEST}, "
+            "as written by `pneumotune convert SRC DATASET`, or a search directory holding "
+            "pneumotune.json"
+        )
+    samples = 12 if args.samples is None else args.samples
+    result = report_dataset(args.dataset, args.out, seed=args.seed, samples=samples)
+    print(result.describe())
+    print(result.html)
+    return 0
+
+
+# Registered by pneumotune/cli.py, in this order in `pneumotune --help`.
+COMMANDS = (_add_synth, _add_convert)

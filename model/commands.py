@@ -1,0 +1,95 @@
+"""The model's commands: `predict` (DICOMs -> submission CSV) and `score` (Kaggle score).
+
+Each ``add_*`` registers one subcommand on the top-level parser (pneumotune/cli.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pneumotune import cli_args as A
+
+
+# --------------------------------------------------------------------------- predict
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="DICOMs -> a submission CSV of RLE masks, with an exported model",
+        description=(
+            "Predict a pneumothorax mask for every *.dcm file below DICOM_DIR (searched "
+            "recursively; CSV files there are ignored) with a model directory written by "
+            "`pneumotune train` or `pneumotune export`. Each DICOM is read and resized exactly "
+            "as in training, the probabilities are upsampled to the DICOM's own size, the "
+            "model card's triplet is applied, and the mask is written as SIIM relative RLE: "
+            "one row per image, ImageId = file stem, -1 when empty. Files that cannot be "
+            "read are listed with their reason in <OUT stem>.errors.csv and have no row."
+        ),
+    )
+    p.add_argument("model_dir", type=Path, help="exported model directory (holds model_card.json)")
+    p.add_argument("dicom_dir", type=Path, help="folder searched recursively for *.dcm")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("submission.csv"),
+        help="submission CSV to write (default ./submission.csv)",
+    )
+    p.add_argument(
+        "--batch-size", type=A.positive_int, default=16, help="images per model call (default 16)"
+    )
+    p.set_defaults(func=_run_predict, tensorflow=True)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from pneumotune.model.predict import predict_folder
+
+    result = predict_folder(
+        args.model_dir, args.dicom_dir, args.out, batch_size=args.batch_size, progress=True
+    )
+    print(result.describe())
+    return 0
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "score",
+        help="the Kaggle score of a submission CSV against a label CSV",
+        description=(
+            "Score a submission (ImageId,EncodedPixels) against a label CSV the way the "
+            "SIIM-ACR leaderboard did: the Dice coefficient of each image of the label file, "
+            "averaged; an image with an empty truth scores 1 if the prediction is empty too "
+            "and 0 otherwise. Images of the label file missing from the submission count as "
+            "predicted empty. Also prints what an all-empty submission would score."
+        ),
+    )
+    p.add_argument("submission", type=Path, help="submission CSV (ImageId,EncodedPixels)")
+    p.add_argument(
+        "truth", type=Path, help="label CSV, e.g. train-rle.csv or a synthetic test-rle.csv"
+    )
+    p.add_argument(
+        "--dicoms",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="DICOM folder of these images: masks are decoded at each DICOM's own size "
+        "(default: 1024x1024 for every image, as SIIM)",
+    )
+    p.add_argument(
+        "--rle-dialect",
+        choices=("relative", "standard"),
+        default="relative",
+        help="relative: SIIM (default); standard: absolute 1-based starts",
+    )
+    p.set_defaults(func=_run_score)
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from pneumotune.model.predict import score_submission
+
+    result = score_submission(args.submission, args.truth, args.rle_dialect, dicom_dir=args.dicoms)
+    print(result.describe())
+    return 0
+
+
+# Registered by pneumotune/cli.py, in this order in `pneumotune --help`.
+COMMANDS = (_add_predict, _add_score)

@@ -1,0 +1,50 @@
+"""Argument types and options that several packages' commands share."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(sorted({int(s) for s in text.split(",") if s.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not sizes or min(sizes) < 16:
+        raise argparse.ArgumentTypeError(f"sizes must be integers >= 16, got {text!r}")
+    return sizes
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def add_address(p: argparse.ArgumentParser, when: str = "") -> None:
+    """--address; with none, pneumotune.data.ray_session.ensure_ray decides."""
+    p.add_argument(
+        "--address",
+        default=None,
+        help=f"{when}join a running Ray cluster: auto, or ray://HOST:10001 "
+        "(default: $RAY_ADDRESS if set, else a new local Ray)",
+    )
+
+
+def override(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), yaml.safe_load(value)

@@ -1,0 +1,25 @@
+"""One base class for the errors a user can act on.
+
+A :class:`PneumotuneError` means bad input (a missing file, a wrong key, an impossible
+option, a training run that diverged): ``pneumotune``'s ``main()`` prints its message
+after ``pneumotune COMMAND: error:`` and exits with its ``exit_code``. Any other
+exception is a bug and keeps its traceback. The library's own error classes (a bad
+dataset, a bad experiment file, ...) derive from it, most also from ``ValueError`` so
+that library callers may catch them as such.
+"""
+
+from __future__ import annotations
+
+
+class PneumotuneError(Exception):
+    """A problem with the user's input that stops the command."""
+
+    exit_code = 2
+
+
+class UsageError(PneumotuneError, ValueError):
+    """Options or inputs that cannot work together (e.g. --resume with nothing to resume)."""
+
+
+class ConfigError(PneumotuneError, ValueError):
+    """A configuration that cannot be used; the message names the file (or option) and key."""

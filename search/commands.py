@@ -1,0 +1,428 @@
+"""The search's commands: `search`, `status`, `export`, `report`, `train` and `demo`.
+
+`train` is here because it reads an experiment file (one run with the experiment's
+defaults) or a search (``--from-search``); `report` takes a dataset or a search folder
+and hands a dataset to the dataset's report. Each ``add_*`` registers one subcommand
+on the top-level parser (pneumotune/cli.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+
+from pneumotune import cli_args as A
+from pneumotune.errors import UsageError
+
+
+# --------------------------------------------------------------------------- search
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search",
+        help="hyperparameter search: Ray Tune + Optuna (TPE) + ASHA",
+        description=(
+            "Search the experiment's space with Ray Tune: Optuna's TPE proposes configs (the "
+            "tutorial's settings first), ASHA stops weak trials after each epoch, every epoch "
+            "is checkpointed. Runs on a local Ray (dashboard on 127.0.0.1:8265) or joins a "
+            "cluster with --address. Results land in <storage>/<name> in Ray Tune's layout."
+        ),
+        epilog=(
+            "Watch it from another terminal with `pneumotune status <storage>/<name>`; export "
+            "the best model with `pneumotune export <storage>/<name> --out MODEL_DIR`. An "
+            "interrupted search continues with --resume (same --name and --storage)."
+        ),
+    )
+    p.add_argument(
+        "--config",
+        default="demo",
+        metavar="YAML",
+        help="experiment file, or the name of a shipped one (default: demo)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="converted dataset (default: the experiment's `data:`)",
+    )
+    A.add_address(p)
+    p.add_argument("--num-samples", type=A.positive_int, default=None, help="trials to run")
+    p.add_argument(
+        "--max-concurrent",
+        type=A.positive_int,
+        default=None,
+        help="trials at once (default: the experiment's max_concurrent)",
+    )
+    p.add_argument("--name", default=None, help="experiment name (default: <experiment>-<time>)")
+    p.add_argument(
+        "--storage",
+        type=Path,
+        default=None,
+        help="results root (default: the experiment's storage, pneumotune-results)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted search (the latest one of this experiment "
+        "unless --name is given)",
+    )
+    p.add_argument(
+        "--no-dashboard",
+        action="store_true",
+        help="do not start the Ray dashboard (local Ray only)",
+    )
+    p.set_defaults(func=_run_search)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from pneumotune.data.ray_session import ensure_ray
+    from pneumotune.search.config import load_experiment
+    from pneumotune.search.tuner import latest_experiment, plan_search, run_search
+
+    exp = load_experiment(args.config)
+    name, data = args.name, args.data
+    if args.resume:
+        previous = latest_experiment(args.storage or exp.storage, exp.name, name)
+        name, data = previous.name, data or previous.data_dir
+    plan = plan_search(
+        exp,
+        data,
+        name=name,
+        storage=args.storage,
+        num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent,
+    )
+    session = ensure_ray(args.address, dashboard=not args.no_dashboard)
+    print(
+        f"Experiment {plan.name}: {plan.experiment.num_samples} trials of up to "
+        f"{plan.experiment.epochs} epochs, {plan.experiment.metric} ({plan.experiment.mode}); "
+        f"results in {plan.path}"
+    )
+    for note in plan.tutorial_notes:
+        print(f"  tutorial point adapted: {note}")
+    if session.dashboard_url:
+        print(
+            f"Ray dashboard: {session.dashboard_url} (token auth is on: paste the token from "
+            "`ray get-auth-token` when the page asks)"
+        )
+    print(f"Watch from another terminal: pneumotune status {plan.path}")
+    summary = run_search(plan, resume=args.resume)
+    print(summary.describe())
+    print(f"Wrote {plan.path / 'search.json'}. Next: pneumotune export {plan.path} --out MODEL_DIR")
+    return 0
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "status",
+        help="the trial table of a running or finished search",
+        description="Read a search directory (running or finished) and print its trial table.",
+    )
+    p.add_argument("results", type=Path, help="the search directory, <storage>/<name>")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="refresh the table until every trial has finished (Ctrl-C stops watching, not "
+        "the search); when stdout is not a terminal, print it again only when it changed",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between readings with --watch (default 5)",
+    )
+    p.set_defaults(func=_run_status)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from pneumotune.search.results import summarise
+
+    if args.interval <= 0:
+        raise UsageError(f"--interval must be > 0 seconds, got {args.interval}")
+    if not args.watch:
+        print(summarise(args.results).describe())
+        return 0
+    from pneumotune.search.watch import watch
+
+    with contextlib.suppress(KeyboardInterrupt):  # stops the watching; the search goes on
+        watch(args.results, args.interval)
+    return 0
+
+
+# --------------------------------------------------------------------------- report
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="report of a dataset (EDA) or of a search (one offline HTML page + PNGs)",
+        description=(
+            "Write an exploratory report of a dataset written by `pneumotune convert`: sample "
+            "radiographs, positive images with mask / CLAHE / raw panels, class balance, "
+            "regions per image, age, sex and view position by class, mask areas, a heat map "
+            "of where regions lie, and data quality (unlabelled images, invalid ages, "
+            "conversion errors, fold balance). One self-contained HTML file (no network "
+            "needed to open it) plus each figure as a PNG. No patient identifier is shown. "
+            "Given a search directory instead, write the search report: the metric per "
+            "epoch of every trial (ASHA stops marked), best so far over trial-epochs, "
+            "parallel coordinates of the searched values, hyperparameter importance "
+            "(Optuna), the best trial against the tutorial's settings, and the best "
+            "model's predictions on validation images."
+        ),
+    )
+    p.add_argument(
+        "dataset",
+        type=Path,
+        help="a dataset folder (holds manifest.json) or a search directory (holds pneumotune.json)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="output folder (default: report/ inside the dataset or search folder)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for the sampled images (default 0)")
+    p.add_argument(
+        "--samples",
+        type=A.positive_int,
+        default=None,
+        metavar="N",
+        help="random radiographs in the sample grid (default 12), or validation images "
+        "in a search report's predictions (default 6)",
+    )
+    p.set_defaults(func=_run_report, tensorflow=True)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from pneumotune.data.commands import run_report as run_dataset_report
+    from pneumotune.search.report import DEFAULT_SAMPLES, report_search
+    from pneumotune.search.results import is_experiment
+
+    if not is_experiment(args.dataset):
+        return run_dataset_report(args)
+    samples = DEFAULT_SAMPLES if args.samples is None else args.samples
+    result = report_search(args.dataset, args.out, seed=args.seed, samples=samples)
+    print(result.describe())
+    print(result.html)
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train one model with an experiment's defaults (no search) and export it",
+        description=(
+            "Train one ResUNet on a converted dataset with the experiment's fixed values and\n"
+            "the default of each searched parameter (`img_size: stored` means the smallest\n"
+            "stored size), validating on the fold val_fold. Prints the validation metrics\n"
+            "after every epoch, tunes the post-processing triplet (threshold, minimum area,\n"
+            "lower threshold) on the validation fold, and exports the model to --out:\n"
+            "model.keras, a TF SavedModel and model_card.json."
+        ),
+        epilog=(
+            "Example, on the synthetic demo data:\n"
+            "  pneumotune synth raw --images 400 --size 256\n"
+            "  pneumotune convert raw ds --sizes 64,128\n"
+            "  pneumotune train --config demo --data ds --epochs 8 --set img_size=128\n"
+            "  pneumotune predict pneumotune-model DICOM_DIR --out submission.csv\n"
+            "The Kaggle score printed at the end is worth comparing with the all-empty\n"
+            "score printed next to it: ~78% of images have no pneumothorax, so predicting\n"
+            "nothing at all already scores ~0.78.\n"
+            "After a search, the best config on all labelled data, 4 data-parallel workers:\n"
+            "  pneumotune train --from-search pneumotune-results/NAME --workers 4 --out MODEL"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="CONFIG",
+        help="experiment YAML, or the name of a shipped one (demo, siim); "
+        "required unless --from-search",
+    )
+    p.add_argument(
+        "--from-search",
+        type=Path,
+        default=None,
+        metavar="RESULTS_DIR",
+        help="retrain the best config of this search (<storage>/<name>) on all labelled "
+        "data with --workers Ray Train workers, keep the search's tuned triplet, export",
+    )
+    p.add_argument(
+        "--workers",
+        type=A.positive_int,
+        default=2,
+        help="with --from-search: data-parallel workers, one model replica each (default 2)",
+    )
+    p.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1.0,
+        help="with --from-search: CPUs of each worker (default 1)",
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=None,
+        help="with --from-search: GPUs of each worker (default: 1 if the cluster has GPUs)",
+    )
+    A.add_address(p, "with --from-search: ")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="DATASET",
+        help="dataset folder written by `pneumotune convert` (default: the experiment's data, "
+        "or the search's with --from-search)",
+    )
+    p.add_argument(
+        "--epochs", type=A.positive_int, default=None, help="epochs (default: the experiment's)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("pneumotune-model"),
+        metavar="DIR",
+        help="model directory to write (default ./pneumotune-model)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        type=A.override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one training parameter, e.g. --set img_size=128 --set lr=3e-3 "
+        "--set augment.flip_p=0 (repeatable; names as in the experiment's space)",
+    )
+    p.set_defaults(func=_run_train, tensorflow=True)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from pneumotune.search.config import load_experiment
+    from pneumotune.search.single_run import train_once
+
+    if args.from_search is not None:
+        return _run_train_from_search(args)
+    if args.config is None:
+        raise UsageError("give --config CONFIG (one run) or --from-search RESULTS_DIR")
+    exp = load_experiment(args.config)
+    data = args.data or exp.data
+    if data is None:
+        raise UsageError(f"no --data given and experiment {exp.name!r} names no data")
+    result = train_once(
+        exp, data, args.out, epochs=args.epochs, overrides=dict(args.overrides), progress=True
+    )
+    print(result.describe())
+    return 0
+
+
+def _run_train_from_search(args: argparse.Namespace) -> int:
+    from pneumotune.data.ray_session import ensure_ray
+    from pneumotune.search.retrain import retrain_best
+
+    if args.config is not None or args.overrides:
+        raise UsageError("--from-search takes its config from the search: drop --config/--set")
+    ensure_ray(args.address)
+    result = retrain_best(
+        args.from_search,
+        args.out,
+        workers=args.workers,
+        epochs=args.epochs,
+        data_dir=args.data,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+    )
+    print(result.describe())
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export the best model of a search",
+        description=(
+            "Take the best trial's best checkpoint of a search (finished, or running: its best "
+            "so far), tune the post-processing triplet (threshold, minimum area, lower "
+            "threshold) on that trial's validation fold, and write a model directory: "
+            "model.keras, saved_model/ and model_card.json (config, trial id, metrics)."
+        ),
+        epilog="Then: pneumotune predict MODEL_DIR DICOM_DIR --out submission.csv",
+    )
+    p.add_argument("results", type=Path, help="the search directory, <storage>/<name>")
+    p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="model directory")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="the dataset, if it moved since the search (default: the search's)",
+    )
+    p.set_defaults(func=_run_export, tensorflow=True)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pneumotune.search.export_best import export_best
+
+    print(export_best(args.results, args.out, data_dir=args.data).describe())
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on synthetic data (the quick start)",
+        description=(
+            "Run every stage on a synthetic SIIM-layout dataset, on this machine: synth a "
+            "training set and a held-out test set, convert (Ray Data), write the EDA report, "
+            "search with the shipped `demo` experiment (Ray Tune + Optuna TPE + ASHA on a "
+            "local Ray), export the best model, predict the held-out DICOMs and print their "
+            "Kaggle score. About 10 minutes on 2 CPU cores."
+        ),
+        epilog="A second run reuses the data under --out and runs a new search (--fresh: all).",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("pneumotune-demo"),
+        help="folder for everything (default: ./pneumotune-demo)",
+    )
+    p.add_argument("--images", type=int, default=300, help="training DICOMs (default 300)")
+    p.add_argument("--test-images", type=int, default=60, help="held-out DICOMs (default 60)")
+    p.add_argument(
+        "--num-samples",
+        type=A.positive_int,
+        default=None,
+        help="trials (default: the demo experiment's)",
+    )
+    p.add_argument(
+        "--config",
+        default="demo",
+        metavar="YAML",
+        help="experiment to search with (default: the shipped demo)",
+    )
+    p.add_argument("--fresh", action="store_true", help="delete --out first")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    p.set_defaults(func=_run_demo, tensorflow=True)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from pneumotune.search.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(
+        out=args.out,
+        images=args.images,
+        test_images=args.test_images,
+        num_samples=args.num_samples,
+        experiment=args.config,
+        fresh=args.fresh,
+        dashboard=not args.no_dashboard,
+    )
+    print(run_demo(cfg).describe())
+    return 0
+
+
+# Registered by pneumotune/cli.py, in this order in `pneumotune --help`.
+COMMANDS = (_add_demo, _add_search, _add_status, _add_report, _add_export, _add_train)

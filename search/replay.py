@@ -1,0 +1,200 @@
+"""Replay a search strategy on recorded learning curves (an atlas), through Ray Tune.
+
+An atlas is a CSV of learning curves recorded once (bench/atlas.py trains a grid of
+configs to max_t with the product's own trainable): ``config_id``, one column per axis
+(the level labels), ``seed``, ``epoch``, ``val_iou`` (and the other val metrics),
+``epoch_seconds``. A replay runs the product's real Tuner (:func:`build_tuner`: the
+searcher class, Optuna's sampler, ASHA or FIFO, the tutorial's point first) with a
+trainable that trains nothing: given a config of the grid it reports that config's
+recorded curve, each epoch after its recorded seconds x ``scale``, so that concurrent
+trials end, and ASHA decides, in the order the real run would. A config recorded with
+several seeds replays the curve of seed ``search seed mod n``.
+
+The measure of a search is its regret: the atlas's best val_iou (over all configs and
+epochs) minus the best val_iou it saw within its budget of ``budget x max_t``
+trial-epochs. bench/replay.py compares strategies over many seeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+NEAR = 0.01  # "came within 0.01 of the atlas best"
+METRIC = "val_iou"
+
+
+class EpochBudget(tune.Stopper):
+    """A Tune stopper: the whole search ends once ``epochs`` epochs were reported."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs, self.seen = epochs, 0
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        self.seen += 1
+        return False
+
+    def stop_all(self) -> bool:
+        return self.seen >= self.epochs
+
+
+# --------------------------------------------------------------------------- the atlas
+
+
+@dataclass(frozen=True)
+class Atlas:
+    axes: tuple[str, ...]
+    levels: dict[str, tuple[str, ...]]  # each axis' levels, in the CSV's order
+    # (level per axis) -> one curve per recorded seed: [(val_iou, epoch_seconds), ...]
+    curves: dict[tuple[str, ...], list[list[tuple[float, float]]]]
+    max_t: int
+    tutorial: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def best(self) -> float:
+        return max(v for runs in self.curves.values() for c in runs for v, _ in c)
+
+    def final(self, key: tuple[str, ...]) -> float:
+        """A config's full-length score: its best epoch, averaged over recorded seeds."""
+        return statistics.fmean(max(v for v, _ in c) for c in self.curves[key])
+
+
+def load_atlas(path: Path, tutorial: dict[str, str] | None = None) -> Atlas:
+    """Read an atlas CSV (columns: config_id, one per axis, seed, epoch, val_iou, ...,
+    epoch_seconds). ``tutorial``: the tutorial's level on every axis, kept when the atlas
+    has that config."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    header = list(rows[0])
+    axes = tuple(header[header.index("config_id") + 1 : header.index("seed")])
+    runs: dict[tuple[tuple[str, ...], str], list[tuple[int, float, float]]] = defaultdict(list)
+    for r in rows:
+        key = tuple(r[a] for a in axes)
+        runs[key, r["seed"]].append((int(r["epoch"]), float(r[METRIC]), float(r["epoch_seconds"])))
+    max_t = max(len(v) for v in runs.values())
+    curves: dict[tuple[str, ...], list[list[tuple[float, float]]]] = defaultdict(list)
+    for (key, _seed), epochs in runs.items():  # the CSV's order: levels as recorded
+        if len(epochs) == max_t:  # a run cut short (an atlas still growing) is left out
+            curves[key].append([(v, s) for _, v, s in sorted(epochs)])
+    levels = {a: tuple(dict.fromkeys(k[i] for k in curves)) for i, a in enumerate(axes)}
+    known = tutorial is not None and all(tutorial.get(a) in levels[a] for a in axes)
+    return Atlas(axes, levels, dict(curves), max_t, dict(tutorial) if known else {})
+
+
+def spearman_by_epoch(atlas: Atlas) -> dict[int, float]:
+    """Rank correlation, over configs, of each epoch's score with the full-length score."""
+    from scipy.stats import spearmanr
+
+    keys = sorted(atlas.curves)
+    final = [atlas.final(k) for k in keys]
+    out = {}
+    for epoch in range(1, atlas.max_t + 1):
+        at = [statistics.fmean(c[epoch - 1][0] for c in atlas.curves[k]) for k in keys]
+        rho = spearmanr(at, final).statistic
+        out[epoch] = round(float(rho), 3) if not math.isnan(rho) else None
+    return out
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def replay_trial(config: dict[str, Any], curves: dict, axes: tuple[str, ...], scale: float):
+    """A Tune function trainable: the recorded curve of ``config``'s atlas cell."""
+    runs = curves[tuple(str(config[a]) for a in axes)]
+    curve = runs[config["seed"] % len(runs)]
+    for epoch, (value, seconds) in enumerate(curve, 1):
+        time.sleep(seconds * scale)
+        tune.report({METRIC: value, "epoch": epoch, "epoch_seconds": seconds})
+
+
+@dataclass(frozen=True)
+class Strategy:
+    sampler: str  # tpe | random | gp
+    asha: bool
+    fidelity: bool = True  # FidelityOptunaSearch (ours) or Ray's stock OptunaSearch
+    tutorial: bool = False  # the tutorial's point first, as the product does
+    grace: int | None = None  # None: the shipped demo.yaml's
+    reduction: float | None = None
+    startup: int | None = None  # TPE start-up trials; None: the experiment's rule
+
+
+def run_one(atlas: Atlas, strategy: Strategy, seed: int, budget: int, scale: float, workdir: Path):
+    """One search on a running Ray: the values of every epoch it reported, in order, up to
+    ``budget`` x max_t of them."""
+    from pneumotune.search.config import AshaSettings, ExperimentConfig, ParamSpec
+    from pneumotune.search.tuner import SearchPlan, build_tuner
+
+    epochs = budget * atlas.max_t
+    space = tuple(ParamSpec(a, choices=atlas.levels[a]) for a in atlas.axes)
+    asha = AshaSettings(grace_period=strategy.grace or 1, reduction_factor=strategy.reduction or 2)
+    exp = ExperimentConfig(
+        name="replay",
+        epochs=atlas.max_t,
+        num_samples=10 * epochs,  # the budget ends the search, not the sample count
+        max_concurrent=2,
+        seed=seed,
+        startup_trials=strategy.startup,
+        asha=asha,
+        space=space,
+    )
+    if strategy.startup is None:
+        # The experiment's rule (a quarter of num_samples) assumes num_samples is what the
+        # budget buys: here the budget buys ~2B ASHA trials or B FIFO trials.
+        trials = budget * (3 if strategy.asha else 1)
+        exp = replace(exp, startup_trials=min(10, max(2, trials // 4)))
+    point = atlas.tutorial if strategy.tutorial else {}
+    plan = SearchPlan(exp, workdir, f"s{seed}", workdir, point, ())
+    recorded: list[float] = []
+
+    class Record(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if len(recorded) < epochs:
+                recorded.append(float(result[METRIC]))
+
+    trainable = tune.with_resources(
+        tune.with_parameters(replay_trial, curves=atlas.curves, axes=atlas.axes, scale=scale),
+        {"cpu": 0.5},
+    )
+    tuner = build_tuner(
+        plan,
+        trainable,
+        sampler=strategy.sampler,
+        early_stopping=strategy.asha,
+        fidelity=strategy.fidelity,
+        stop=EpochBudget(epochs),
+        callbacks=[Record()],
+    )
+    with contextlib.redirect_stdout(io.StringIO()):  # the progress lines of ~100 searches
+        tuner.fit()
+    return recorded
+
+
+def summarise(atlas: Atlas, runs: list[list[float]]) -> dict[str, Any]:
+    """Regret quartiles and trial-epochs to within NEAR of the atlas best, over ``runs``."""
+    regrets, to_best = [], []
+    for seen in runs:
+        regrets.append(atlas.best - max(seen))
+        reached = next((i + 1 for i, v in enumerate(seen) if v >= atlas.best - NEAR), math.inf)
+        to_best.append(reached)
+    q = statistics.quantiles(regrets, n=4, method="inclusive") if len(regrets) > 1 else regrets * 3
+    median_epochs = statistics.median(to_best)
+    return {
+        "median_regret": round(statistics.median(regrets), 4),
+        "q25_regret": round(q[0], 4),
+        "q75_regret": round(q[2], 4),
+        "median_epochs_to_best": None if math.isinf(median_epochs) else median_epochs,
+        "never_within": sum(math.isinf(x) for x in to_best),
+        "runs": len(runs),
+    }

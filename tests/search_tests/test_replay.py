@@ -1,0 +1,86 @@
+"""The replay on real Ray Tune: the trainable reports the recorded curve of the config the
+real searcher proposed, and trials that ASHA stopped reach Optuna as PRUNED with their
+per-epoch values (Ray's stock OptunaSearch tells them COMPLETE)."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+
+import optuna
+import pytest
+
+from pneumotune.search.replay import Strategy, load_atlas, run_one, summarise
+from pneumotune.search.tuner import JOURNAL_FILE, journal_storage
+
+MAX_T = 6
+LEVELS = {"lr": ("1e-3", "3e-3", "1e-2"), "width": ("8", "16")}
+
+
+def _curve(lr: str, width: str, seed: int) -> list[float]:
+    plateau = {"1e-3": 0.5, "3e-3": 0.7, "1e-2": 0.3}[lr] + (0.05 if width == "16" else 0.0)
+    return [round(plateau * (1 - math.exp(-e / 2)) + 0.01 * seed, 4) for e in range(1, 7)]
+
+
+@pytest.fixture(scope="module")
+def atlas_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("atlas") / "tiny.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["config_id", "lr", "width", "seed", "epoch", "val_iou", "epoch_seconds"])
+        for i, (lr, width) in enumerate(itertools.product(*LEVELS.values())):
+            for seed in (0, 1) if i == 0 else (0,):
+                for e, v in enumerate(_curve(lr, width, seed), 1):
+                    w.writerow([i, lr, width, seed, e, v, 2.0])
+    return path
+
+
+def test_atlas_table(atlas_csv):
+    atlas = load_atlas(atlas_csv, {"lr": "1e-3", "width": "16"})
+    assert atlas.axes == ("lr", "width") and atlas.max_t == MAX_T
+    assert atlas.levels == LEVELS
+    assert len(atlas.curves[("1e-3", "8")]) == 2  # two seeds recorded
+    assert atlas.best == pytest.approx(_curve("3e-3", "16", 0)[-1])
+    assert atlas.tutorial == {"lr": "1e-3", "width": "16"}
+    assert load_atlas(atlas_csv, {"lr": "5e-3", "width": "16"}).tutorial == {}
+    runs = [[atlas.best - 0.2, atlas.best], [atlas.best - 0.1]]
+    s = summarise(atlas, runs)
+    assert s["median_regret"] == pytest.approx(0.05) and s["runs"] == 2
+    assert s["never_within"] == 1
+
+
+def _study(folder, name):
+    return optuna.load_study(study_name=name, storage=journal_storage(folder))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fidelity", [True, False])
+def test_replayed_curves_and_the_state_optuna_is_told(ray_local, atlas_csv, tmp_path, fidelity):
+    atlas = load_atlas(atlas_csv)
+    strategy = Strategy("tpe", asha=True, fidelity=fidelity, grace=1, reduction=2, startup=2)
+    seen = run_one(atlas, strategy, seed=3, budget=3, scale=0.05, workdir=tmp_path)
+    assert len(seen) == 3 * MAX_T
+
+    study = _study(tmp_path / "s3", "s3")
+    assert (tmp_path / "s3" / JOURNAL_FILE).is_file()
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) >= 3
+    states = {t.state for t in finished}
+    for t in finished:
+        runs = atlas.curves[(t.params["lr"], t.params["width"])]
+        curve = [v for v, _ in runs[3 % len(runs)]]
+        values = [t.intermediate_values[e] for e in sorted(t.intermediate_values)]
+        assert values == curve[: len(values)], t.params  # the recorded curve, in order
+        if fidelity:
+            expected = optuna.trial.TrialState.COMPLETE
+            if len(values) < MAX_T:
+                expected = optuna.trial.TrialState.PRUNED
+            assert t.state == expected, (len(values), t.state)
+            assert t.value == values[-1]
+    if fidelity:
+        assert states == {optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE}
+    else:
+        # Ray's stock searcher: an ASHA-stopped trial is COMPLETE with its early score.
+        assert states == {optuna.trial.TrialState.COMPLETE}
+        assert any(len(t.intermediate_values) < MAX_T for t in finished)
