@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from pneumotune import cli_args as A
 from pneumotune.errors import UsageError
@@ -66,29 +67,16 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_synth)
 
 
-def _run_synth(args: argparse.Namespace) -> int:
+def _run_synth(args: argparse.Namespace) -> Any:
     from pneumotune.data.synth import SynthConfig, write_dataset
 
     if args.unlabelled > args.images:
         raise UsageError(f"--unlabelled {args.unlabelled} exceeds --images {args.images}")
-    try:  # the options' checks live in SynthConfig, for library callers too
-        cfg = SynthConfig(
-            n_images=args.images,
-            size=args.size,
-            seed=args.seed,
-            positive_fraction=args.positive_fraction,
-            unlabelled=args.unlabelled,
-            dialect=args.dialect,
-            split=args.split,
-        )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    cfg = A.config_from(args, SynthConfig, n_images="images")
     try:
-        summary = write_dataset(args.out, cfg, workers=args.workers, progress=True)
+        return write_dataset(args.out, cfg, workers=args.workers, progress=True)
     except FileExistsError as exc:
         raise UsageError(str(exc)) from exc
-    print(summary.describe())
-    return 0
 
 
 # --------------------------------------------------------------------------- convert
@@ -136,24 +124,14 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_convert)
 
 
-def _run_convert(args: argparse.Namespace) -> int:
+def _run_convert(args: argparse.Namespace) -> Any:
     from pneumotune.data.convert import ConvertConfig, convert
 
-    cfg = ConvertConfig(
-        src=args.src,
-        out=args.out,
-        labels=args.labels,
-        sizes=args.sizes,
-        rle_dialect=args.rle_dialect,
-        n_folds=args.folds,
-        seed=args.seed,
-        overwrite=args.overwrite,
-    )
-    print(convert(cfg, address=args.address, progress=True).describe())
-    return 0
+    cfg = A.config_from(args, ConvertConfig, n_folds="folds")
+    return convert(cfg, address=args.address, progress=True)
 
 
-def run_report(args: argparse.Namespace) -> int:
+def run_report(args: argparse.Namespace) -> Any:
     """The report of a dataset (the `report` command is registered by the search's commands,
     which tell a dataset from a search folder)."""
     from pneumotune.data.dataset import MANIFEST
@@ -166,10 +144,7 @@ def run_report(args: argparse.Namespace) -> int:
             "pneumotune.json"
         )
     samples = 12 if args.samples is None else args.samples
-    result = report_dataset(args.dataset, args.out, seed=args.seed, samples=samples)
-    print(result.describe())
-    print(result.html)
-    return 0
+    return report_dataset(args.dataset, args.out, seed=args.seed, samples=samples)
 
 
 # Registered by pneumotune/cli.py, in this order in `pneumotune --help`.

@@ -162,6 +162,11 @@ class Arrays:
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def pair(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(images, masks)``, as ``model.train.fit`` takes a set."""
+        return self.images, self.masks
+
     def subset(self, index: np.ndarray) -> Arrays:
         return Arrays(
             self.images[index], self.masks[index], self.meta.iloc[index].reset_index(drop=True)

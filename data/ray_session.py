@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +30,24 @@ def join_address(address: str | None, environ: Mapping[str, str]) -> str | None:
     return address or environ.get("RAY_ADDRESS") or None
 
 
+def free_loopback_port(first: int = DASHBOARD_PORT, tries: int = 100) -> int:
+    """The first port from ``first`` on that nothing listens on at 127.0.0.1 (another local
+    Ray's dashboard holds 8265 while a second search starts)."""
+    for port in range(first, first + tries):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((DASHBOARD_HOST, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port on {DASHBOARD_HOST} in {first}..{first + tries - 1}")
+
+
 def ensure_ray(
     address: str | None = None,
     dashboard: bool = False,
     num_cpus: int | None = None,
+    job_name: str | None = None,
     **init_kwargs: Any,
 ) -> RaySession:
     """Join ``address`` (``"auto"``, ``"ray://host:10001"``) or start a local Ray.
@@ -42,6 +57,10 @@ def ensure_ray(
     when another one runs on this machine (``ray start``, another search): Ray's own
     default would join that one, with its resources and its dashboard settings.
     Returns quietly if Ray is already initialised in this process (tests, notebooks).
+
+    A dashboard we start takes 8265, or the next free loopback port when another Ray on
+    this machine holds it. ``job_name`` goes into the driver's job metadata (``name`` and
+    ``experiment``), which the dashboard's Jobs page and ``/api/jobs/`` show.
     """
     import ray
 
@@ -58,12 +77,16 @@ def ensure_ray(
         "logging_level": logging.WARNING,
         **init_kwargs,
     }
+    if job_name:
+        from ray.job_config import JobConfig
+
+        kwargs["job_config"] = JobConfig(metadata={"name": job_name, "experiment": job_name})
     if address is None:
         kwargs["num_cpus"] = num_cpus
         kwargs["include_dashboard"] = dashboard
         if dashboard:
             kwargs["dashboard_host"] = DASHBOARD_HOST
-            kwargs["dashboard_port"] = DASHBOARD_PORT
+            kwargs["dashboard_port"] = free_loopback_port()
     ctx = ray.init(**kwargs)
     quiet_ray_data()
     return RaySession(address is None, _dashboard_url(ctx), address)

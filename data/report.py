@@ -74,7 +74,8 @@ class ReportResult(page.WrittenReport):
     def describe(self) -> str:
         return (
             f"Wrote the EDA report ({len(self.sections)} sections, {len(self.pngs)} figures, "
-            f"pictures at {self.size} px) to {self.html.parent} in {self.seconds:.1f} s."
+            f"pictures at {self.size} px) to {self.html.parent} in {self.seconds:.1f} s.\n"
+            f"{self.html}"
         )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from pneumotune import cli_args as A
 
@@ -40,14 +41,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_predict, tensorflow=True)
 
 
-def _run_predict(args: argparse.Namespace) -> int:
+def _run_predict(args: argparse.Namespace) -> Any:
     from pneumotune.model.predict import predict_folder
 
-    result = predict_folder(
+    return predict_folder(
         args.model_dir, args.dicom_dir, args.out, batch_size=args.batch_size, progress=True
     )
-    print(result.describe())
-    return 0
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
@@ -83,12 +82,10 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_score)
 
 
-def _run_score(args: argparse.Namespace) -> int:
+def _run_score(args: argparse.Namespace) -> Any:
     from pneumotune.model.predict import score_submission
 
-    result = score_submission(args.submission, args.truth, args.rle_dialect, dicom_dir=args.dicoms)
-    print(result.describe())
-    return 0
+    return score_submission(args.submission, args.truth, args.rle_dialect, dicom_dir=args.dicoms)
 
 
 # Registered by pneumotune/cli.py, in this order in `pneumotune --help`.

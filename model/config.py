@@ -16,6 +16,26 @@ from pneumotune.model.augment import AugmentConfig
 
 SCHEDULES = ("constant", "cosine", "cosine_restarts", "step", "one_cycle")
 METRICS = ("val_iou", "val_dice", "val_kaggle_dice", "val_positive_iou", "val_loss")
+# The validation metrics of an epoch, in print order.
+VAL_KEYS = ("val_loss", "val_iou", "val_dice", "val_kaggle_dice", "val_positive_iou")
+
+
+def format_epoch(epoch: int, epochs: int, metrics: dict[str, Any]) -> str:
+    """One line of an epoch's metrics, for a terminal or a trial's log: ``epoch   3/24
+    loss 0.8123  val_loss ...  val_iou 0.4123 ... lr 1.00e-03  4.1 s (512 img/s)``.
+    Keys that ``metrics`` lacks are left out."""
+
+    def has(key: str) -> bool:
+        return isinstance(metrics.get(key), int | float)
+
+    parts = [f"epoch {epoch:>3}/{epochs}"]
+    parts += [f"{k} {metrics[k]:.4f}" for k in ("loss", *VAL_KEYS) if has(k)]
+    if has("lr"):
+        parts.append(f"lr {metrics['lr']:.2e}")
+    if has("epoch_seconds"):
+        speed = f" ({metrics['images_per_s']:.0f} img/s)" if has("images_per_s") else ""
+        parts.append(f"{metrics['epoch_seconds']:.1f} s{speed}")
+    return "  ".join(parts)
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pneumotune.model.tf_quiet import import_tensorflow
 
             import_tensorflow()  # our output starts with ours, not TensorFlow's notices
-        return int(args.func(args) or 0)
+        result = args.func(args)  # what the command made, or None when it printed its own
+        if result is not None:
+            print(result.describe())
+        return 0
     except PneumotuneError as exc:
         print(f"pneumotune {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any
+
+from pneumotune.errors import UsageError
 
 
 def sizes(text: str) -> tuple[int, ...]:
@@ -48,3 +52,18 @@ def override(text: str) -> tuple[str, object]:
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key.strip(), yaml.safe_load(value)
+
+
+def config_from(args: argparse.Namespace, cls: type, **options: str) -> Any:
+    """``cls`` (a dataclass) from the options of the same names; ``options`` maps a field
+    to an option of another name. A ``ValueError`` of its checks is the user's: the
+    checks live in the config so that library callers get them too."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        option = options.get(f.name, f.name)
+        if hasattr(args, option):
+            values[f.name] = getattr(args, option)
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from pathlib import Path
+from typing import Any
 
 from pneumotune import cli_args as A
 from pneumotune.errors import UsageError
@@ -74,7 +75,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_search)
 
 
-def _run_search(args: argparse.Namespace) -> int:
+def _run_search(args: argparse.Namespace) -> Any:
     from pneumotune.data.ray_session import ensure_ray
     from pneumotune.search.config import load_experiment
     from pneumotune.search.tuner import latest_experiment, plan_search, run_search
@@ -92,7 +93,7 @@ def _run_search(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         max_concurrent=args.max_concurrent,
     )
-    session = ensure_ray(args.address, dashboard=not args.no_dashboard)
+    session = ensure_ray(args.address, dashboard=not args.no_dashboard, job_name=plan.name)
     print(
         f"Experiment {plan.name}: {plan.experiment.num_samples} trials of up to "
         f"{plan.experiment.epochs} epochs, {plan.experiment.metric} ({plan.experiment.mode}); "
@@ -100,16 +101,30 @@ def _run_search(args: argparse.Namespace) -> int:
     )
     for note in plan.tutorial_notes:
         print(f"  tutorial point adapted: {note}")
-    if session.dashboard_url:
-        print(
-            f"Ray dashboard: {session.dashboard_url} (token auth is on: paste the token from "
-            "`ray get-auth-token` when the page asks)"
-        )
-    print(f"Watch from another terminal: pneumotune status {plan.path}")
+    print(where_to_look(plan, session.dashboard_url))
     summary = run_search(plan, resume=args.resume)
     print(summary.describe())
     print(f"Wrote {plan.path / 'search.json'}. Next: pneumotune export {plan.path} --out MODEL_DIR")
-    return 0
+    return None
+
+
+def where_to_look(plan, dashboard_url: str | None) -> str:
+    """Where a user watches a search, printed when it starts."""
+    from pneumotune.search.tuner import JOURNAL_FILE
+
+    lines = ["Watch it:"]
+    if dashboard_url:
+        lines.append(
+            f"  Ray dashboard  {dashboard_url}  (token auth is on: paste what "
+            "`ray get-auth-token` prints; Actors: one per trial, named trial_<id> with its "
+            "settings, its Log has a line per epoch)"
+        )
+    lines += [
+        f"  trial table    pneumotune status {plan.path} --watch",
+        f"  Optuna study   optuna-dashboard {plan.path / JOURNAL_FILE}",
+        f"  TensorBoard    tensorboard --logdir {plan.path}",
+    ]
+    return "\n".join(lines)
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:
@@ -135,19 +150,18 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_status)
 
 
-def _run_status(args: argparse.Namespace) -> int:
+def _run_status(args: argparse.Namespace) -> Any:
     from pneumotune.search.results import summarise
 
     if args.interval <= 0:
         raise UsageError(f"--interval must be > 0 seconds, got {args.interval}")
     if not args.watch:
-        print(summarise(args.results).describe())
-        return 0
+        return summarise(args.results)
     from pneumotune.search.watch import watch
 
     with contextlib.suppress(KeyboardInterrupt):  # stops the watching; the search goes on
         watch(args.results, args.interval)
-    return 0
+    return None
 
 
 # --------------------------------------------------------------------------- report
@@ -193,7 +207,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_report, tensorflow=True)
 
 
-def _run_report(args: argparse.Namespace) -> int:
+def _run_report(args: argparse.Namespace) -> Any:
     from pneumotune.data.commands import run_report as run_dataset_report
     from pneumotune.search.report import DEFAULT_SAMPLES, report_search
     from pneumotune.search.results import is_experiment
@@ -201,10 +215,7 @@ def _run_report(args: argparse.Namespace) -> int:
     if not is_experiment(args.dataset):
         return run_dataset_report(args)
     samples = DEFAULT_SAMPLES if args.samples is None else args.samples
-    result = report_search(args.dataset, args.out, seed=args.seed, samples=samples)
-    print(result.describe())
-    print(result.html)
-    return 0
+    return report_search(args.dataset, args.out, seed=args.seed, samples=samples)
 
 
 # --------------------------------------------------------------------------- train
@@ -299,7 +310,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_train, tensorflow=True)
 
 
-def _run_train(args: argparse.Namespace) -> int:
+def _run_train(args: argparse.Namespace) -> Any:
     from pneumotune.search.config import load_experiment
     from pneumotune.search.single_run import train_once
 
@@ -311,21 +322,19 @@ def _run_train(args: argparse.Namespace) -> int:
     data = args.data or exp.data
     if data is None:
         raise UsageError(f"no --data given and experiment {exp.name!r} names no data")
-    result = train_once(
+    return train_once(
         exp, data, args.out, epochs=args.epochs, overrides=dict(args.overrides), progress=True
     )
-    print(result.describe())
-    return 0
 
 
-def _run_train_from_search(args: argparse.Namespace) -> int:
+def _run_train_from_search(args: argparse.Namespace) -> Any:
     from pneumotune.data.ray_session import ensure_ray
     from pneumotune.search.retrain import retrain_best
 
     if args.config is not None or args.overrides:
         raise UsageError("--from-search takes its config from the search: drop --config/--set")
     ensure_ray(args.address)
-    result = retrain_best(
+    return retrain_best(
         args.from_search,
         args.out,
         workers=args.workers,
@@ -334,8 +343,6 @@ def _run_train_from_search(args: argparse.Namespace) -> int:
         cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker,
     )
-    print(result.describe())
-    return 0
 
 
 # --------------------------------------------------------------------------- export
@@ -362,11 +369,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_export, tensorflow=True)
 
 
-def _run_export(args: argparse.Namespace) -> int:
+def _run_export(args: argparse.Namespace) -> Any:
     from pneumotune.search.export_best import export_best
 
-    print(export_best(args.results, args.out, data_dir=args.data).describe())
-    return 0
+    return export_best(args.results, args.out, data_dir=args.data)
 
 
 # --------------------------------------------------------------------------- demo
@@ -404,24 +410,19 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="experiment to search with (default: the shipped demo)",
     )
     p.add_argument("--fresh", action="store_true", help="delete --out first")
-    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    p.add_argument(
+        "--no-dashboard",
+        dest="dashboard",
+        action="store_false",
+        help="do not start the Ray dashboard",
+    )
     p.set_defaults(func=_run_demo, tensorflow=True)
 
 
-def _run_demo(args: argparse.Namespace) -> int:
+def _run_demo(args: argparse.Namespace) -> Any:
     from pneumotune.search.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(
-        out=args.out,
-        images=args.images,
-        test_images=args.test_images,
-        num_samples=args.num_samples,
-        experiment=args.config,
-        fresh=args.fresh,
-        dashboard=not args.no_dashboard,
-    )
-    print(run_demo(cfg).describe())
-    return 0
+    return run_demo(A.config_from(args, DemoConfig, experiment="config"))
 
 
 # Registered by pneumotune/cli.py, in this order in `pneumotune --help`.

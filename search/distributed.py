@@ -57,7 +57,6 @@ which is why one-worker trials run Keras in the trial itself.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import tempfile
 import threading
 import time
@@ -69,7 +68,7 @@ from typing import Any
 
 from ray.train.v2.api.callback import UserCallback
 
-from pneumotune.search.checkpoint import MODEL_FILE
+from pneumotune.search.checkpoint import read_epoch
 from pneumotune.search.config import Resources
 
 # What a trial's driver asks Tune for: no CPU or GPU (the Train workers hold those), and
@@ -125,7 +124,7 @@ def train_worker(loop: dict[str, Any]) -> None:
     from pneumotune.model.devices import configure_devices
     from pneumotune.model.multiworker import rows_for_even_split
     from pneumotune.model.train import fit
-    from pneumotune.search.checkpoint import unpack_checkpoint, write_checkpoint
+    from pneumotune.search.checkpoint import resume_from, write_checkpoint
 
     configure_devices(False)
     gpus = tf.config.list_physical_devices("GPU")
@@ -154,16 +153,9 @@ def train_worker(loop: dict[str, Any]) -> None:
     positive = train.masks.reshape(len(train), -1).any(axis=1)
     train = train.subset(rows_for_even_split(positive, cfg.batch_size, workers, cfg.seed))
 
-    checkpoint = ray.train.get_checkpoint() or loop.get("resume")
-    scratch = Path(tempfile.mkdtemp(prefix="pneumotune-worker-"))
-    initial_epoch, resume_from = 0, None
-    if checkpoint is not None:
-        initial_epoch = unpack_checkpoint(checkpoint, scratch)
-        resume_from = scratch / MODEL_FILE
-
     def on_epoch_end(epoch: int, metrics: dict[str, float], model: Any) -> None:
         row = {**metrics, "epoch": epoch, "n_train": len(train), "node_id": node}
-        row[RESUMED_FROM] = initial_epoch
+        row[RESUMED_FROM] = resume["initial_epoch"]
         # Every worker reports (the call is a barrier); only rank 0's copy is kept.
         with tempfile.TemporaryDirectory(prefix="pneumotune-ckpt-") as d:
             saved = None
@@ -172,19 +164,9 @@ def train_worker(loop: dict[str, Any]) -> None:
                 saved = ray.train.Checkpoint.from_directory(d)
             ray.train.report(row, checkpoint=saved, checkpoint_dir_name=f"epoch_{epoch:04d}")
 
-    try:
-        if initial_epoch < cfg.epochs:
-            fit(
-                cfg,
-                (train.images, train.masks),
-                (val.images, val.masks),
-                on_epoch_end=on_epoch_end,
-                initial_epoch=initial_epoch,
-                resume_from=resume_from,
-                strategy=strategy,
-            )
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with resume_from(ray.train.get_checkpoint() or loop.get("resume")) as resume:
+        if resume["initial_epoch"] < cfg.epochs:
+            fit(cfg, train.pair, val.pair, on_epoch_end=on_epoch_end, strategy=strategy, **resume)
 
 
 def announce_placement_group(channel: Any) -> None:
@@ -346,11 +328,18 @@ def multi_worker_trial(resources: Resources):
         from ray.train.tensorflow import TensorflowTrainer
 
         from pneumotune.model.config import TrainConfig
+        from pneumotune.search.dashboard import TrialConsole
 
         cfg = TrainConfig.from_flat(config)
+        console = TrialConsole(cfg.epochs)  # the driver actor's log lines and series
+        if tune.get_checkpoint() is not None:
+            with tune.get_checkpoint().as_directory() as d:
+                console.resumed(read_epoch(Path(d)))
         # Train writes its run into the trial's own folder of Tune's storage.
         storage = tune.get_context().get_storage()
-        name = run_name()
+        # The trial's id in the run's name: Ray's Train page lists runs by name (the
+        # controller's and workers' actor names are Ray's own).
+        name = run_name(f"{RUN_PREFIX}-trial_{console.trial_id}")
         loop = {
             "config": dict(config),
             "data": data[cfg.img_size],
@@ -381,6 +370,7 @@ def multi_worker_trial(resources: Resources):
         def report(metrics: dict[str, Any], checkpoint: Any) -> None:
             if checkpoint is not None:  # a copy in Tune's trial folder, like one-worker trials
                 checkpoint = tune.Checkpoint(checkpoint.path, checkpoint.filesystem)
+            console.epoch(int(metrics.get("epoch", 0)), metrics)
             tune.report(metrics, checkpoint=checkpoint)
 
         try:

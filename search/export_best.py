@@ -85,12 +85,14 @@ def tune_and_export(
     data_dir: Path,
     metrics: dict[str, Any],
     extra: dict[str, Any],
+    tuned: ValidationTuning | None = None,
 ) -> Exported:
-    """Tune the triplet on ``val`` predictions, then write the model directory."""
+    """Tune the triplet on ``val`` predictions (unless ``tuned`` brings one tuned on another
+    model, as retraining does), then write the model directory."""
     from pneumotune.model.export import export_model
 
     t0 = time.perf_counter()
-    tuned = tune_on_validation(model, cfg, *val)
+    tuned = tuned or tune_on_validation(model, cfg, *val)
     metrics = {**metrics, **tuned.metrics}
     export_model(
         model,

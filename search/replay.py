@@ -175,6 +175,7 @@ def run_one(atlas: Atlas, strategy: Strategy, seed: int, budget: int, scale: flo
         fidelity=strategy.fidelity,
         stop=EpochBudget(epochs),
         callbacks=[Record()],
+        reuse_actors=True,  # a replayed trial starts in milliseconds, not a new process
     )
     with contextlib.redirect_stdout(io.StringIO()):  # the progress lines of ~100 searches
         tuner.fit()

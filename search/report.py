@@ -58,7 +58,8 @@ class SearchReportResult(page.WrittenReport):
         state = " (the search is still running: what exists so far)" if self.running else ""
         return (
             f"Wrote the search report ({self.trials} trials, {len(self.sections)} sections, "
-            f"{len(self.pngs)} figures){state} to {self.html.parent} in {self.seconds:.1f} s."
+            f"{len(self.pngs)} figures){state} to {self.html.parent} in {self.seconds:.1f} s.\n"
+            f"{self.html}"
         )
 
 
@@ -443,7 +444,7 @@ def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> P
     Half the images (rounded up) are positive when the fold has that many; the rest
     negative. Binarised at the trial's ``threshold`` (what its metrics were scored with).
     """
-    from pneumotune.search.trainable import MODEL_FILE
+    from pneumotune.search.checkpoint import MODEL_FILE
 
     best = summary.best
     if best is None:
@@ -466,10 +467,9 @@ def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> P
         )
     import keras
 
-    from pneumotune.data.dataset import load_arrays
+    from pneumotune.data.dataset import load_arrays, split_fold
     from pneumotune.model import metrics as M
     from pneumotune.model.train import predict_probs
-    from pneumotune.search.trainable import split_fold
 
     size = int(best.config["img_size"])
     fold = int(best.config.get("val_fold", 0))

@@ -107,7 +107,7 @@ def retrain_best(
     from ray.train.tensorflow import TensorflowTrainer
 
     from pneumotune.data.dataset import load_arrays, split_fold
-    from pneumotune.model.export import export_model
+    from pneumotune.model.config import format_epoch
     from pneumotune.search.checkpoint import MODEL_FILE
     from pneumotune.search.distributed import (
         run_forwarding_epochs,
@@ -115,8 +115,7 @@ def retrain_best(
         scaling_config,
         train_worker,
     )
-    from pneumotune.search.export_best import tune_on_validation
-    from pneumotune.search.single_run import format_epoch
+    from pneumotune.search.export_best import tune_and_export, tune_on_validation
 
     t0 = time.perf_counter()
     results_dir, out_dir = Path(results_dir).absolute(), Path(out_dir)
@@ -181,13 +180,14 @@ def retrain_best(
         **tuned.metrics,
         f"search_best_{summary.metric}": best.best(summary.metric, summary.mode)[0],
     }
-    export_model(
+    tune_and_export(
         model,
+        cfg,
+        val.pair,
         out_dir,
-        train_config=cfg,
-        triplet=tuned.triplet,
-        metrics=metrics,
-        data_manifest=data_dir,
+        data_dir,
+        metrics,
+        tuned=tuned,
         extra={
             "made_by": "pneumotune train --from-search",
             "search": summary.name,

@@ -20,7 +20,7 @@ from typing import Any
 from pneumotune.model.config import TrainConfig
 from pneumotune.search.config import ExperimentConfig
 
-__all__ = ["TrainOnceResult", "format_epoch", "train_once"]
+__all__ = ["TrainOnceResult", "train_once"]
 
 
 @dataclass
@@ -59,16 +59,6 @@ class TrainOnceResult:
         )
 
 
-def format_epoch(epoch: int, epochs: int, m: dict[str, float]) -> str:
-    """One line of per-epoch metrics, for a terminal."""
-    return (
-        f"epoch {epoch:>3}/{epochs}  loss {m['loss']:.4f}  val_loss {m['val_loss']:.4f}  "
-        f"iou {m['val_iou']:.4f}  dice {m['val_dice']:.4f}  kaggle {m['val_kaggle_dice']:.4f}  "
-        f"pos_iou {m['val_positive_iou']:.4f}  lr {m['lr']:.2e}  "
-        f"{m['epoch_seconds']:.1f} s ({m['images_per_s']:.0f} img/s)"
-    )
-
-
 def train_once(
     experiment: ExperimentConfig,
     data_dir: Path,
@@ -96,6 +86,7 @@ def train_once(
         model.train.TrainingDiverged: the loss became NaN.
     """
     from pneumotune.data.dataset import load_arrays, read_manifest, split_fold
+    from pneumotune.model.config import format_epoch
     from pneumotune.model.train import fit
     from pneumotune.search.export_best import tune_and_export
 

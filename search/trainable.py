@@ -10,13 +10,12 @@ the same step) and epoch count.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from pneumotune.data.dataset import Arrays, split_fold
-from pneumotune.search.checkpoint import MODEL_FILE, unpack_checkpoint, write_checkpoint
+from pneumotune.search.checkpoint import resume_from, write_checkpoint
 
 
 def train_trial(config: dict[str, Any], data: dict[int, Arrays]) -> None:
@@ -25,33 +24,21 @@ def train_trial(config: dict[str, Any], data: dict[int, Arrays]) -> None:
 
     from pneumotune.model.devices import limit_tf_threads
     from pneumotune.model.train import fit
+    from pneumotune.search.dashboard import TrialConsole
     from pneumotune.search.space import train_config
 
     limit_tf_threads(float(os.environ.get("OMP_NUM_THREADS", "1")))
     cfg = train_config(config)
     train, val = split_fold(data[cfg.img_size], cfg.val_fold)
-
-    initial_epoch, resume_from, scratch = 0, None, None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        scratch = Path(tempfile.mkdtemp(prefix="pneumotune-resume-"))
-        initial_epoch = unpack_checkpoint(checkpoint, scratch)
-        resume_from = scratch / MODEL_FILE
+    console = TrialConsole(cfg.epochs)  # the actor's log lines and the trial's series
 
     def on_epoch_end(epoch: int, metrics: dict[str, float], model: Any) -> None:
         with tempfile.TemporaryDirectory(prefix="pneumotune-ckpt-") as d:
             write_checkpoint(model, Path(d), epoch)
+            console.epoch(epoch, metrics)
             tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(d))
 
-    try:
-        fit(
-            cfg,
-            (train.images, train.masks),
-            (val.images, val.masks),
-            on_epoch_end=on_epoch_end,
-            initial_epoch=initial_epoch,
-            resume_from=resume_from,
-        )
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+    with resume_from(tune.get_checkpoint()) as resume:
+        if resume["resume_from"] is not None:
+            console.resumed(resume["initial_epoch"])
+        fit(cfg, train.pair, val.pair, on_epoch_end=on_epoch_end, **resume)

@@ -84,6 +84,7 @@ def load_data(plan: SearchPlan) -> dict[int, Any]:
 def wrapped_trainable(plan: SearchPlan, data: dict[int, Any], trainable: Trainable | None = None):
     from ray import tune
 
+    from pneumotune.search.dashboard import name_trial_actors
     from pneumotune.search.trainable import train_trial
 
     res = plan.experiment.resources
@@ -91,9 +92,9 @@ def wrapped_trainable(plan: SearchPlan, data: dict[int, Any], trainable: Trainab
         # Ray Train workers hold the CPUs/GPUs; the trial is their light driver.
         from pneumotune.search.distributed import multi_worker_trainable
 
-        return multi_worker_trainable(res, data)
+        return name_trial_actors(multi_worker_trainable(res, data))
     fn = tune.with_parameters(trainable or train_trial, data=data)
-    return tune.with_resources(fn, {"cpu": res.cpu, "gpu": res.gpu})
+    return name_trial_actors(tune.with_resources(fn, {"cpu": res.cpu, "gpu": res.gpu}))
 
 
 def build_tuner(
@@ -106,6 +107,7 @@ def build_tuner(
     stop: Any = None,
     points: list[dict[str, Any]] | None = None,
     callbacks: list[Any] | None = None,
+    reuse_actors: bool = False,
 ):
     """A fresh Tuner for ``plan`` (``trainable`` already wrapped with data and resources).
 
@@ -115,7 +117,9 @@ def build_tuner(
     GPSampler) and ``early_stopping=False`` (FIFO) exist for baselines (bench/search.py,
     bench/replay.py); ``sampler="grid"`` runs exactly ``points`` (each merged over the
     fixed values, in order, once each: bench/atlas.py); ``stop`` is a Tune stopper (e.g.
-    a trial-epoch budget).
+    a trial-epoch budget); ``callbacks`` run besides the progress lines and the dashboard's
+    trial counts; ``reuse_actors`` keeps trial processes between trials (replays: a
+    TensorFlow trial gets a fresh process).
     """
     import optuna
     from ray import tune
@@ -123,6 +127,7 @@ def build_tuner(
     from ray.tune.search.optuna import OptunaSearch
 
     from pneumotune.model.config import TrainConfig
+    from pneumotune.search.dashboard import search_metrics_callback
     from pneumotune.search.progress import ProgressLines
     from pneumotune.search.searcher import FidelityOptunaSearch
     from pneumotune.search.space import base_values, make_space
@@ -192,6 +197,7 @@ def build_tuner(
             scheduler=scheduler,
             num_samples=exp.num_samples,
             max_concurrent_trials=exp.max_concurrent,
+            reuse_actors=reuse_actors,
             # Short folder names: Tune's default packs every parameter into the name.
             trial_dirname_creator=trial_dirname,
         ),
@@ -206,7 +212,11 @@ def build_tuner(
             ),
             stop=stop,
             # Our one-line-per-event progress replaces Tune's tables (search/progress.py).
-            callbacks=[ProgressLines(exp.metric, exp.mode, exp.epochs), *(callbacks or [])],
+            callbacks=[
+                ProgressLines(exp.metric, exp.mode, exp.epochs),
+                search_metrics_callback(plan.name, exp.epochs),  # trial counts by state
+                *(callbacks or []),
+            ],
             verbose=0,
         ),
     )

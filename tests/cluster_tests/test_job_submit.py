@@ -7,7 +7,9 @@ of its own session, never with `ray stop` (which kills every Ray process of the 
 
 The job's code reaches the cluster only through the runtime environment
 (``--working-dir``): the head runs without our repository on its PYTHONPATH, and the
-package is not installed, so a driver or a trial that imports ``search`` proves shipping.
+package is not installed, so a driver or a trial that imports ``pneumotune.search`` proves
+shipping: the unpacked working_dir holds the root folder ``pneumotune/``, whose
+``__init__`` finds the subpackage folders (``data/``, ``model/``, ...) beside it.
 """
 
 from __future__ import annotations
@@ -243,13 +245,13 @@ def test_search_job_succeeds_and_the_job_api_wants_the_token(ray_head, tiny_data
     config = tmp_path / "jobtest.yaml"
     config.write_text(yaml.safe_dump(experiment))
     storage = tmp_path / "results"
-    # `python -m search.cli` is the `pneumotune` console script without an install.
+    # `python -m pneumotune.cli` is the `pneumotune` console script without an install.
     submission_id = _submit(
         ray_head,
         [
             str(BIN / "python"),
             "-m",
-            "search.cli",
+            "pneumotune.cli",
             "search",
             "--config",
             str(config),
@@ -281,15 +283,16 @@ def test_search_job_succeeds_and_the_job_api_wants_the_token(ray_head, tiny_data
 @pytest.mark.slow
 def test_driver_and_workers_import_the_shipped_packages(ray_head):
     # -P: no script directory / cwd on sys.path, so only PYTHONPATH (set by the
-    # working_dir plugin) can make `search` importable in the driver.
+    # working_dir plugin) can make `pneumotune` importable in the driver.
     probe = (
-        "import json, ray, data, model, search\n"
+        "import json, ray\n"
+        "import pneumotune.data as d, pneumotune.model as m, pneumotune.search as s\n"
         "ray.init()\n"
         "@ray.remote\n"
         "def where():\n"
-        "    import data, model, search\n"
-        "    return [m.__file__ for m in (data, model, search)]\n"
-        "print('PROBE', json.dumps({'driver': [m.__file__ for m in (data, model, search)],"
+        "    import pneumotune.data as d, pneumotune.model as m, pneumotune.search as s\n"
+        "    return [x.__file__ for x in (d, m, s)]\n"
+        "print('PROBE', json.dumps({'driver': [x.__file__ for x in (d, m, s)],"
         " 'worker': ray.get(where.remote())}))\n"
     )
     submission_id = _submit(ray_head, [str(BIN / "python"), "-P", "-c", probe])

@@ -58,7 +58,7 @@ def test_train_output_lines(tiny_dataset, tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert code == 0
-    assert "epoch   1/1  loss" in out and "kaggle" in out and "pos_iou" in out
+    assert "epoch   1/1  loss" in out and "val_kaggle_dice" in out and "val_positive_iou" in out
     assert "an all-empty prediction scores" in out
     assert (
         json.loads((tmp_path / "m" / CARD_FILE).read_text())["train_config"]["augment.flip_p"] == 0

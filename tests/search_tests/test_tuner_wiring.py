@@ -218,3 +218,14 @@ def test_resume_after_the_driver_is_killed(tiny_dataset, tmp_path):
     # At least one unfinished trial went on from its checkpoint rather than from scratch.
     resumed = [a for a in attempts if a["start"] > 0]
     assert resumed, attempts
+    # The resumed search went on with the same Optuna study, in the results folder.
+    import optuna
+
+    from pneumotune.search.tuner import journal_storage
+
+    study = optuna.load_study(study_name="killed", storage=journal_storage(exp_dir))
+    finished = [s for s in study.trials if s.state.is_finished()]
+    assert len(finished) == 6, [s.state for s in study.trials]
+    assert {round(s.params["lr"], 12) for s in finished} == {
+        round(t.config["lr"], 12) for t in after.trials
+    }

@@ -1,0 +1,157 @@
+"""What the stock Ray dashboard shows of a search: names, log lines and metrics per trial.
+
+* **Actors**: a trial's actor reprs as ``trial_<id> img_size=.. base_filters=.. lr=..
+  schedule=..`` (Ray shows an actor's ``repr`` in the Actors table). Tune wraps a
+  function trainable in a class whose ``repr`` is the class attribute ``_name``;
+  :class:`TrialRepr`, mixed into that class through the function's ``__mixins__``, sets
+  the instance's ``_name`` before the actor's constructor returns, which is when Ray
+  reads the repr.
+* **Actor log**: one line per epoch with every validation metric, the loss and the
+  epoch's seconds, and a line when a trial resumes from a checkpoint
+  (:func:`epoch_line`, :func:`resume_line`), printed by the trial.
+* **Metrics**: per-trial gauges through ``ray.util.metrics`` (:class:`TrialMetrics`),
+  tagged with the experiment and the trial id, and the search's trial counts by state
+  (:class:`SearchMetrics`, a Tune callback in the driver). Ray exports them at each
+  node's metrics export port as ``ray_pneumotune_*`` series (Prometheus text), so a
+  cluster with Ray's Prometheus + Grafana charts them (cluster/grafana-pneumotune.json).
+
+Nothing here shows a patient identifier: trials know only their config and metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pneumotune.model.config import VAL_KEYS, format_epoch
+
+# The settings a trial's name shows, when its config has them.
+LABEL_PARAMS = ("img_size", "base_filters", "lr", "schedule")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def trial_label(trial_id: str, config: dict[str, Any]) -> str:
+    """``trial_<id> img_size=64 base_filters=8 lr=0.001 schedule=cosine``: the trial's
+    folder name and its main settings."""
+    settings = " ".join(f"{k}={_short(config[k])}" for k in LABEL_PARAMS if k in config)
+    return f"trial_{trial_id} {settings}".rstrip()
+
+
+def epoch_line(trial_id: str, epoch: int, max_t: int, metrics: dict[str, Any]) -> str:
+    """``trial_<id> epoch   3/24  loss 0.8123  val_loss ...  val_iou 0.4123 ... 4.1 s``."""
+    return f"trial_{trial_id} {format_epoch(epoch, max_t, metrics)}"
+
+
+def resume_line(trial_id: str, epoch: int, max_t: int) -> str:
+    return f"trial_{trial_id} resumed from its checkpoint after epoch {epoch}/{max_t}"
+
+
+class TrialRepr:
+    """Mixed into Tune's trainable class: the actor's repr names the trial and its settings."""
+
+    def setup(self, config: dict[str, Any]) -> None:
+        self._name = trial_label(self.trial_id, config)  # read by the class's __repr__
+        super().setup(config)
+
+
+def name_trial_actors(trainable: Any) -> Any:
+    """``trainable`` (a function trainable) with :class:`TrialRepr` mixed in by Tune."""
+    trainable.__mixins__ = (TrialRepr, *getattr(trainable, "__mixins__", ()))
+    return trainable
+
+
+class TrialMetrics:
+    """The per-trial series of one trial, set once per epoch from the trial's process:
+    ``pneumotune_trial_metric{metric="val_iou",...}`` for every validation metric,
+    ``pneumotune_trial_epoch`` and ``pneumotune_trial_epoch_seconds``."""
+
+    def __init__(self, experiment: str, trial_id: str) -> None:
+        from ray.util.metrics import Gauge
+
+        self.tags = {"experiment": experiment, "trial_id": trial_id}
+        keys = ("experiment", "trial_id")
+        self.value = Gauge(
+            "pneumotune_trial_metric",
+            description="A validation metric of a trial's last epoch.",
+            tag_keys=(*keys, "metric"),
+        )
+        self.epoch = Gauge("pneumotune_trial_epoch", "Epochs a trial has finished.", keys)
+        self.seconds = Gauge(
+            "pneumotune_trial_epoch_seconds", "Seconds of a trial's last epoch.", keys
+        )
+
+    def record(self, epoch: int, metrics: dict[str, Any]) -> None:
+        for name in VAL_KEYS:
+            value = metrics.get(name)
+            if isinstance(value, int | float) and math.isfinite(value):
+                self.value.set(float(value), tags={**self.tags, "metric": name})
+        self.epoch.set(epoch, tags=self.tags)
+        seconds = metrics.get("epoch_seconds")
+        if isinstance(seconds, int | float):
+            self.seconds.set(float(seconds), tags=self.tags)
+
+
+class TrialConsole:
+    """What a running trial shows of itself: its log lines and its series. Made inside
+    the trial (it reads the trial id and experiment name from Tune's context)."""
+
+    def __init__(self, max_t: int) -> None:
+        from ray import tune
+
+        ctx = tune.get_context()
+        self.trial_id, self.max_t = ctx.get_trial_id(), max_t
+        self.series = TrialMetrics(ctx.get_experiment_name(), self.trial_id)
+
+    def resumed(self, epoch: int) -> None:
+        print(resume_line(self.trial_id, epoch, self.max_t), flush=True)
+
+    def epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
+        print(epoch_line(self.trial_id, epoch, self.max_t, metrics), flush=True)
+        self.series.record(epoch, metrics)
+
+
+TRIAL_STATES = ("running", "stopped", "completed", "failed")
+
+
+def trial_state_counts(trials: list[Any], max_t: int) -> dict[str, int]:
+    """Tune's trials by the state a user asks about: running (or pending), stopped by
+    ASHA before max_t, completed (max_t epochs), failed."""
+    counts = dict.fromkeys(TRIAL_STATES, 0)
+    for t in trials:
+        if t.status == "ERROR":
+            counts["failed"] += 1
+        elif t.status == "TERMINATED":
+            epochs = (t.last_result or {}).get("training_iteration", 0)
+            counts["completed" if epochs >= max_t else "stopped"] += 1
+        else:
+            counts["running"] += 1
+    return counts
+
+
+def search_metrics_callback(experiment: str, max_t: int) -> Any:
+    """A Tune callback (driver side) that keeps ``pneumotune_search_trials{state=...}``."""
+    from ray import tune
+
+    class SearchMetrics(tune.Callback):
+        def setup(self, **info: Any) -> None:
+            from ray.util.metrics import Gauge
+
+            self.gauge = Gauge(
+                "pneumotune_search_trials",
+                description="Trials of a search by state.",
+                tag_keys=("experiment", "state"),
+            )
+
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            if not hasattr(self, "gauge"):
+                self.setup()
+            counts = trial_state_counts(trials, max_t)
+            if counts != getattr(self, "last", None):  # steps come every few milliseconds
+                self.last = counts
+                for state, n in counts.items():
+                    self.gauge.set(n, tags={"experiment": experiment, "state": state})
+
+    return SearchMetrics()

@@ -1,0 +1,217 @@
+"""What the stock Ray dashboard shows of a search, read through its REST API with the token,
+as a user's browser would: trial actors named with their id and settings, epoch lines in
+their logs, the experiment on the job, per-trial series at the node's metrics port, the
+Optuna study in a Journal file; and a second search beside a running one."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from pneumotune.search.dashboard import epoch_line, resume_line, trial_label, trial_state_counts
+from pneumotune.search.tuner import journal_storage
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize(
+    ("config", "label"),
+    [
+        (
+            {"img_size": 64, "base_filters": 8, "lr": 0.00123456, "schedule": "cosine", "x": 1},
+            "trial_ab12 img_size=64 base_filters=8 lr=0.00123 schedule=cosine",
+        ),
+        ({"lr": 0.001}, "trial_ab12 lr=0.001"),
+        ({}, "trial_ab12"),
+    ],
+)
+def test_trial_label(config, label):
+    assert trial_label("ab12", config) == label
+
+
+def test_epoch_and_resume_lines():
+    metrics = {"val_iou": 0.5, "val_dice": 0.6, "loss": 1.25, "epoch_seconds": 4.04, "lr": 1e-3}
+    assert epoch_line("ab12", 3, 24, metrics) == (
+        "trial_ab12 epoch   3/24  loss 1.2500  val_iou 0.5000  val_dice 0.6000  lr 1.00e-03  4.0 s"
+    )
+    metrics["images_per_s"] = 512.4
+    assert epoch_line("ab12", 3, 24, metrics).endswith("  4.0 s (512 img/s)")
+    assert epoch_line("ab12", 1, 2, {}) == "trial_ab12 epoch   1/2"
+    assert resume_line("ab12", 5, 24) == "trial_ab12 resumed from its checkpoint after epoch 5/24"
+
+
+@dataclass
+class _Trial:  # the two attributes of a Tune Trial the counts read
+    status: str
+    last_result: dict
+
+
+def test_trial_state_counts():
+    trials = [
+        _Trial("RUNNING", {"training_iteration": 1}),
+        _Trial("PENDING", {}),
+        _Trial("TERMINATED", {"training_iteration": 2}),
+        _Trial("TERMINATED", {"training_iteration": 6}),
+        _Trial("ERROR", {"training_iteration": 3}),
+    ]
+    assert trial_state_counts(trials, 6) == {
+        "running": 2,
+        "stopped": 1,
+        "completed": 1,
+        "failed": 1,
+    }
+
+
+# --------------------------------------------------------------------------- real search
+
+
+def _token() -> str:
+    done = subprocess.run(
+        [str(BIN / "ray"), "get-auth-token"], capture_output=True, text=True, timeout=60
+    )
+    token = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    if not token:
+        token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    return token
+
+
+def _get(url: str, token: str | None) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=20) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def _experiment(tmp_path: Path, name: str, epochs: int, concurrent: int) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "metric": "val_iou",
+                "epochs": epochs,
+                "num_samples": 2,
+                "max_concurrent": concurrent,
+                "max_failures": 0,
+                "resources": {"cpu": 1, "gpu": 0},
+                "asha": {"grace_period": 1, "reduction_factor": 2},
+                "fixed": {"img_size": 32, "depth": 2, "batch_size": 8, "base_filters": 4},
+                "space": {"lr": {"low": 1.0e-3, "high": 3.0e-3, "log": True}},
+            }
+        )
+    )
+    return path
+
+
+def _start(tmp_path: Path, config: Path, dataset: Path, name: str) -> subprocess.Popen:
+    log = (tmp_path / f"{name}.log").open("w")
+    return subprocess.Popen(
+        [str(BIN / "pneumotune"), "search", "--config", str(config), "--data", str(dataset),
+         "--storage", str(tmp_path / "results"), "--name", name],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )  # fmt: skip
+
+
+def _dashboard_url(log: Path, proc: subprocess.Popen, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"Ray dashboard\s+(http://127\.0\.0\.1:\d+)", log.read_text())
+        if found:
+            return found.group(1)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.5)
+    raise AssertionError(f"no dashboard URL printed:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_a_running_search_in_the_dashboard_and_a_second_search_beside_it(tiny_dataset, tmp_path):
+    token = _token()
+    first = _start(tmp_path, _experiment(tmp_path, "watched", 20, 1), tiny_dataset, "watched")
+    try:
+        url = _dashboard_url(tmp_path / "watched.log", first)
+        # A second search while the first holds its dashboard port: its own Ray, the next
+        # free loopback port, and both complete.
+        second = _start(tmp_path, _experiment(tmp_path, "beside", 1, 1), tiny_dataset, "beside")
+        url_beside = _dashboard_url(tmp_path / "beside.log", second)
+        assert url_beside != url
+
+        assert _get(f"{url}/logical/actors", None)[0] == 401  # token auth is on
+        # The trial's actor, named with its id and settings, while it runs.
+        actor, deadline = None, time.monotonic() + 240
+        while actor is None and time.monotonic() < deadline:
+            status, body = _get(f"{url}/logical/actors", token)
+            assert status == 200, body[:300]
+            for a in json.loads(body)["data"]["actors"].values():
+                if a.get("state") == "ALIVE" and "trial_" in (a.get("reprName") or ""):
+                    actor = a
+            time.sleep(1)
+        assert actor is not None, "no ALIVE trial actor named trial_<id> appeared"
+        repr_name = actor["reprName"]
+        assert re.fullmatch(
+            r"trial_\w+ img_size=32 base_filters=4 lr=[0-9.e-]+ schedule=\w+", repr_name
+        )
+        trial_id = repr_name.split()[0].removeprefix("trial_")
+        assert (tmp_path / "results" / "watched" / f"trial_{trial_id}").is_dir()
+
+        # Its log: a line per epoch with the validation metrics.
+        lines, deadline = [], time.monotonic() + 120
+        while len(lines) < 2 and time.monotonic() < deadline:
+            status, text = _get(
+                f"{url}/api/v0/logs/file?actor_id={actor['actorId']}&suffix=out&lines=1000", token
+            )
+            lines = [x for x in text.splitlines() if x.startswith(f"trial_{trial_id} epoch ")]
+            time.sleep(1)
+        assert len(lines) >= 2, text[-2000:]
+        assert "val_iou" in lines[0] and "val_dice" in lines[0] and "loss" in lines[0]
+
+        # The job carries the experiment's name.
+        status, body = _get(f"{url}/api/jobs/", token)
+        assert status == 200
+        assert any(j["metadata"].get("experiment") == "watched" for j in json.loads(body))
+
+        # The node's metrics export port has the trial's series (Ray exports every ~10 s).
+        _, body = _get(f"{url}/nodes?view=summary", token)
+        port = json.loads(body)["data"]["summary"][0]["raylet"]["metricsExportPort"]
+        series, deadline = "", time.monotonic() + 90
+        pattern = rf'ray_pneumotune_trial_metric\{{[^}}]*trial_id="{trial_id}"'
+        while not re.search(pattern, series) and time.monotonic() < deadline:
+            series = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20).read()
+            series = series.decode()
+            time.sleep(2)
+        assert re.search(pattern, series), [x for x in series.splitlines() if "pneumotune" in x]
+        assert re.search(r'ray_pneumotune_trial_epoch\{[^}]*experiment="watched"', series)
+        assert "ray_pneumotune_search_trials{" in series
+
+        assert second.wait(timeout=400) == 0, (tmp_path / "beside.log").read_text()[-3000:]
+        assert first.wait(timeout=400) == 0, (tmp_path / "watched.log").read_text()[-3000:]
+    finally:
+        for proc in (first, locals().get("second")):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+
+    out = (tmp_path / "watched.log").read_text()
+    journal = tmp_path / "results" / "watched" / "optuna.journal"
+    assert f"optuna-dashboard {journal}" in out and "tensorboard --logdir" in out
+    assert "ray get-auth-token" in out
+    study = optuna.load_study(study_name="watched", storage=journal_storage(journal.parent))
+    assert len(study.trials) == 2
+    for t in study.trials:
+        assert t.state.is_finished() and set(t.params) == {"lr"}
+        assert len(t.intermediate_values) >= 1
