@@ -7,10 +7,11 @@ once at import) and a dashboard we start listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,9 +88,46 @@ def ensure_ray(
         if dashboard:
             kwargs["dashboard_host"] = DASHBOARD_HOST
             kwargs["dashboard_port"] = free_loopback_port()
-    ctx = ray.init(**kwargs)
+    with _agent_port_free_if_taken() if address is None else contextlib.nullcontext():
+        ctx = ray.init(**kwargs)
     quiet_ray_data()
     return RaySession(address is None, _dashboard_url(ctx), address)
+
+
+@contextlib.contextmanager
+def _agent_port_free_if_taken() -> Iterator[None]:
+    """A new local Ray's dashboard agent on a free port when another Ray holds Ray's fixed
+    default (52365).
+
+    ``ray.init`` offers no option for that port; a second Ray on the machine then runs its
+    agent without an HTTP server, and its dashboard cannot show any actor's or task's log
+    ("Agent for node id ... doesn't exist"). ``ray.init`` builds its parameters with
+    ``ray._private.parameter.RayParams`` at call time, so for the duration of the call
+    that class is one whose agent port defaults to 0 (the OS picks one; the agent
+    records the port it got for the dashboard). Ray pinned at 2.60 (pyproject.toml).
+    """
+    from ray._private import parameter, ray_constants
+
+    default = ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("", default))
+            yield  # free: Ray's default stands
+            return
+        except OSError:
+            pass
+    original = parameter.RayParams
+
+    class RayParams(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("dashboard_agent_listen_port", 0)
+            super().__init__(*args, **kwargs)
+
+    parameter.RayParams = RayParams
+    try:
+        yield
+    finally:
+        parameter.RayParams = original
 
 
 def quiet_ray_data() -> None:

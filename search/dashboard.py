@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pneumotune.model.config import VAL_KEYS, format_epoch
+from pneumotune.model.config import VAL_KEYS, TrainConfig, format_epoch
 
 # The settings a trial's name shows, when its config has them.
 LABEL_PARAMS = ("img_size", "base_filters", "lr", "schedule")
@@ -53,7 +53,11 @@ class TrialRepr:
     """Mixed into Tune's trainable class: the actor's repr names the trial and its settings."""
 
     def setup(self, config: dict[str, Any]) -> None:
-        self._name = trial_label(self.trial_id, config)  # read by the class's __repr__
+        try:  # the settings the trial trains with, defaults included
+            values = TrainConfig.from_flat(config).to_flat()
+        except ValueError:  # not a training config: show what it has
+            values = config
+        self._name = trial_label(self.trial_id, values)  # read by the class's __repr__
         super().setup(config)
 
 

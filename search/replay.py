@@ -134,7 +134,7 @@ def run_one(atlas: Atlas, strategy: Strategy, seed: int, budget: int, scale: flo
     """One search on a running Ray: the values of every epoch it reported, in order, up to
     ``budget`` x max_t of them."""
     from pneumotune.search.config import AshaSettings, ExperimentConfig, ParamSpec
-    from pneumotune.search.tuner import SearchPlan, build_tuner
+    from pneumotune.search.tuner import SearchPlan, build_tuner, quiet_tune_output
 
     epochs = budget * atlas.max_t
     space = tuple(ParamSpec(a, choices=atlas.levels[a]) for a in atlas.axes)
@@ -177,6 +177,7 @@ def run_one(atlas: Atlas, strategy: Strategy, seed: int, budget: int, scale: flo
         callbacks=[Record()],
         reuse_actors=True,  # a replayed trial starts in milliseconds, not a new process
     )
+    quiet_tune_output()
     with contextlib.redirect_stdout(io.StringIO()):  # the progress lines of ~100 searches
         tuner.fit()
     return recorded

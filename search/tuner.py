@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -231,6 +232,18 @@ def journal_storage(folder: Path) -> Any:
     return JournalStorage(JournalFileBackend(str(folder / JOURNAL_FILE)))
 
 
+def quiet_tune_output() -> None:
+    """Our progress lines instead of Tune's console output (this process only).
+
+    Tune's output engine prints a configuration table and a TensorBoard command for a Ray
+    session folder whatever the verbosity; the legacy engine at verbosity 0 prints
+    nothing. Tune also warns each time syncing the experiment state takes over 5 s, which
+    per-epoch checkpoints on a busy laptop make routine.
+    """
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
 def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -291,6 +304,7 @@ def run_search(
     """
     from ray import tune
 
+    quiet_tune_output()
     data = load_data(plan)
     wrapped = wrapped_trainable(plan, data, trainable)
     if resume:

@@ -189,15 +189,20 @@ def test_a_running_search_in_the_dashboard_and_a_second_search_beside_it(tiny_da
         # The node's metrics export port has the trial's series (Ray exports every ~10 s).
         _, body = _get(f"{url}/nodes?view=summary", token)
         port = json.loads(body)["data"]["summary"][0]["raylet"]["metricsExportPort"]
-        series, deadline = "", time.monotonic() + 90
-        pattern = rf'ray_pneumotune_trial_metric\{{[^}}]*trial_id="{trial_id}"'
-        while not re.search(pattern, series) and time.monotonic() < deadline:
-            series = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20).read()
-            series = series.decode()
+        patterns = (
+            rf'ray_pneumotune_trial_metric\{{[^}}]*trial_id="{trial_id}"',
+            r'ray_pneumotune_trial_epoch\{[^}]*experiment="watched"',
+            r'ray_pneumotune_search_trials\{[^}]*experiment="watched"',  # the driver's
+        )
+        series, deadline = "", time.monotonic() + 120
+        while time.monotonic() < deadline:
+            series = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20)
+            series = series.read().decode()
+            if all(re.search(p, series) for p in patterns):
+                break
             time.sleep(2)
-        assert re.search(pattern, series), [x for x in series.splitlines() if "pneumotune" in x]
-        assert re.search(r'ray_pneumotune_trial_epoch\{[^}]*experiment="watched"', series)
-        assert "ray_pneumotune_search_trials{" in series
+        for pattern in patterns:
+            assert re.search(pattern, series), [x for x in series.splitlines() if "pneumo" in x]
 
         assert second.wait(timeout=400) == 0, (tmp_path / "beside.log").read_text()[-3000:]
         assert first.wait(timeout=400) == 0, (tmp_path / "watched.log").read_text()[-3000:]
