@@ -89,6 +89,12 @@ def load_atlas(path: Path, tutorial: dict[str, str] | None = None) -> Atlas:
         if len(epochs) == max_t:  # a run cut short (an atlas still growing) is left out
             curves[key].append([(v, s) for _, v, s in sorted(epochs)])
     levels = {a: tuple(dict.fromkeys(k[i] for k in curves)) for i, a in enumerate(axes)}
+    grid = math.prod(len(v) for v in levels.values())
+    if len(curves) != grid:  # a searcher could propose a config nobody recorded
+        raise ValueError(
+            f"{path}: {len(curves)} of the grid's {grid} configs have a full curve of "
+            f"{max_t} epochs; a replay needs them all (an atlas still being recorded?)"
+        )
     known = tutorial is not None and all(tutorial.get(a) in levels[a] for a in axes)
     return Atlas(axes, levels, dict(curves), max_t, dict(tutorial) if known else {})
 
