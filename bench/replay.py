@@ -2,7 +2,7 @@
 
     python bench/replay.py --atlas bench/atlas/synth64.csv --seeds 20 [--seed-offset 0]
                            --budget 4 [--json OUT] [--strategies ours,random+fifo,...]
-                           [--scale 0.01] [--smoke-test]
+                           [--scale 0.003] [--smoke-test]
 
 B (``--budget``) counts full trainings: a search may report B x max_t epochs in all.
 Each strategy runs the product's real searcher and scheduler through Ray Tune on the
@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         "--scale",
         type=float,
         default=0.003,
-        help="replayed seconds per recorded second (default 0.003: a 5 s epoch takes 15 ms, well above Tune's per-result latency)",
+        help="replayed seconds per recorded second (default 0.003: a 5 s epoch takes 15 ms, "
+        "well above Tune's per-result latency)",
     )
     parser.add_argument("--smoke-test", action="store_true", help="2 seeds, budget 2")
     args = parser.parse_args(argv)
