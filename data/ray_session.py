@@ -60,8 +60,8 @@ def ensure_ray(
     Returns quietly if Ray is already initialised in this process (tests, notebooks).
 
     A dashboard we start takes 8265, or the next free loopback port when another Ray on
-    this machine holds it. ``job_name`` goes into the driver's job metadata (``name`` and
-    ``experiment``), which the dashboard's Jobs page and ``/api/jobs/`` show.
+    this machine holds it. ``job_name`` goes into the driver's job metadata (``job_name``,
+    the Jobs page's Name column, and ``experiment``), which ``/api/jobs/`` returns.
     """
     import ray
 
@@ -81,7 +81,9 @@ def ensure_ray(
     if job_name:
         from ray.job_config import JobConfig
 
-        kwargs["job_config"] = JobConfig(metadata={"name": job_name, "experiment": job_name})
+        # job_name: the Jobs page's Name column; experiment: for our own queries.
+        metadata = {"job_name": job_name, "experiment": job_name}
+        kwargs["job_config"] = JobConfig(metadata=metadata)
     if address is None:
         kwargs["num_cpus"] = num_cpus
         kwargs["include_dashboard"] = dashboard

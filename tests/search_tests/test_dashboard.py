@@ -184,7 +184,8 @@ def test_a_running_search_in_the_dashboard_and_a_second_search_beside_it(tiny_da
         # The job carries the experiment's name.
         status, body = _get(f"{url}/api/jobs/", token)
         assert status == 200
-        assert any(j["metadata"].get("experiment") == "watched" for j in json.loads(body))
+        jobs = [j for j in json.loads(body) if j["metadata"].get("experiment") == "watched"]
+        assert jobs and jobs[0]["metadata"]["job_name"] == "watched"  # the Name column
 
         # The node's metrics export port has the trial's series (Ray exports every ~10 s).
         _, body = _get(f"{url}/nodes?view=summary", token)
