@@ -16,6 +16,7 @@ each epoch's rank correlation with the full-length score, the tutorial's score).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -68,6 +69,31 @@ def shipped_strategy() -> Strategy:
     )
 
 
+def parse_strategy(spec: str, known: dict[str, Strategy]) -> Strategy:
+    """``NAME`` or ``NAME:field=value,...``: a known strategy with some fields changed, e.g.
+    ``ours:grace=4,reduction=3,startup=4`` (a before/after row for a default)."""
+    name, _, changes = spec.partition(":")
+    if name not in known:
+        raise ValueError(f"unknown strategy {name!r}; known: {sorted(known)}")
+    fields = {f.name: f for f in dataclasses.fields(Strategy)}
+    values: dict[str, Any] = {}
+    for change in filter(None, changes.split(",")):
+        key, _, text = change.partition("=")
+        if key not in fields:
+            raise ValueError(f"{spec}: {key!r} is not one of {sorted(fields)}")
+        value: Any = text
+        if text in ("true", "false"):
+            value = text == "true"
+        elif text in ("none", "None"):
+            value = None
+        elif key in ("grace", "startup"):
+            value = int(text)
+        elif key == "reduction":
+            value = float(text)
+        values[key] = value
+    return dataclasses.replace(known[name], **values)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -81,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument(
         "--strategies",
-        default="random+fifo,random+asha,tpe+fifo,tpe+asha,ours",
-        help=f"comma-separated, of {', '.join(strategies())}",
+        default="random+fifo;random+asha;tpe+fifo;tpe+asha;ours",
+        help=f"';'-separated, of {', '.join(strategies())}; NAME:field=value,... changes "
+        "fields of one (sampler, asha, fidelity, tutorial, grace, reduction, startup)",
     )
     parser.add_argument(
         "--scale",
@@ -96,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke_test:
         args.seeds, args.budget = 2, 2
     known = strategies()
-    chosen = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    unknown = sorted(set(chosen) - set(known))
-    if unknown:
-        parser.error(f"unknown strategies {unknown}; known: {sorted(known)}")
+    try:  # ";" separates strategies, since a variant's changes use ","
+        chosen = {s.strip(): parse_strategy(s.strip(), known) for s in args.strategies.split(";")}
+    except ValueError as exc:
+        parser.error(str(exc))
 
     import ray
 
@@ -114,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     workdir = Path(tempfile.mkdtemp(prefix="pneumotune-replay-"))
     try:
-        for name in chosen:
+        for name, strategy in chosen.items():
             t0 = time.perf_counter()
             runs = []
             for seed in range(args.seed_offset, args.seed_offset + args.seeds):
-                runs.append(run_one(atlas, known[name], seed, args.budget, args.scale, workdir))
+                runs.append(run_one(atlas, strategy, seed, args.budget, args.scale, workdir))
                 shutil.rmtree(workdir / f"s{seed}", ignore_errors=True)
             results[name] = summarise(atlas, runs)
             results[name]["seconds"] = round(time.perf_counter() - t0, 1)
@@ -156,17 +183,20 @@ def atlas_facts(atlas: Atlas, path: Path) -> dict[str, Any]:
 
 def print_table(results: dict[str, Any], budget: int) -> None:
     base = results.get("random+fifo", {}).get("median_regret")
+    width = max(14, *(len(name) for name in results))
     print(f"\nbudget {budget}: regret = atlas best - best seen (median [q25, q75])")
-    print(f"{'strategy':14} {'median':>8} {'q25':>8} {'q75':>8} {'vs random+fifo':>15} "
-          f"{'epochs to 0.01':>15} {'never':>6}")  # fmt: skip
+    print(
+        f"{'strategy':{width}} {'median':>8} {'q25':>8} {'q75':>8} {'/ random+fifo':>14} "
+        f"{'epochs to 0.01':>15} {'never':>6} {'picked final':>13}"
+    )
     for name, r in results.items():
         ratio = f"{r['median_regret'] / base:.2f}" if base else "-"
-        to_best = (
-            "never" if r["median_epochs_to_best"] is None else f"{r['median_epochs_to_best']:g}"
-        )
+        to_best = r["median_epochs_to_best"]
+        to_best = "never" if to_best is None else f"{to_best:g}"
         print(
-            f"{name:14} {r['median_regret']:8.4f} {r['q25_regret']:8.4f} {r['q75_regret']:8.4f} "
-            f"{ratio:>15} {to_best:>15} {r['never_within']:>6}"
+            f"{name:{width}} {r['median_regret']:8.4f} {r['q25_regret']:8.4f} "
+            f"{r['q75_regret']:8.4f} {ratio:>14} {to_best:>15} {r['never_within']:>6} "
+            f"{r['median_picked_final']:13.4f}"
         )
 
 

@@ -137,8 +137,8 @@ class Strategy:
 
 
 def run_one(atlas: Atlas, strategy: Strategy, seed: int, budget: int, scale: float, workdir: Path):
-    """One search on a running Ray: the values of every epoch it reported, in order, up to
-    ``budget`` x max_t of them."""
+    """One search on a running Ray: ``(value, config)`` of every epoch it reported, in order,
+    up to ``budget`` x max_t of them (``config``: the atlas cell, a tuple of levels)."""
     from pneumotune.search.config import AshaSettings, ExperimentConfig, ParamSpec
     from pneumotune.search.tuner import SearchPlan, build_tuner, quiet_tune_output
 
@@ -162,12 +162,13 @@ def run_one(atlas: Atlas, strategy: Strategy, seed: int, budget: int, scale: flo
         exp = replace(exp, startup_trials=min(10, max(2, trials // 4)))
     point = atlas.tutorial if strategy.tutorial else {}
     plan = SearchPlan(exp, workdir, f"s{seed}", workdir, point, ())
-    recorded: list[float] = []
+    recorded: list[tuple[float, tuple[str, ...]]] = []
 
     class Record(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if len(recorded) < epochs:
-                recorded.append(float(result[METRIC]))
+                cell = tuple(str(trial.config[a]) for a in atlas.axes)
+                recorded.append((float(result[METRIC]), cell))
 
     trainable = tune.with_resources(
         tune.with_parameters(replay_trial, curves=atlas.curves, axes=atlas.axes, scale=scale),
@@ -189,13 +190,17 @@ def run_one(atlas: Atlas, strategy: Strategy, seed: int, budget: int, scale: flo
     return recorded
 
 
-def summarise(atlas: Atlas, runs: list[list[float]]) -> dict[str, Any]:
-    """Regret quartiles and trial-epochs to within NEAR of the atlas best, over ``runs``."""
-    regrets, to_best = [], []
+def summarise(atlas: Atlas, runs: list[list[tuple[float, tuple[str, ...]]]]) -> dict[str, Any]:
+    """Over ``runs`` (from :func:`run_one`): regret quartiles, trial-epochs to within NEAR
+    of the atlas best, and the full-length score of the config each search would pick
+    (the one it saw its best value from)."""
+    regrets, to_best, picked = [], [], []
     for seen in runs:
-        regrets.append(atlas.best - max(seen))
-        reached = next((i + 1 for i, v in enumerate(seen) if v >= atlas.best - NEAR), math.inf)
-        to_best.append(reached)
+        best_value, best_cell = max(seen, key=lambda x: x[0])
+        regrets.append(atlas.best - best_value)
+        picked.append(atlas.final(best_cell))
+        reached = next((i + 1 for i, (v, _) in enumerate(seen) if v >= atlas.best - NEAR), None)
+        to_best.append(math.inf if reached is None else reached)
     q = statistics.quantiles(regrets, n=4, method="inclusive") if len(regrets) > 1 else regrets * 3
     median_epochs = statistics.median(to_best)
     return {
@@ -204,5 +209,6 @@ def summarise(atlas: Atlas, runs: list[list[float]]) -> dict[str, Any]:
         "q75_regret": round(q[2], 4),
         "median_epochs_to_best": None if math.isinf(median_epochs) else median_epochs,
         "never_within": sum(math.isinf(x) for x in to_best),
+        "median_picked_final": round(statistics.median(picked), 4),
         "runs": len(runs),
     }

@@ -44,10 +44,13 @@ def test_atlas_table(atlas_csv):
     assert atlas.best == pytest.approx(_curve("3e-3", "16", 0)[-1])
     assert atlas.tutorial == {"lr": "1e-3", "width": "16"}
     assert load_atlas(atlas_csv, {"lr": "5e-3", "width": "16"}).tutorial == {}
-    runs = [[atlas.best - 0.2, atlas.best], [atlas.best - 0.1]]
+    best_cell, other = ("3e-3", "16"), ("1e-2", "8")
+    runs = [[(atlas.best - 0.2, other), (atlas.best, best_cell)], [(atlas.best - 0.1, other)]]
     s = summarise(atlas, runs)
     assert s["median_regret"] == pytest.approx(0.05) and s["runs"] == 2
-    assert s["never_within"] == 1
+    assert s["never_within"] == 1 and s["median_epochs_to_best"] is None  # median of 2, never
+    finals = sorted([atlas.final(best_cell), atlas.final(other)])
+    assert s["median_picked_final"] == pytest.approx(sum(finals) / 2, abs=1e-4)
 
 
 def _study(folder, name):
@@ -61,6 +64,7 @@ def test_replayed_curves_and_the_state_optuna_is_told(ray_local, atlas_csv, tmp_
     strategy = Strategy("tpe", asha=True, fidelity=fidelity, grace=1, reduction=2, startup=2)
     seen = run_one(atlas, strategy, seed=3, budget=3, scale=0.05, workdir=tmp_path)
     assert len(seen) == 3 * MAX_T
+    assert all(cell in atlas.curves for _, cell in seen)
 
     study = _study(tmp_path / "s3", "s3")
     assert (tmp_path / "s3" / JOURNAL_FILE).is_file()
