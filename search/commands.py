@@ -78,6 +78,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 def _run_search(args: argparse.Namespace) -> Any:
     from pneumotune.data.ray_session import ensure_ray
     from pneumotune.search.config import load_experiment
+    from pneumotune.search.dashboard import where_to_look
     from pneumotune.search.tuner import latest_experiment, plan_search, run_search
 
     exp = load_experiment(args.config)
@@ -101,30 +102,11 @@ def _run_search(args: argparse.Namespace) -> Any:
     )
     for note in plan.tutorial_notes:
         print(f"  tutorial point adapted: {note}")
-    print(where_to_look(plan, session.dashboard_url))
+    print(where_to_look(plan.path, session.dashboard_url))
     summary = run_search(plan, resume=args.resume)
     print(summary.describe())
     print(f"Wrote {plan.path / 'search.json'}. Next: pneumotune export {plan.path} --out MODEL_DIR")
     return None
-
-
-def where_to_look(plan, dashboard_url: str | None) -> str:
-    """Where a user watches a search, printed when it starts."""
-    from pneumotune.search.tuner import JOURNAL_FILE
-
-    lines = ["Watch it:"]
-    if dashboard_url:
-        lines.append(
-            f"  Ray dashboard  {dashboard_url}  (token auth is on: paste what "
-            "`ray get-auth-token` prints; Actors: one per trial, named trial_<id> with its "
-            "settings, its Log has a line per epoch)"
-        )
-    lines += [
-        f"  trial table    pneumotune status {plan.path} --watch",
-        f"  Optuna study   optuna-dashboard {plan.path / JOURNAL_FILE}",
-        f"  TensorBoard    tensorboard --logdir {plan.path}",
-    ]
-    return "\n".join(lines)
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:

@@ -21,6 +21,7 @@ Nothing here shows a patient identifier: trials know only their config and metri
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from pneumotune.model.config import VAL_KEYS, TrainConfig, format_epoch
@@ -159,3 +160,22 @@ def search_metrics_callback(experiment: str, max_t: int) -> Any:
                     self.gauge.set(n, tags={"experiment": experiment, "state": state})
 
     return SearchMetrics()
+
+
+def where_to_look(path: Path, dashboard_url: str | None) -> str:
+    """Where a user watches a search, printed when it starts."""
+    from pneumotune.search.tuner import JOURNAL_FILE
+
+    lines = ["Watch it:"]
+    if dashboard_url:
+        lines.append(
+            f"  Ray dashboard  {dashboard_url}  (token auth is on: paste what "
+            "`ray get-auth-token` prints; Actors: one per trial, named trial_<id> with its "
+            "settings, its Log has a line per epoch)"
+        )
+    lines += [
+        f"  trial table    pneumotune status {path} --watch",
+        f"  Optuna study   optuna-dashboard {path / JOURNAL_FILE}",
+        f"  TensorBoard    tensorboard --logdir {path}",
+    ]
+    return "\n".join(lines)

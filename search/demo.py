@@ -63,6 +63,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     from pneumotune.data.synth import SynthConfig, write_dataset
     from pneumotune.model.predict import predict_folder, score_submission
     from pneumotune.search.config import load_experiment
+    from pneumotune.search.dashboard import where_to_look
     from pneumotune.search.export_best import export_best
     from pneumotune.search.tuner import plan_search, run_search
 
@@ -92,7 +93,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         )
         print(write_dataset(folder, synth, progress=True).describe())
 
-    session = ensure_ray(cfg.address, dashboard=cfg.dashboard)
+    session = ensure_ray(cfg.address, dashboard=cfg.dashboard, job_name="pneumotune-demo")
     _stage("2/7 convert (Ray Data)")
     if (ds / "manifest.json").exists():
         print(f"reusing {ds}")
@@ -115,12 +116,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     _stage("4/7 search (Ray Tune + Optuna TPE + ASHA)")
     exp = load_experiment(cfg.experiment)
     plan = plan_search(exp, ds, storage=out / "results", num_samples=cfg.num_samples)
-    print(
-        f"{plan.experiment.num_samples} trials of up to {plan.experiment.epochs} epochs; "
-        f"watch with `pneumotune status {plan.path}`"
-    )
-    if session.dashboard_url:
-        print(f"Ray dashboard: {session.dashboard_url} (token: `ray get-auth-token`)")
+    print(f"{plan.experiment.num_samples} trials of up to {plan.experiment.epochs} epochs.")
+    print(where_to_look(plan.path, session.dashboard_url))
     summary = run_search(plan)
     print(summary.describe())
     best = summary.best
