@@ -8,7 +8,8 @@ searcher class, Optuna's sampler, ASHA or FIFO, the tutorial's point first) with
 trainable that trains nothing: given a config of the grid it reports that config's
 recorded curve, each epoch after its recorded seconds x ``scale``, so that concurrent
 trials end, and ASHA decides, in the order the real run would. A config recorded with
-several seeds replays the curve of seed ``search seed mod n``.
+several seeds replays its first seed's curve (the others measure the noise; a replay's
+numbers do not change while an atlas gains repeats).
 
 The measure of a search is its regret: the atlas's best val_iou (over all configs and
 epochs) minus the best val_iou it saw within its budget of ``budget x max_t``
@@ -118,8 +119,7 @@ def spearman_by_epoch(atlas: Atlas) -> dict[int, float]:
 
 def replay_trial(config: dict[str, Any], curves: dict, axes: tuple[str, ...], scale: float):
     """A Tune function trainable: the recorded curve of ``config``'s atlas cell."""
-    runs = curves[tuple(str(config[a]) for a in axes)]
-    curve = runs[config["seed"] % len(runs)]
+    curve = curves[tuple(str(config[a]) for a in axes)][0]
     for epoch, (value, seconds) in enumerate(curve, 1):
         time.sleep(seconds * scale)
         tune.report({METRIC: value, "epoch": epoch, "epoch_seconds": seconds})
