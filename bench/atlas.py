@@ -90,14 +90,31 @@ def runs(configs: list[dict[str, str]]) -> list[tuple[int, int]]:
     return [(i, 0) for i in range(len(configs))] + [(i, 1) for i in repeats]
 
 
+def read_rows(csv_path: Path) -> list[dict[str, str]]:
+    if not csv_path.is_file():
+        return []
+    with csv_path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def recorded_runs(csv_path: Path, max_t: int) -> set[tuple[int, int]]:
+    """(config_id, seed) of the CSV's complete curves: what a new session need not train."""
+    epochs: dict[tuple[int, int], int] = {}
+    for r in read_rows(csv_path):
+        key = (int(r["config_id"]), int(r["seed"]))
+        epochs[key] = epochs.get(key, 0) + 1
+    return {key for key, n in epochs.items() if n >= max_t}
+
+
 def export_csv(path: Path, csv_path: Path, configs: list[dict[str, str]], max_t: int) -> int:
-    """Write the finished trials' curves; returns how many runs it holds."""
+    """Write the finished trials' curves, keeping the CSV's runs that this run folder does
+    not hold (recorded by an earlier session); returns how many runs it holds."""
     from pneumotune.search.results import summarise
 
-    summary = summarise(path)
+    trials = summarise(path).trials if (path / "pneumotune.json").is_file() else []
     by_values = [training_values(c) for c in configs]
     rows, n_runs = [], 0
-    for trial in summary.trials:
+    for trial in trials:
         if trial.epochs < max_t:
             continue  # running, or lost when a session ended: rerun on resume
         config_id = next(
@@ -117,7 +134,11 @@ def export_csv(path: Path, csv_path: Path, configs: list[dict[str, str]], max_t:
                     "epoch_seconds": round(float(r["epoch_seconds"]), 3),
                 }
             )
-    rows.sort(key=lambda r: (r["config_id"], r["seed"], r["epoch"]))
+    here = {(int(r["config_id"]), int(r["seed"])) for r in rows}
+    kept = [r for r in read_rows(csv_path) if (int(r["config_id"]), int(r["seed"])) not in here]
+    n_runs += len({(r["config_id"], r["seed"]) for r in kept})
+    rows += kept
+    rows.sort(key=lambda r: (int(r["config_id"]), int(r["seed"]), int(r["epoch"])))
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = csv_path.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
@@ -171,6 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     from pneumotune.search.tuner import run_search
 
     todo = runs(configs)[: 4 if args.smoke_test else None]
+    resume = (path / "pneumotune.json").is_file()
+    if not resume:  # a new session: the committed CSV holds what earlier sessions trained
+        done = recorded_runs(csv_path, args.max_t)
+        todo = [run for run in todo if run not in done]
+        if not todo:
+            print(f"atlas {args.name}: all {len(done)} runs are in {csv_path}")
+            return 0
     ds = dataset(args.images)
     base = load_experiment("demo")
     exp = dataclasses.replace(
@@ -188,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_search(exp, ds, name=path.name, storage=OUT)
 
     ensure_ray(num_cpus=args.concurrent)
-    resume = (path / "pneumotune.json").is_file()
     print(f"atlas {args.name}: {len(todo)} runs x {args.max_t} epochs at {args.size} px")
     run_search(
         plan,
