@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 def atlas_facts(atlas: Atlas, path: Path) -> dict[str, Any]:
     tutorial_key = tuple(atlas.tutorial.get(a, "") for a in atlas.axes)
     return {
-        "path": str(path),
+        "path": path.name,
         "configs": len(atlas.curves),
         "max_t": atlas.max_t,
         "best": round(atlas.best, 4),
