@@ -158,7 +158,7 @@ class ExportOnEnd(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         n = export_csv(*self.args)
-        print(f"atlas: {n}/{self.total} runs in {self.args[1]}", flush=True)
+        print(f"atlas: {n} of {self.total} runs in {self.args[1]}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     from pneumotune.search.config import load_experiment
     from pneumotune.search.tuner import run_search
 
-    todo = runs(configs)[: 4 if args.smoke_test else None]
+    planned = runs(configs)[: 4 if args.smoke_test else None]
+    todo = planned
     resume = (path / "pneumotune.json").is_file()
     if not resume:  # a new session: the committed CSV holds what earlier sessions trained
         done = recorded_runs(csv_path, args.max_t)
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         sampler="grid",
         points=points,
         early_stopping=False,
-        callbacks=[ExportOnEnd(path, csv_path, configs, args.max_t, len(todo))],
+        callbacks=[ExportOnEnd(path, csv_path, configs, args.max_t, len(planned))],
     )
     print(f"{export_csv(path, csv_path, configs, args.max_t)} runs -> {csv_path}")
     return 0

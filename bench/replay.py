@@ -43,21 +43,32 @@ from pneumotune.search.replay import (
 
 def strategies() -> dict[str, Strategy]:
     ours = shipped_strategy()
+    same_space = {"fixed": ours.fixed}
     return {
         "random+fifo": Strategy("random", asha=False),
         "random+asha": Strategy("random", asha=True, grace=ours.grace, reduction=ours.reduction),
         "tpe+fifo": Strategy("tpe", asha=False, fidelity=False),
         "tpe+asha": Strategy("tpe", asha=True, fidelity=False, tutorial=True, grace=2, reduction=2),
         "gp+asha": Strategy("gp", asha=True, grace=ours.grace, reduction=ours.reduction),
+        # Random search in the product's space: what the space alone is worth.
+        "random+fifo/space": Strategy("random", asha=False, **same_space),
+        "random+asha/space": Strategy(
+            "random", asha=True, grace=ours.grace, reduction=ours.reduction, **same_space
+        ),
         "ours": ours,
     }
 
 
 def shipped_strategy() -> Strategy:
-    """What the product ships: demo.yaml's ASHA and start-up settings, FidelityOptunaSearch."""
+    """What the product ships: demo.yaml's ASHA and start-up settings, FidelityOptunaSearch,
+    and its space mapped onto the atlas's axes: demo.yaml always schedules the positive
+    share (``pos_share_start`` 0.5-0.9), so the product never trains the atlas's "natural"
+    level."""
     from pneumotune.search.config import load_experiment
 
     exp = load_experiment("demo")
+    spec = exp.param("pos_share_start")
+    scheduled = spec is not None and (spec.low or 0) > 0 and None not in (spec.choices or ())
     return Strategy(
         "tpe",
         asha=True,
@@ -66,6 +77,7 @@ def shipped_strategy() -> Strategy:
         grace=exp.asha.grace_period,
         reduction=exp.asha.reduction_factor,
         startup=exp.startup_trials,
+        fixed=(("pos_share", "0.8-0.4"),) if scheduled else (),
     )
 
 
@@ -90,6 +102,8 @@ def parse_strategy(spec: str, known: dict[str, Strategy]) -> Strategy:
             value = int(text)
         elif key == "reduction":
             value = float(text)
+        elif key == "fixed":  # fixed=axis/level+axis/level
+            value = tuple(tuple(p.split("/", 1)) for p in text.split("+") if p)
         values[key] = value
     return dataclasses.replace(known[name], **values)
 

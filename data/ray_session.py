@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +27,39 @@ class RaySession:
     address: str | None
 
 
+JOB_API_SCHEMES = ("http://", "https://")
+
+
 def join_address(address: str | None, environ: Mapping[str, str]) -> str | None:
-    """The cluster to join (see :func:`ensure_ray`); None: start a new local Ray."""
-    return address or environ.get("RAY_ADDRESS") or None
+    """The cluster to join (see :func:`ensure_ray`); None: start a new local Ray.
+
+    An http(s) address is a dashboard's job API (what `ray job submit` reads from
+    ``RAY_ADDRESS``), not one a driver can join: from the environment it is passed over
+    (:func:`job_api_notice` says so); given as ``--address`` it is a usage error.
+    """
+    if address and address.startswith(JOB_API_SCHEMES):
+        from pneumotune.errors import UsageError
+
+        raise UsageError(
+            f"--address {address} is a job API address (for `ray job submit`), not one a "
+            "command can join: use ray://HEAD:10001 or HEAD:6379, or submit the command "
+            "as a job"
+        )
+    from_env = environ.get("RAY_ADDRESS") or None
+    if from_env and from_env.startswith(JOB_API_SCHEMES):
+        from_env = None
+    return address or from_env
+
+
+def job_api_notice(address: str | None, environ: Mapping[str, str]) -> str | None:
+    """One line when an http(s) ``RAY_ADDRESS`` is passed over, else None."""
+    value = environ.get("RAY_ADDRESS") or ""
+    if address or not value.startswith(JOB_API_SCHEMES):
+        return None
+    return (
+        f"RAY_ADDRESS={value} is a job API address (for `ray job submit`): running on a "
+        "new local Ray here; pass --address ray://HEAD:10001 to join a cluster instead"
+    )
 
 
 def free_loopback_port(first: int = DASHBOARD_PORT, tries: int = 100) -> int:
@@ -67,7 +98,10 @@ def ensure_ray(
 
     if ray.is_initialized():
         return RaySession(False, None, None)
+    notice = job_api_notice(address, os.environ)
     address = join_address(address, os.environ)
+    if notice:
+        print(notice, file=sys.stderr, flush=True)
     # Ray warns on every start that token auth is on "by default": it is, on purpose.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR

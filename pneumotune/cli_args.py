@@ -41,7 +41,8 @@ def add_address(p: argparse.ArgumentParser, when: str = "") -> None:
         "--address",
         default=None,
         help=f"{when}join a running Ray cluster: auto, or ray://HOST:10001 "
-        "(default: $RAY_ADDRESS if set, else a new local Ray)",
+        "(default: $RAY_ADDRESS if set, else a new local Ray; an http:// RAY_ADDRESS is "
+        "`ray job submit`'s and is passed over)",
     )
 
 

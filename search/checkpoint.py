@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ray import tune
+
 MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
 
@@ -52,3 +54,71 @@ def resume_from(checkpoint: Any) -> Iterator[dict[str, Any]]:
         yield {"initial_epoch": epoch, "resume_from": scratch / MODEL_FILE}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def newest_checkpoint(trial_dir: Path) -> tuple[int, Path] | None:
+    """The highest-numbered complete ``checkpoint_NNNNNN`` folder of a trial, with its index."""
+    found = []
+    for d in trial_dir.glob("checkpoint_*"):
+        suffix = d.name.removeprefix("checkpoint_")
+        if suffix.isdigit() and (d / STATE_FILE).is_file() and (d / MODEL_FILE).is_file():
+            found.append((int(suffix), d))
+    return max(found) if found else None
+
+
+def repair_missing_checkpoints(trials: list[Any]) -> list[str]:
+    """Point each restored trial whose recorded checkpoint is gone at its newest one on disk.
+
+    Tune saves its experiment state every few seconds, but deletes a trial's checkpoints
+    as soon as a better one is kept (``num_to_keep`` by score): a search killed between the
+    two restores with a state naming a checkpoint that was deleted, and Tune's restore of
+    that trial fails on every retry ("does not exist on storage anymore"). The newest
+    checkpoint still on disk is at least as recent (its ``state.json`` says the epoch the
+    trial goes on from); with none left the trial starts again from epoch 1. Returns one
+    line per repaired trial. Local storage only (a cloud URI is left to Tune).
+    """
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult
+
+    notes = []
+    for trial in trials:
+        recorded = trial.checkpoint
+        if recorded is None or "://" in str(recorded.path) or Path(recorded.path).is_dir():
+            continue
+        manager = trial.run_metadata.checkpoint_manager
+        # Ray 2.60's _CheckpointManager: the kept results it would later delete, and the
+        # latest one a restore starts from.
+        manager._checkpoint_results = [
+            r for r in manager._checkpoint_results if Path(r.checkpoint.path).is_dir()
+        ]
+        newest = newest_checkpoint(Path(trial.storage.trial_fs_path))
+        if newest is None:  # no latest result: a fresh start
+            manager._latest_checkpoint_result = None
+            notes.append(f"{trial.trial_id}: {Path(recorded.path).name} is gone; starts over")
+            continue
+        index, folder = newest
+        result = _TrainingResult(Checkpoint(str(folder)), {"epoch": read_epoch(folder)})
+        manager._latest_checkpoint_result = result
+        # New checkpoints must not overwrite the folder it goes on from.
+        trial.storage.current_checkpoint_index = max(
+            trial.storage.current_checkpoint_index, index + 1
+        )
+        notes.append(
+            f"{trial.trial_id}: {Path(recorded.path).name} is gone; "
+            f"goes on from {folder.name} (epoch {read_epoch(folder)})"
+        )
+    return notes
+
+
+class RepairCheckpoints(tune.Callback):
+    """A Tune callback: :func:`repair_missing_checkpoints` once, before any trial restarts
+    (``Tuner.restore`` brings back the callbacks a search started with)."""
+
+    def __init__(self, log: Any = print) -> None:
+        self.log, self.done = log, False
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self.done:
+            self.done = True
+            for note in repair_missing_checkpoints(trials):
+                self.log(f"resume: {note}")

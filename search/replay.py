@@ -134,6 +134,9 @@ class Strategy:
     grace: int | None = None  # None: the shipped demo.yaml's
     reduction: float | None = None
     startup: int | None = None  # TPE start-up trials; None: the experiment's rule
+    # Axes held at one level, not searched: the product's space may lack an atlas level
+    # (demo.yaml always schedules the positive share, so it never trains "natural").
+    fixed: tuple[tuple[str, str], ...] = ()
 
 
 def run_one(atlas: Atlas, strategy: Strategy, seed: int, budget: int, scale: float, workdir: Path):
@@ -143,7 +146,8 @@ def run_one(atlas: Atlas, strategy: Strategy, seed: int, budget: int, scale: flo
     from pneumotune.search.tuner import SearchPlan, build_tuner, quiet_tune_output
 
     epochs = budget * atlas.max_t
-    space = tuple(ParamSpec(a, choices=atlas.levels[a]) for a in atlas.axes)
+    fixed = dict(strategy.fixed)
+    space = tuple(ParamSpec(a, choices=atlas.levels[a]) for a in atlas.axes if a not in fixed)
     asha = AshaSettings(grace_period=strategy.grace or 1, reduction_factor=strategy.reduction or 2)
     exp = ExperimentConfig(
         name="replay",
@@ -153,6 +157,7 @@ def run_one(atlas: Atlas, strategy: Strategy, seed: int, budget: int, scale: flo
         seed=seed,
         startup_trials=strategy.startup,
         asha=asha,
+        fixed=fixed,
         space=space,
     )
     if strategy.startup is None:
@@ -160,7 +165,9 @@ def run_one(atlas: Atlas, strategy: Strategy, seed: int, budget: int, scale: flo
         # budget buys: here the budget buys ~2B ASHA trials or B FIFO trials.
         trials = budget * (3 if strategy.asha else 1)
         exp = replace(exp, startup_trials=min(10, max(2, trials // 4)))
-    point = atlas.tutorial if strategy.tutorial else {}
+    # The tutorial's point in this space: a fixed axis keeps its level, as the product
+    # moves a tutorial value its space lacks to the space's default.
+    point = {a: v for a, v in atlas.tutorial.items() if a not in fixed} if strategy.tutorial else {}
     plan = SearchPlan(exp, workdir, f"s{seed}", workdir, point, ())
     recorded: list[tuple[float, tuple[str, ...]]] = []
 

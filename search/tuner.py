@@ -128,6 +128,7 @@ def build_tuner(
     from ray.tune.search.optuna import OptunaSearch
 
     from pneumotune.model.config import TrainConfig
+    from pneumotune.search.checkpoint import RepairCheckpoints
     from pneumotune.search.dashboard import search_metrics_callback
     from pneumotune.search.progress import ProgressLines
     from pneumotune.search.searcher import FidelityOptunaSearch
@@ -215,6 +216,7 @@ def build_tuner(
             # Our one-line-per-event progress replaces Tune's tables (search/progress.py).
             callbacks=[
                 ProgressLines(exp.metric, exp.mode, exp.epochs),
+                RepairCheckpoints(),  # a killed search's state may name a deleted checkpoint
                 search_metrics_callback(plan.name, exp.epochs),  # trial counts by state
                 *(callbacks or []),
             ],
