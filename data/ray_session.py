@@ -58,7 +58,8 @@ def job_api_notice(address: str | None, environ: Mapping[str, str]) -> str | Non
         return None
     return (
         f"RAY_ADDRESS={value} is a job API address (for `ray job submit`): running on a "
-        "new local Ray here; pass --address ray://HEAD:10001 to join a cluster instead"
+        "new local Ray here; to run on the cluster, submit the command: "
+        "`ray job submit --working-dir . -- pneumotune ...`"
     )
 
 
