@@ -1,13 +1,16 @@
 """Training throughput, side by side on the same in-memory arrays and the same model.
 
 (a) plain Keras: ``model.fit(x, y)`` on float32 numpy arrays (Keras' own array adapter);
-(b) ours, augmentation off: ``model.train.fit`` (per-epoch sampling plan, tf.data gather,
-    prefetch; no Python per batch);
-(c) ours, the tutorial's augmentation: (b) + albumentations in tf.data's threads;
+(b) ours, augmentation off: ``model.train.fit`` with the backend's default input pipeline
+    (TensorFlow: tf.data gather, prefetch, no Python per batch; JAX/PyTorch: the PyDataset);
+(c) ours, the tutorial's augmentation: (b) + albumentations in the pipeline's threads;
+(b') and (c'), TensorFlow only: the same with the backend-neutral PyDataset pipeline
+    (worker threads), side by side with tf.data: "auto" keeps whichever is faster on TF;
 (d) our input pipeline alone (no model), with the tutorial augmentation: its headroom;
 (e) augmentation alone, one core: images/s of ``augment_batch`` at 128 and 256 px.
 
     python bench/train.py [--size 128] [--images 192] [--epochs 3] [--repeats 2] [--smoke-test]
+    KERAS_BACKEND=jax python bench/train.py ...       (any Keras backend)
 
 Images/s are those of the training steps of epochs 2.. (epoch 1 traces the graph), the
 median over epochs, and the best of ``--repeats`` rounds run a, b, c, a, b, c (other load
@@ -79,12 +82,12 @@ def plain_fit(cfg, images: np.ndarray, masks: np.ndarray) -> list[float]:
     return rates
 
 
-def our_fit(cfg, images: np.ndarray, masks: np.ndarray) -> list[float]:
+def our_fit(cfg, images: np.ndarray, masks: np.ndarray, pipeline: str = "auto") -> list[float]:
     """(b)/(c): per-epoch training images/s of model.train.fit (validation excluded)."""
     from pneumotune.model.train import fit
 
     val = (images[:8], masks[:8])  # tiny: validation time is not part of train_seconds
-    result = fit(cfg, (images, masks), val)
+    result = fit(cfg, (images, masks), val, pipeline=pipeline)
     return [m["images_per_s"] for m in result.history]
 
 
@@ -103,12 +106,18 @@ def augment_rate(size: int, n: int, seed: int = 0) -> float:
 
 
 def pipeline_rate(cfg, images: np.ndarray, masks: np.ndarray) -> float:
-    """(d): images/s of the tf.data stream of :func:`model.train.fit`, nothing consuming it."""
-    from pneumotune.model.train import epoch_plan, make_dataset
+    """(d): images/s of :func:`model.train.fit`'s input pipeline, nothing consuming it."""
+    from pneumotune.model.pipeline import BatchSource, TrainBatches, make_batches
+    from pneumotune.model.train import epoch_plan
 
     plan = epoch_plan(cfg, masks.reshape(len(masks), -1).any(axis=1))
+    ds = make_batches(BatchSource(cfg, images, masks, plan))
     t0 = time.perf_counter()
-    n = sum(len(x) for x, _ in make_dataset(cfg, images, masks, plan))
+    if isinstance(ds, TrainBatches):
+        n = sum(len(ds[i][0]) for i in range(len(ds)))
+        ds.close()
+    else:
+        n = sum(len(x) for x, _ in ds)
     return n / (time.perf_counter() - t0)
 
 
@@ -132,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     aug_sizes = (128,) if args.smoke_test else (128, 256)
     aug_n = 32 if args.smoke_test else 192
 
-    import tensorflow as tf
+    import keras
 
     from pneumotune.model.augment import AugmentConfig
     from pneumotune.model.config import TrainConfig
+    from pneumotune.model.devices import list_gpus
 
     depth = 2 if args.smoke_test else 4
     base = TrainConfig(
@@ -149,27 +159,44 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"pneumotune training benchmark: {args.images} images at {args.size} px, ResUNet "
         f"{args.filters} filters depth {depth}, batch {args.batch_size}, {args.epochs} epochs; "
-        f"{os.cpu_count()} CPUs, TF {tf.__version__}, "
-        f"GPUs {len(tf.config.list_physical_devices('GPU'))}"
+        f"{os.cpu_count()} CPUs, Keras {keras.__version__} on {keras.backend.backend()}, "
+        f"GPUs {len(list_gpus())}"
     )
     t0 = time.perf_counter()
     images, masks = synth_arrays(args.images, args.size)
     print(f"rendered the arrays with data.synth in {time.perf_counter() - t0:.1f} s")
 
     tutorial = dataclasses.replace(base, augment=AugmentConfig.tutorial())
-    a = b = c = 0.0
+    on_tf = keras.backend.backend() == "tensorflow"
+    best = {"a": 0.0, "b": 0.0, "c": 0.0, "b'": 0.0, "c'": 0.0}
     for round_ in range(args.repeats):
-        a = max(a, steady(plain_fit(base, images, masks)))
-        b = max(b, steady(our_fit(base, images, masks)))
-        c = max(c, steady(our_fit(tutorial, images, masks)))
-        print(f"round {round_ + 1}/{args.repeats}: best so far a {a:.1f}, b {b:.1f}, c {c:.1f}")
+        runs = {
+            "a": lambda: plain_fit(base, images, masks),
+            "b": lambda: our_fit(base, images, masks),
+            "c": lambda: our_fit(tutorial, images, masks),
+        }
+        if on_tf:  # the backend-neutral pipeline next to tf.data
+            runs["b'"] = lambda: our_fit(base, images, masks, "pydataset")
+            runs["c'"] = lambda: our_fit(tutorial, images, masks, "pydataset")
+        for key, run in runs.items():
+            best[key] = max(best[key], steady(run()))
+        shown = ", ".join(f"{k} {v:.1f}" for k, v in best.items() if v)
+        print(f"round {round_ + 1}/{args.repeats}: best so far {shown}")
+    a, b, c = best["a"], best["b"], best["c"]
     d = pipeline_rate(tutorial, images, masks)
+    default = "tf.data" if on_tf else "PyDataset"
     print()
-    print(f"{'run':<46}{'images/s':>10}{'vs (a)':>9}")
-    print(f"{'(a) plain model.fit(x, y), numpy arrays':<46}{a:>10.1f}{1.0:>9.2f}")
-    print(f"{'(b) model.train.fit, augmentation off':<46}{b:>10.1f}{b / a:>9.2f}")
-    print(f"{'(c) model.train.fit, tutorial augmentation':<46}{c:>10.1f}{c / a:>9.2f}")
-    print(f"{'(d) its input pipeline alone (no model)':<46}{d:>10.1f}{d / a:>9.1f}")
+    print(f"{'run':<52}{'images/s':>10}{'vs (a)':>9}")
+    print(f"{'(a) plain model.fit(x, y), numpy arrays':<52}{a:>10.1f}{1.0:>9.2f}")
+    print(f"{f'(b) model.train.fit, augmentation off, {default}':<52}{b:>10.1f}{b / a:>9.2f}")
+    print(f"{f'(c) model.train.fit, tutorial augmentation, {default}':<52}{c:>10.1f}{c / a:>9.2f}")
+    if on_tf:
+        for key, what in (("b'", "augmentation off"), ("c'", "tutorial augmentation")):
+            row = f"({key}) model.train.fit, {what}, PyDataset"
+            print(f"{row:<52}{best[key]:>10.1f}{best[key] / a:>9.2f}")
+        plain, augmented = best["b'"] / b, best["c'"] / c
+        print(f"PyDataset / tf.data: {plain:.2f} (augmentation off), {augmented:.2f} (tutorial)")
+    print(f"{'(d) its input pipeline alone (no model)':<52}{d:>10.1f}{d / a:>9.1f}")
     # Positive: slower than plain fit; negative: faster (target: at most +10%).
     print(f"input pipeline overhead vs plain fit: {100 * (1 - b / a):+.1f}% (target <= +10%)")
     print()

@@ -38,7 +38,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=A.positive_int, default=16, help="images per model call (default 16)"
     )
-    p.set_defaults(func=_run_predict, tensorflow=True)
+    A.add_backend(p)
+    p.set_defaults(func=_run_predict, keras=True)
 
 
 def _run_predict(args: argparse.Namespace) -> Any:

@@ -38,6 +38,9 @@ def format_epoch(epoch: int, epochs: int, metrics: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+JIT_CHOICES = ("auto", "on", "off")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # model
@@ -70,6 +73,8 @@ class TrainConfig:
     val_fold: int = 0
     seed: int = 0
     mixed_precision: bool = False
+    # XLA compilation of the train step: "auto" (Keras' choice), "on" or "off"
+    jit_compile: str = "auto"
 
     def __post_init__(self) -> None:
         problems = []
@@ -104,6 +109,8 @@ class TrainConfig:
             problems.append(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.jit_compile not in JIT_CHOICES:
+            problems.append(f"jit_compile must be one of {JIT_CHOICES}, got {self.jit_compile!r}")
         if problems:
             raise ConfigError("invalid training config: " + "; ".join(problems))
 

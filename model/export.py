@@ -3,7 +3,8 @@
 A model directory holds::
 
     model.keras        the Keras model (architecture, weights, optimizer state)
-    saved_model/       a TF SavedModel for serving without pneumotune or Keras:
+    saved_model/       a TF SavedModel for serving without pneumotune or Keras
+                       (written on the TensorFlow backend only; the card says why not):
                          serve        float32 (B, S, S, 1) raw pixels 0..255 -> probabilities
                          serve_uint8  uint8   (B, S, S, 1) pixels            -> probabilities
                        (``serve`` is also ``serving_default``); outputs float32 (B, S, S, 1)
@@ -34,7 +35,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from pneumotune.errors import PneumotuneError
 
@@ -84,6 +84,10 @@ def export_model(
 ) -> Path:
     """Write ``model.keras``, ``saved_model/`` and ``model_card.json`` into ``out_dir``.
 
+    ``saved_model/`` needs TensorFlow: on the JAX or PyTorch backend it is left out and
+    the card's ``files.saved_model`` is ``null`` with ``files.saved_model_note`` saying
+    why (``model.keras`` loads on every backend).
+
     Args:
         model: the trained model, input ``(None, S, S, 1)`` float32 0..255.
         out_dir: created if absent; files of an earlier export there are replaced.
@@ -119,7 +123,15 @@ def export_model(
     saved = out_dir / SAVED_MODEL_DIR
     if saved.exists():
         shutil.rmtree(saved)
-    _write_saved_model(model, size, saved)
+    backend = keras.backend.backend()
+    files: dict[str, Any] = {"keras": KERAS_FILE}
+    if backend == "tensorflow":
+        _write_saved_model(model, size, saved)
+        files["saved_model"] = SAVED_MODEL_DIR
+        files["saved_model_endpoints"] = {"serve": "float32", "serve_uint8": "uint8"}
+    else:
+        files["saved_model"] = None
+        files["saved_model_note"] = saved_model_note(backend)
 
     card = {
         "format": CARD_FORMAT,
@@ -132,11 +144,8 @@ def export_model(
             "preprocessing": "data.dicom.read, then data.resize.resize_image to img_size",
         },
         "output": "float32 (B, S, S, 1) pneumothorax probabilities",
-        "files": {
-            "keras": KERAS_FILE,
-            "saved_model": SAVED_MODEL_DIR,
-            "saved_model_endpoints": {"serve": "float32", "serve_uint8": "uint8"},
-        },
+        "files": files,
+        "backend": backend,
         "triplet": {
             "threshold": triplet.threshold,
             "min_area": triplet.min_area,
@@ -152,7 +161,16 @@ def export_model(
     return out_dir
 
 
+def saved_model_note(backend: str) -> str:
+    return (
+        f"not written: exported on the {backend} backend, and a SavedModel needs "
+        "TensorFlow (export again with --backend tensorflow for TF-Serving)"
+    )
+
+
 def _write_saved_model(model: keras.Model, size: int, path: Path) -> None:
+    import tensorflow as tf
+
     archive = keras.export.ExportArchive()
     archive.track(model)
     # The first endpoint is also exported as "serving_default" (what TF-Serving calls).
@@ -206,7 +224,9 @@ def _versions() -> dict[str, str]:
 
     return {
         "pneumotune": version("pneumotune"),
-        "tensorflow": tf.__version__,
+        "tensorflow": version("tensorflow"),
+        "jax": version("jax"),
+        "torch": version("torch"),
         "keras": keras.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
@@ -273,6 +293,8 @@ class ExportedModel:
         if self.use == "keras":
             x = images.astype(np.float32)[..., None]
             return self.model.predict(x, batch_size=batch_size, verbose=0)[..., 0]
+        import tensorflow as tf
+
         out = [
             self.model.serve_uint8(tf.constant(images[i : i + batch_size, ..., None])).numpy()
             for i in range(0, len(images), batch_size)
@@ -322,6 +344,10 @@ def load_model(model_dir: Path, *, use: str = "keras") -> ExportedModel:
     else:
         path = model_dir / SAVED_MODEL_DIR
         if not path.is_dir():
-            raise ModelDirError(f"{model_dir} has a model card but no {SAVED_MODEL_DIR}/")
+            note = card.get("files", {}).get("saved_model_note")
+            why = f": {note}" if note else ""
+            raise ModelDirError(f"{model_dir} has a model card but no {SAVED_MODEL_DIR}/{why}")
+        import tensorflow as tf
+
         model = tf.saved_model.load(str(path))
     return ExportedModel(model, card, triplet, int(card["img_size"]), use)

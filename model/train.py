@@ -2,7 +2,7 @@
 
 ``fit(cfg, (train_images, train_masks), (val_images, val_masks), on_epoch_end=...)``
 builds the ResUNet (or reloads an epoch-end ``.keras`` file to resume), trains it with
-``keras.Model.fit`` on a ``tf.data`` pipeline, and after every epoch scores the
+``keras.Model.fit`` on the input pipeline of :mod:`model.pipeline`, and after every epoch scores the
 validation set with the numpy reference metrics of :mod:`model.metrics` and hands the
 numbers to ``on_epoch_end`` (where a search reports them and saves a checkpoint).
 
@@ -14,16 +14,14 @@ The input pipeline. Every epoch's image order is drawn up front, one seeded gene
 per epoch (:func:`pneumotune.model.sampling.epoch_indices`, with the positive share of
 :func:`pneumotune.model.sampling.positive_share` when the config sets one), so epoch ``e`` sees the
 same images whether the run started at epoch 0 or resumed at ``e``. The batches of all
-remaining epochs form one ``tf.data`` stream (Keras keeps one iterator across epochs
-when ``steps_per_epoch`` is given):
+remaining epochs form one stream (Keras keeps one iterator across epochs when
+``steps_per_epoch`` is given), each batch a pure function of its global number
+(:mod:`pneumotune.model.pipeline`): ``tf.data`` on TensorFlow, a ``keras.utils.PyDataset``
+with worker threads on JAX and PyTorch; the same batches either way.
 
-* identity augmentation: a ``tf.gather`` of each batch from the arrays held as TF
-  tensors, cast, prefetched; no Python runs per batch;
-* otherwise: a ``tf.numpy_function`` per batch under a parallel ``map`` (tf.data's own
-  threads, off the training thread; OpenCV, which does the work, releases the GIL). Each
-  thread owns its albumentations pipeline, re-seeded for every batch with
-  ``worker_seed(cfg.seed, global batch number)``: the augmentation of a batch does not
-  depend on which thread ran it nor on where the run resumed.
+Backends: everything here is Keras 3 (``keras.ops``), so it runs on TensorFlow (the
+default), JAX and PyTorch, whichever ``KERAS_BACKEND`` names
+(:mod:`pneumotune.model.backend`). Multi-worker training (``strategy``) is TensorFlow's.
 
 Divergence: a non-finite training loss raises :class:`TrainingDiverged` (Keras'
 ``TerminateOnNaN`` only stops training quietly, and a search must record the trial as
@@ -34,8 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -45,14 +41,13 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from pneumotune.errors import PneumotuneError
 from pneumotune.model import metrics as M
-from pneumotune.model.augment import augment_batch, build_augment, worker_seed
 from pneumotune.model.config import METRICS, TrainConfig
 from pneumotune.model.devices import configure_devices
 from pneumotune.model.losses import make_loss
+from pneumotune.model.pipeline import BatchSource, TrainBatches, make_batches, steps_per_epoch
 from pneumotune.model.resunet import build_resunet
 from pneumotune.model.sampling import epoch_indices, positive_share
 from pneumotune.model.schedules import make_schedule
@@ -113,11 +108,6 @@ class FitResult:
 # --------------------------------------------------------------------------- schedule
 
 
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """Optimizer steps in one epoch: every training image once, the last batch smaller."""
-    return max(1, math.ceil(n_train / batch_size))
-
-
 def _schedule_params(cfg: TrainConfig) -> dict[str, Any]:
     """TrainConfig's schedule fields -> the named schedule's own parameters."""
     if cfg.schedule == "cosine":
@@ -176,77 +166,6 @@ def epoch_plan(cfg: TrainConfig, is_positive: np.ndarray, first_epoch: int = 0) 
         rng = np.random.default_rng([cfg.seed, epoch])
         plans.append(epoch_indices(is_positive, share, None, rng))
     return np.stack(plans) if plans else np.zeros((0, len(is_positive)), np.int64)
-
-
-def make_dataset(
-    cfg: TrainConfig,
-    images: np.ndarray,
-    masks: np.ndarray,
-    plan: np.ndarray,
-    first_epoch: int = 0,
-) -> tf.data.Dataset:
-    """Batches ``(float32 (B, S, S, 1) 0..255, float32 (B, S, S, 1) 0/1)`` of every epoch
-    of ``plan`` (from :func:`epoch_plan`), in order, prefetched.
-
-    Each epoch has ``steps_per_epoch(N, cfg.batch_size)`` batches; the last may be smaller.
-    """
-    n_epochs, n = plan.shape
-    bs = cfg.batch_size
-    steps = steps_per_epoch(n, bs)
-    flat_plan = plan.reshape(-1)
-    pipeline_cfg = cfg.augment
-    size = cfg.img_size
-
-    # Global batch numbers count from epoch 0, so that a resumed run seeds like a full one.
-    batches = tf.data.Dataset.range(first_epoch * steps, (first_epoch + n_epochs) * steps)
-
-    def bounds(k):
-        local = k - first_epoch * steps
-        epoch, step = local // steps, local % steps
-        start = epoch * n + step * bs
-        return start, tf.minimum(start + bs, (epoch + 1) * n)
-
-    if pipeline_cfg.is_identity():
-        plan_t = tf.constant(flat_plan)
-        images_t = tf.constant(images)
-        masks_t = tf.constant(masks)
-
-        def gather(k):
-            start, stop = bounds(k)
-            idx = plan_t[start:stop]
-            return tf.gather(images_t, idx), tf.gather(masks_t, idx)
-
-        ds = batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        local_state = threading.local()
-
-        def augment(k: np.int64) -> tuple[np.ndarray, np.ndarray]:
-            # One albumentations pipeline per tf.data thread (a pipeline is stateful and
-            # not thread-safe), re-seeded per batch (reproducible whatever thread runs it).
-            pipeline = getattr(local_state, "pipeline", None)
-            if pipeline is None:
-                pipeline = local_state.pipeline = build_augment(pipeline_cfg, size, seed=0)
-            seed = worker_seed(cfg.seed, int(k))
-            pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
-            local = int(k) - first_epoch * steps
-            epoch, step = divmod(local, steps)
-            start = epoch * n + step * bs
-            idx = flat_plan[start : min(start + bs, (epoch + 1) * n)]
-            return augment_batch(pipeline, images[idx], masks[idx])
-
-        def augment_tf(k):
-            x, y = tf.numpy_function(augment, [k], (tf.uint8, tf.uint8), stateful=False)
-            x.set_shape((None, size, size))
-            y.set_shape((None, size, size))
-            return x, y
-
-        ds = batches.map(augment_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-    def to_float(x, y):
-        return tf.cast(x, tf.float32)[..., None], tf.cast(y, tf.float32)[..., None]
-
-    ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 # --------------------------------------------------------------------------- validation
@@ -393,10 +312,12 @@ def build_model(cfg: TrainConfig) -> keras.Model:
 def compile_model(model: keras.Model, cfg: TrainConfig, n_train: int) -> keras.Model:
     """Compile with Adam (AdamW when ``cfg.weight_decay > 0``) on the config's schedule over
     ``cfg.epochs * steps_per_epoch(n_train)`` steps, and the config's combo loss. No Keras
-    metrics: validation is scored in numpy after each epoch."""
+    metrics: validation is scored in numpy after each epoch. ``cfg.jit_compile``: XLA for
+    the train step ("auto": Keras' default, which compiles where the backend supports it)."""
     model.compile(
         optimizer=_optimizer(cfg, steps_per_epoch(n_train, cfg.batch_size)),
         loss=make_loss(cfg.loss_bce, cfg.loss_dice, cfg.loss_focal),
+        jit_compile={"auto": "auto", "on": True, "off": False}[cfg.jit_compile],
     )
     return model
 
@@ -411,7 +332,9 @@ def fit(
     resume_from: Path | None = None,
     verbose: bool = False,
     metric: str = "val_iou",
-    strategy: tf.distribute.Strategy | None = None,
+    strategy: Any | None = None,
+    pipeline: str = "auto",
+    input_threads: int | None = None,
 ) -> FitResult:
     """Train ``cfg`` on ``train`` for epochs ``initial_epoch..cfg.epochs-1``, scoring ``val``.
 
@@ -439,6 +362,10 @@ def fit(
             each global batch of ``cfg.batch_size`` is split over the workers. ``train``
             must then leave every worker a share of the last batch
             (:func:`model.multiworker.rows_for_even_split`). ``None``: this process only.
+            TensorFlow only.
+        pipeline: ``"auto"`` (``tf.data`` on TensorFlow, else the PyDataset),
+            ``"tf.data"`` or ``"pydataset"`` (:mod:`model.pipeline`): the same batches.
+        input_threads: the PyDataset's worker threads (default: the process' CPUs, <= 8).
 
     Raises:
         TrainingDiverged: the training (or validation) loss became NaN or infinite.
@@ -488,17 +415,22 @@ def fit(
 
     is_positive = masks.reshape(n, -1).any(axis=1)
     plan = epoch_plan(cfg, is_positive, initial_epoch)
-    ds = make_dataset(cfg, images, masks, plan, initial_epoch)
+    source = BatchSource(cfg, images, masks, plan, initial_epoch)
+    ds = make_batches(source, "tf.data" if strategy is not None else pipeline, input_threads)
     if strategy is not None:
         ds = multiworker.data_sharded(ds)
     history: list[dict[str, float]] = []
-    model.fit(
-        ds,
-        epochs=cfg.epochs,
-        initial_epoch=initial_epoch,
-        steps_per_epoch=steps,
-        callbacks=[*first_callbacks, _EpochEnd(cfg, val, n, on_epoch_end, history)],
-        verbose=1 if verbose else 0,
-        shuffle=False,  # the plan is already shuffled; Keras cannot shuffle a tf.data stream
-    )
+    try:
+        model.fit(
+            ds,
+            epochs=cfg.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps,
+            callbacks=[*first_callbacks, _EpochEnd(cfg, val, n, on_epoch_end, history)],
+            verbose=1 if verbose else 0,
+            shuffle=False,  # the plan is already shuffled, batch by batch
+        )
+    finally:
+        if isinstance(ds, TrainBatches):
+            ds.close()
     return FitResult(model=model, history=history, metric=metric)

@@ -65,10 +65,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if getattr(args, "tensorflow", False):
-            from pneumotune.model.tf_quiet import import_tensorflow
+        if hasattr(args, "backend"):
+            from pneumotune.model.backend import select_backend
 
-            import_tensorflow()  # our output starts with ours, not TensorFlow's notices
+            backend = select_backend(args.backend)  # before anything imports Keras
+            if getattr(args, "keras", False):
+                if backend == "tensorflow":
+                    from pneumotune.model.tf_quiet import import_tensorflow
+
+                    import_tensorflow()  # our output starts with ours, not TF's notices
+                print(f"Keras backend: {backend}", flush=True)
         result = args.func(args)  # what the command made, or None when it printed its own
         if result is not None:
             print(result.describe())

@@ -68,3 +68,17 @@ def config_from(args: argparse.Namespace, cls: type, **options: str) -> Any:
         return cls(**values)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def add_backend(p: argparse.ArgumentParser) -> None:
+    """--backend: Keras' backend for this command (and a search's trials)."""
+    from pneumotune.model.backend import BACKENDS
+
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="Keras backend (default: $KERAS_BACKEND if set, else tensorflow); a search's "
+        "trials run on it too. TensorFlow alone writes the SavedModel and runs "
+        "multi-worker trials",
+    )

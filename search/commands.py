@@ -72,11 +72,13 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="do not start the Ray dashboard (local Ray only)",
     )
+    A.add_backend(p)
     p.set_defaults(func=_run_search)
 
 
 def _run_search(args: argparse.Namespace) -> Any:
     from pneumotune.data.ray_session import ensure_ray
+    from pneumotune.model.backend import requested_backend
     from pneumotune.search.config import load_experiment
     from pneumotune.search.dashboard import where_to_look
     from pneumotune.search.tuner import latest_experiment, plan_search, run_search
@@ -97,8 +99,8 @@ def _run_search(args: argparse.Namespace) -> Any:
     session = ensure_ray(args.address, dashboard=not args.no_dashboard, job_name=plan.name)
     print(
         f"Experiment {plan.name}: {plan.experiment.num_samples} trials of up to "
-        f"{plan.experiment.epochs} epochs, {plan.experiment.metric} ({plan.experiment.mode}); "
-        f"results in {plan.path}"
+        f"{plan.experiment.epochs} epochs, {plan.experiment.metric} ({plan.experiment.mode}), "
+        f"Keras on {args.backend or requested_backend()}; results in {plan.path}"
     )
     for note in plan.tutorial_notes:
         print(f"  tutorial point adapted: {note}")
@@ -186,7 +188,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         help="random radiographs in the sample grid (default 12), or validation images "
         "in a search report's predictions (default 6)",
     )
-    p.set_defaults(func=_run_report, tensorflow=True)
+    A.add_backend(p)
+    p.set_defaults(func=_run_report, keras=True)
 
 
 def _run_report(args: argparse.Namespace) -> Any:
@@ -289,7 +292,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="override one training parameter, e.g. --set img_size=128 --set lr=3e-3 "
         "--set augment.flip_p=0 (repeatable; names as in the experiment's space)",
     )
-    p.set_defaults(func=_run_train, tensorflow=True)
+    A.add_backend(p)
+    p.set_defaults(func=_run_train, keras=True)
 
 
 def _run_train(args: argparse.Namespace) -> Any:
@@ -348,7 +352,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="the dataset, if it moved since the search (default: the search's)",
     )
-    p.set_defaults(func=_run_export, tensorflow=True)
+    A.add_backend(p)
+    p.set_defaults(func=_run_export, keras=True)
 
 
 def _run_export(args: argparse.Namespace) -> Any:
@@ -398,7 +403,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="do not start the Ray dashboard",
     )
-    p.set_defaults(func=_run_demo, tensorflow=True)
+    A.add_backend(p)
+    p.set_defaults(func=_run_demo, keras=True)
 
 
 def _run_demo(args: argparse.Namespace) -> Any:

@@ -110,6 +110,9 @@ class TrialConsole:
         self.trial_id, self.max_t = ctx.get_trial_id(), max_t
         self.series = TrialMetrics(ctx.get_experiment_name(), self.trial_id)
 
+    def started(self, backend: str) -> None:
+        print(f"trial_{self.trial_id} trains with Keras on {backend}", flush=True)
+
     def resumed(self, epoch: int) -> None:
         print(resume_line(self.trial_id, epoch, self.max_t), flush=True)
 

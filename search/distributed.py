@@ -112,11 +112,11 @@ def train_worker(loop: dict[str, Any]) -> None:
     import ray
     import ray.train
 
-    from pneumotune.model.devices import limit_tf_threads
+    from pneumotune.model.devices import limit_threads
 
     # Before TensorFlow initialises: thread pools, then GPU memory growth (a fractional
     # GPU is shared), then the strategy, which starts the collective runtime.
-    limit_tf_threads(float(loop["cpus"]))
+    limit_threads(float(loop["cpus"]))
     import tensorflow as tf
 
     from pneumotune.data.dataset import split_fold

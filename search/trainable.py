@@ -18,19 +18,34 @@ from pneumotune.data.dataset import Arrays, split_fold
 from pneumotune.search.checkpoint import resume_from, write_checkpoint
 
 
-def train_trial(config: dict[str, Any], data: dict[int, Arrays]) -> None:
-    """Tune function trainable. ``data`` maps img_size -> the labelled arrays at that size."""
+def train_trial(
+    config: dict[str, Any],
+    data: dict[int, Arrays],
+    backend: str = "tensorflow",
+    gpu_fraction: float | None = None,
+) -> None:
+    """Tune function trainable. ``data`` maps img_size -> the labelled arrays at that size;
+    ``backend``: the driver's Keras backend, set here before Keras is imported (a worker
+    on another machine does not inherit the driver's environment); ``gpu_fraction``: the
+    trial's share of a GPU (JAX and PyTorch cap their memory to it)."""
     from ray import tune
 
-    from pneumotune.model.devices import limit_tf_threads
+    from pneumotune.model.backend import prepare_process, select_backend
+
+    cpus = float(os.environ.get("OMP_NUM_THREADS", "1"))
+    select_backend(backend)
+    prepare_process(cpus, gpu_fraction)
+
+    from pneumotune.model.devices import limit_threads
     from pneumotune.model.train import fit
     from pneumotune.search.dashboard import TrialConsole
     from pneumotune.search.space import train_config
 
-    limit_tf_threads(float(os.environ.get("OMP_NUM_THREADS", "1")))
+    limit_threads(cpus)
     cfg = train_config(config)
     train, val = split_fold(data[cfg.img_size], cfg.val_fold)
     console = TrialConsole(cfg.epochs)  # the actor's log lines and the trial's series
+    console.started(backend)
 
     def on_epoch_end(epoch: int, metrics: dict[str, float], model: Any) -> None:
         with tempfile.TemporaryDirectory(prefix="pneumotune-ckpt-") as d:

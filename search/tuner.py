@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pneumotune.errors import UsageError
+from pneumotune.errors import ConfigError, UsageError
 from pneumotune.search.config import ExperimentConfig
 from pneumotune.search.results import PLAN_FILE, SearchSummary, summarise
 
@@ -85,16 +85,28 @@ def load_data(plan: SearchPlan) -> dict[int, Any]:
 def wrapped_trainable(plan: SearchPlan, data: dict[int, Any], trainable: Trainable | None = None):
     from ray import tune
 
+    from pneumotune.model.backend import requested_backend
     from pneumotune.search.dashboard import name_trial_actors
     from pneumotune.search.trainable import train_trial
 
     res = plan.experiment.resources
+    backend = requested_backend()
+    if res.workers_per_trial > 1 and backend != "tensorflow":
+        raise ConfigError(
+            f"workers_per_trial: {res.workers_per_trial} trains with TensorFlow's "
+            f"MultiWorkerMirroredStrategy; on the {backend} backend a trial has one worker "
+            "(set workers_per_trial: 1, or run on --backend tensorflow)"
+        )
     if trainable is None and res.workers_per_trial > 1:
         # Ray Train workers hold the CPUs/GPUs; the trial is their light driver.
         from pneumotune.search.distributed import multi_worker_trainable
 
         return name_trial_actors(multi_worker_trainable(res, data))
-    fn = tune.with_parameters(trainable or train_trial, data=data)
+    if trainable is None:
+        fraction = res.gpu if 0 < res.gpu < 1 else None
+        fn = tune.with_parameters(train_trial, data=data, backend=backend, gpu_fraction=fraction)
+    else:
+        fn = tune.with_parameters(trainable, data=data)
     return name_trial_actors(tune.with_resources(fn, {"cpu": res.cpu, "gpu": res.gpu}))
 
 

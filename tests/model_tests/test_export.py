@@ -8,7 +8,6 @@ import json
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from pneumotune.model.config import TrainConfig
 from pneumotune.model.export import (
@@ -18,13 +17,17 @@ from pneumotune.model.export import (
     ModelDirError,
     export_model,
     load_model,
+    read_card,
 )
 from pneumotune.model.postprocess import Triplet
 from pneumotune.model.train import build_model, compile_model
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
-)
+pytestmark = [
+    pytest.mark.backend,
+    pytest.mark.filterwarnings(
+        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+    ),
+]
 
 SIZE = 32
 MANIFEST = {
@@ -73,24 +76,39 @@ def images(n: int = 5, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE), dtype=np.uint8)
 
 
+ON_TF = keras.backend.backend() == "tensorflow"
+tf_only = pytest.mark.skipif(not ON_TF, reason="a SavedModel needs TensorFlow")
+
+
 def test_directory_layout(exported):
     d = exported["dir"]
     assert (d / KERAS_FILE).is_file()
-    assert (d / SAVED_MODEL_DIR / "saved_model.pb").is_file()
     assert (d / CARD_FILE).is_file()
+    card = read_card(d)
+    assert card["backend"] == keras.backend.backend()
+    if ON_TF:
+        assert (d / SAVED_MODEL_DIR / "saved_model.pb").is_file()
+    else:  # said in the card, and by load_model(use="saved_model")
+        assert not (d / SAVED_MODEL_DIR).exists()
+        assert "needs TensorFlow" in card["files"]["saved_model_note"]
+        with pytest.raises(ModelDirError, match="needs TensorFlow"):
+            load_model(d, use="saved_model")
 
 
 def test_keras_and_saved_model_predict_exactly_what_the_trained_model_did(exported):
     x = images()
     reference = exported["model"].predict(x.astype(np.float32)[..., None], verbose=0)[..., 0]
-    for use in ("keras", "saved_model"):
+    for use in ("keras", "saved_model") if ON_TF else ("keras",):
         loaded = load_model(exported["dir"], use=use)
         probs = loaded.predict_probs(x, batch_size=5)
         assert probs.dtype == np.float32 and probs.shape == (5, SIZE, SIZE)
         np.testing.assert_array_equal(probs, reference, err_msg=use)
 
 
+@tf_only
 def test_uint8_and_float_endpoints_agree_and_float_is_the_default(exported):
+    import tensorflow as tf
+
     served = tf.saved_model.load(str(exported["dir"] / SAVED_MODEL_DIR))
     x = images(3, seed=1)[..., None]
     from_uint8 = served.serve_uint8(tf.constant(x)).numpy()

@@ -10,6 +10,8 @@ import pytest
 
 from pneumotune.model import metrics
 
+pytestmark = pytest.mark.backend  # runs on TensorFlow and, in CI, on JAX too
+
 
 def _m(rows: list[str]) -> np.ndarray:
     """A mask from rows of '.' and '#' (foreground)."""

@@ -24,9 +24,12 @@ from pneumotune.model.predict import (
 from pneumotune.model.train import build_model, compile_model
 from tests.data_tests import dicom_factory
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
-)
+pytestmark = [
+    pytest.mark.backend,
+    pytest.mark.filterwarnings(
+        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+    ),
+]
 
 SIZE = 32
 # (relative folder, image id, (rows, columns)): square, non-square, and SIIM-like nesting.

@@ -13,9 +13,12 @@ from pneumotune.model.schedules import SCHEDULES, LinearWarmup, OneCycle, make_s
 
 # Keras 3.15 converts TF variables with np.array(x, copy=False) (saving, set_weights),
 # which numpy 2 reports; not ours to fix.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
-)
+pytestmark = [
+    pytest.mark.backend,
+    pytest.mark.filterwarnings(
+        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+    ),
+]
 
 BASE = 0.01
 TOTAL = 100

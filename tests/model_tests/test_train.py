@@ -12,16 +12,13 @@ from pneumotune.model import metrics as M
 from pneumotune.model import train as train_module
 from pneumotune.model.augment import AugmentConfig
 from pneumotune.model.config import SCHEDULES, TrainConfig
-from pneumotune.model.sampling import positive_share
 from pneumotune.model.train import (
     METRIC_KEYS,
     TrainingDiverged,
     _optimizer,
     build_model,
     compile_model,
-    epoch_plan,
     fit,
-    make_dataset,
     predict_probs,
     steps_per_epoch,
     validation_metrics,
@@ -29,9 +26,12 @@ from pneumotune.model.train import (
 
 # Keras 3.15 converts TF variables with np.array(x, copy=False) (saving), which numpy 2
 # reports; not ours to fix.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
-)
+pytestmark = [
+    pytest.mark.backend,
+    pytest.mark.filterwarnings(
+        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+    ),
+]
 
 SIZE = 32
 
@@ -65,81 +65,6 @@ def tiny(**overrides) -> TrainConfig:
     }
     values.update(overrides)
     return TrainConfig(**values)
-
-
-def batches(ds) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(x.numpy(), y.numpy()) for x, y in ds]
-
-
-# --------------------------------------------------------------------------- input pipeline
-
-
-def test_identity_pipeline_serves_each_epoch_plan_in_order():
-    images, masks = blobs(20)
-    cfg = tiny(epochs=3, batch_size=8)
-    plan = epoch_plan(cfg, masks.reshape(20, -1).any(axis=1))
-    assert plan.shape == (3, 20)
-    got = batches(make_dataset(cfg, images, masks, plan))
-    steps = steps_per_epoch(20, 8)
-    assert steps == 3 and len(got) == 3 * steps
-    assert [len(x) for x, _ in got[:steps]] == [8, 8, 4]  # the last batch is smaller
-    for e in range(3):
-        x = np.concatenate([b[0] for b in got[e * steps : (e + 1) * steps]])
-        y = np.concatenate([b[1] for b in got[e * steps : (e + 1) * steps]])
-        assert x.dtype == np.float32 and x.shape == (20, SIZE, SIZE, 1)
-        np.testing.assert_array_equal(x[..., 0], images[plan[e]].astype(np.float32))
-        np.testing.assert_array_equal(y[..., 0], masks[plan[e]].astype(np.float32))
-
-
-def test_epoch_plan_does_not_depend_on_the_first_epoch():
-    _, masks = blobs(30)
-    cfg = tiny(epochs=4, pos_share_start=0.8, pos_share_end=0.4)
-    flags = masks.reshape(30, -1).any(axis=1)
-    np.testing.assert_array_equal(epoch_plan(cfg, flags)[2:], epoch_plan(cfg, flags, 2))
-
-
-def test_positive_share_is_honoured_per_epoch():
-    images, masks = blobs(40, positive=0.25)
-    cfg = tiny(epochs=3, pos_share_start=0.8, pos_share_end=0.4, batch_size=16)
-    plan = epoch_plan(cfg, masks.reshape(40, -1).any(axis=1))
-    got = batches(make_dataset(cfg, images, masks, plan))
-    steps = steps_per_epoch(40, 16)
-    for e in range(3):
-        y = np.concatenate([b[1] for b in got[e * steps : (e + 1) * steps]])
-        n_pos = int(y.reshape(40, -1).any(axis=1).sum())
-        assert n_pos == round(positive_share(e, 3, 0.8, 0.4) * 40)  # 32, 24, 16 of 40
-
-
-def test_augmented_pipeline_is_reproducible_aligned_and_keeps_shapes():
-    images, masks = blobs(24, positive=1.0)
-    cfg = tiny(epochs=2, augment=AugmentConfig.tutorial())
-    plan = epoch_plan(cfg, np.ones(24, bool))
-    first = batches(make_dataset(cfg, images, masks, plan))
-    second = batches(make_dataset(cfg, images, masks, plan))
-    assert len(first) == 2 * steps_per_epoch(24, 8)
-    changed = 0
-    for (x1, y1), (x2, y2), k in zip(first, second, range(len(first)), strict=True):
-        np.testing.assert_array_equal(x1, x2)  # per-batch seeds: same whatever thread ran it
-        np.testing.assert_array_equal(y1, y2)
-        assert x1.shape[1:] == (SIZE, SIZE, 1) and set(np.unique(y1)) <= {0.0, 1.0}
-        e, s = divmod(k, steps_per_epoch(24, 8))
-        idx = plan[e, s * 8 : s * 8 + 8]
-        changed += int(not np.array_equal(x1[..., 0], images[idx]))
-        # The disc is bright: wherever the augmented mask is, the augmented image is too.
-        assert x1[y1 == 1].mean() > x1[y1 == 0].mean() + 40
-    assert changed > 0  # augmentation did something
-
-
-def test_resumed_dataset_repeats_the_full_runs_later_batches():
-    images, masks = blobs(16)
-    cfg = tiny(epochs=3, augment=AugmentConfig.tutorial())
-    flags = masks.reshape(16, -1).any(axis=1)
-    full = batches(make_dataset(cfg, images, masks, epoch_plan(cfg, flags)))
-    later = batches(make_dataset(cfg, images, masks, epoch_plan(cfg, flags, 1), first_epoch=1))
-    assert len(later) == 2 * steps_per_epoch(16, 8)
-    for (x1, y1), (x2, y2) in zip(full[steps_per_epoch(16, 8) :], later, strict=True):
-        np.testing.assert_array_equal(x1, x2)
-        np.testing.assert_array_equal(y1, y2)
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
