@@ -20,3 +20,10 @@ def dataset(images: int, seed: int = 1) -> Path:
         write_dataset(raw, SynthConfig(n_images=images, size=256, seed=seed), progress=True)
         convert(ConvertConfig(src=raw, out=ds, sizes=(64, 128), overwrite=True), progress=True)
     return ds
+
+
+def steps_seconds(result: dict) -> float:
+    """Seconds an epoch's result spent in training steps proper: ``train_seconds`` less the
+    first step of a trial process (``first_step_seconds``: where the train step is traced
+    and compiled; 0.0 in later epochs)."""
+    return float(result.get("train_seconds", 0.0)) - float(result.get("first_step_seconds", 0.0))

@@ -68,6 +68,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "epoch_seconds",
     "train_seconds",
     "images_per_s",
+    "first_step_seconds",
 )
 
 
@@ -177,11 +178,20 @@ PREDICT_CHUNK = 128
 
 
 def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Probabilities ``float32 (N, S, S)`` for ``uint8 (N, S, S)`` images."""
+    """Probabilities ``float32 (N, S, S)`` for ``uint8 (N, S, S)`` images.
+
+    Every batch the model sees is whole (the last one padded with blank images, whose
+    outputs are dropped): a smaller last batch would trace the predict step a second time,
+    a second or two of every trial's first validation pass. Inference mode scores each
+    image on its own, so the padding changes no probability.
+    """
     out = np.empty(images.shape, np.float32)
     for start in range(0, len(images), PREDICT_CHUNK):
-        x = images[start : start + PREDICT_CHUNK].astype(np.float32)[..., None]
-        out[start : start + len(x)] = model.predict(x, batch_size=batch_size, verbose=0)[..., 0]
+        chunk = images[start : start + PREDICT_CHUNK]
+        n = len(chunk)
+        x = np.zeros((-(-n // batch_size) * batch_size, *chunk.shape[1:], 1), np.float32)
+        x[:n, ..., 0] = chunk
+        out[start : start + n] = model.predict(x, batch_size=batch_size, verbose=0)[:n, ..., 0]
     return out
 
 
@@ -244,15 +254,31 @@ class _EpochEnd(keras.callbacks.Callback):
         self.hook, self.history = hook, history
         self._epoch_start = 0.0
         self._epoch = 0  # 0-based, as Keras counts
+        self._first_step: float | None = None  # this fit call's first step, in seconds
+        self._first_step_reported = False
+        self._step_start = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch = epoch
         self._epoch_start = time.perf_counter()
 
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self._first_step is None:
+            self._step_start = time.perf_counter()
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self._first_step is None:
+            self._first_step = time.perf_counter() - self._step_start
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             raise self._diverged(f"batch {batch + 1}", float(loss))
+
+    def _take_first_step(self) -> float:
+        """The first step's seconds in the first epoch's metrics, 0.0 in later ones."""
+        if self._first_step is None or self._first_step_reported:
+            return 0.0
+        self._first_step_reported = True
+        return self._first_step
 
     def _diverged(self, where: str, loss: float) -> TrainingDiverged:
         return TrainingDiverged(
@@ -280,6 +306,7 @@ class _EpochEnd(keras.callbacks.Callback):
             "epoch_seconds": time.perf_counter() - self._epoch_start,
             "train_seconds": train_seconds,
             "images_per_s": self.images_per_epoch / train_seconds,
+            "first_step_seconds": self._take_first_step(),
         }
         # Shared with the other callbacks (Keras' progress bar prints them when verbose).
         logs.update(metrics)
@@ -347,7 +374,10 @@ def fit(
             ``val_positive_iou`` (0.0 when val has no positive image), ``lr`` (after the
             epoch), ``epoch_seconds`` (training + validation), ``train_seconds`` (the
             training steps only) and ``images_per_s`` (training images / train_seconds;
-            the first epoch of a process also pays for tracing the graph).
+            the first epoch of a process also pays for tracing the graph), and
+            ``first_step_seconds``: in the first epoch trained by this call, its first
+            step (where the train step is traced and compiled: most of the first epoch's
+            extra time), 0.0 in the others.
             Metrics are at ``cfg.threshold``. It may save the model (``model.save``): that
             file, with its optimizer state, is what ``resume_from`` takes.
         initial_epoch: epochs already done (0-based index of the first epoch to train).

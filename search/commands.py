@@ -364,6 +364,8 @@ def _run_export(args: argparse.Namespace) -> Any:
 
 # --------------------------------------------------------------------------- demo
 def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from pneumotune.search.demo import DEMO_TRIALS
+
     p = sub.add_parser(
         "demo",
         help="the whole pipeline on synthetic data (the quick start)",
@@ -372,7 +374,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
             "training set and a held-out test set, convert (Ray Data), write the EDA report, "
             "search with the shipped `demo` experiment (Ray Tune + Optuna TPE + ASHA on a "
             "local Ray), export the best model, predict the held-out DICOMs and print their "
-            "Kaggle score. About 10 minutes on 2 CPU cores."
+            "Kaggle score. About 3 minutes on 2 idle CPU cores."
         ),
         epilog="A second run reuses the data under --out and runs a new search (--fresh: all).",
     )
@@ -387,8 +389,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--num-samples",
         type=A.positive_int,
-        default=None,
-        help="trials (default: the demo experiment's)",
+        default=DEMO_TRIALS,
+        help=f"trials (default {DEMO_TRIALS}; `pneumotune search --config demo` runs 8)",
     )
     p.add_argument(
         "--config",
