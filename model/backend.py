@@ -2,9 +2,11 @@
 
 Keras reads ``KERAS_BACKEND`` once, when it is first imported, so the choice is made
 before that: :func:`select_backend` sets the variable (the ``--backend`` option of
-``train``, ``search``, ``demo``, ``predict``, ``export``) and refuses a backend other than
-the one of a Keras already imported in the process. Ray trial processes inherit the
-variable (:func:`worker_env`), so a search's trials run on the driver's backend.
+``train``, ``search``, ``demo``, ``predict``, ``export``, ``report``) and refuses a backend
+other than the one of a Keras already imported in the process. A search's trials get the
+driver's backend as a parameter of the trainable (``search.trainable.train_trial``), which
+selects it before importing Keras: a worker on another machine does not inherit the
+driver's environment.
 
 :func:`prepare_process` sets what a backend reads from the environment at start-up (JAX:
 no pre-allocation of the whole GPU, a memory fraction per trial, the CPU thread count);
@@ -49,11 +51,6 @@ def select_backend(name: str | None) -> str:
         )
     os.environ["KERAS_BACKEND"] = name
     return name
-
-
-def worker_env() -> dict[str, str]:
-    """Environment variables a Ray worker needs to run Keras on this process' backend."""
-    return {"KERAS_BACKEND": requested_backend()}
 
 
 def prepare_process(cpus: float | None = None, gpu_fraction: float | None = None) -> None:

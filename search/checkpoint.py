@@ -114,11 +114,11 @@ class RepairCheckpoints(tune.Callback):
     """A Tune callback: :func:`repair_missing_checkpoints` once, before any trial restarts
     (``Tuner.restore`` brings back the callbacks a search started with)."""
 
-    def __init__(self, log: Any = print) -> None:
-        self.log, self.done = log, False
+    def __init__(self) -> None:
+        self.done = False  # Tune pickles callbacks with the run: keep them plain data
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if not self.done:
             self.done = True
             for note in repair_missing_checkpoints(trials):
-                self.log(f"resume: {note}")
+                print(f"resume: {note}", flush=True)
