@@ -161,6 +161,15 @@ def export_model(
     return out_dir
 
 
+def files_line(model_dir: Path) -> str:
+    """One line for a command's summary: what an exported directory holds, and why it has
+    no SavedModel when it was exported on another backend than TensorFlow."""
+    files = read_card(model_dir).get("files", {})
+    if files.get("saved_model"):
+        return f"  files: {KERAS_FILE}, {SAVED_MODEL_DIR}/, {CARD_FILE}"
+    return f"  files: {KERAS_FILE}, {CARD_FILE}; {SAVED_MODEL_DIR}/ {files.get('saved_model_note')}"
+
+
 def saved_model_note(backend: str) -> str:
     return (
         f"not written: exported on the {backend} backend, and a SavedModel needs "

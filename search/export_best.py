@@ -31,6 +31,8 @@ class Exported:
     seconds: float
 
     def describe(self) -> str:
+        from pneumotune.model.export import files_line
+
         t = self.triplet
         return (
             f"Exported to {self.out_dir} ({self.config.img_size} px, {self.config.base_filters} "
@@ -38,7 +40,7 @@ class Exported:
             f"  post-processing tuned on validation: threshold {t.threshold}, min_area "
             f"{t.min_area}, lower {t.lower}\n"
             f"  validation Kaggle score {self.triplet_score:.4f} (all-empty prediction: "
-            f"{self.empty_score:.4f})"
+            f"{self.empty_score:.4f})\n{files_line(self.out_dir)}"
         ) + (
             "\n  WARNING: on validation this model does not beat predicting no pneumothorax "
             "at all; the tuned post-processing empties every mask. Train longer, on more "

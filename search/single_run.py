@@ -40,6 +40,8 @@ class TrainOnceResult:
     metrics: dict[str, float] = field(default_factory=dict)  # what the model card holds
 
     def describe(self) -> str:
+        from pneumotune.model.export import files_line
+
         last = self.history[-1]
         t = self.triplet
         lower = "none" if t.lower is None else f"{t.lower:g}"
@@ -55,6 +57,7 @@ class TrainOnceResult:
                 f"{lower}): Kaggle score {self.triplet_score:.4f} (tuned on this fold)",
                 f"  an all-empty prediction scores {self.empty_score:.4f} on this fold",
                 f"  model: {self.out_dir}",
+                files_line(self.out_dir),
             ]
         )
 
