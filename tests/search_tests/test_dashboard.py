@@ -5,6 +5,7 @@ Optuna study in a Journal file; and a second search beside a running one."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -94,6 +95,11 @@ def _get(url: str, token: str | None) -> tuple[int, str]:
             return r.status, r.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(errors="replace")
+    except (urllib.error.URLError, ConnectionError, http.client.HTTPException) as exc:
+        # The dashboard dropped the connection (seen once on a loaded 2-core CI machine,
+        # on the log endpoint, which proxies to the node's agent): status 0, so that a
+        # polling loop asks again and a single request fails with the reason.
+        return 0, f"{type(exc).__name__}: {exc}"
 
 
 def _experiment(tmp_path: Path, name: str, epochs: int, concurrent: int) -> Path:
