@@ -37,7 +37,7 @@ def join_address(address: str | None, environ: Mapping[str, str]) -> str | None:
     ``RAY_ADDRESS``), not one a driver can join: from the environment it is passed over
     (:func:`job_api_notice` says so); given as ``--address`` it is a usage error.
     """
-    if address and address.startswith(JOB_API_SCHEMES):
+    if _is_job_api(address):
         from pneumotune.errors import UsageError
 
         raise UsageError(
@@ -46,15 +46,17 @@ def join_address(address: str | None, environ: Mapping[str, str]) -> str | None:
             "as a job"
         )
     from_env = environ.get("RAY_ADDRESS") or None
-    if from_env and from_env.startswith(JOB_API_SCHEMES):
-        from_env = None
-    return address or from_env
+    return address or (None if _is_job_api(from_env) else from_env)
+
+
+def _is_job_api(address: str | None) -> bool:
+    return bool(address) and address.startswith(JOB_API_SCHEMES)
 
 
 def job_api_notice(address: str | None, environ: Mapping[str, str]) -> str | None:
     """One line when an http(s) ``RAY_ADDRESS`` is passed over, else None."""
-    value = environ.get("RAY_ADDRESS") or ""
-    if address or not value.startswith(JOB_API_SCHEMES):
+    value = environ.get("RAY_ADDRESS")
+    if address or not _is_job_api(value):
         return None
     return (
         f"RAY_ADDRESS={value} is a job API address (for `ray job submit`): running on a "

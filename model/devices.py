@@ -26,7 +26,8 @@ class Gpu:
 
 
 def list_gpus() -> list[Gpu]:
-    """The GPUs the current Keras backend sees (TensorFlow: with memory growth turned on)."""
+    """The GPUs the current Keras backend sees, made ready to share: TensorFlow's with memory
+    growth on, PyTorch's capped to the trial's fraction (``backend.prepare_process``)."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf

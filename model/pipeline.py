@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import random
 import threading
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -74,7 +73,6 @@ class BatchSource:
         self.cfg, self.images, self.masks = cfg, images, masks
         self.n_epochs, self.n = plan.shape
         self.flat_plan = plan.reshape(-1)
-        self.first_epoch = first_epoch
         self.steps = steps_per_epoch(self.n, cfg.batch_size)
         self.first = first_epoch * self.steps
         self.stop = (first_epoch + self.n_epochs) * self.steps
@@ -141,7 +139,7 @@ class TrainBatches(keras.utils.PyDataset):
             raise IndexError(index)
         k = self.source.first + index
         if self.threads <= 1:
-            return as_model_input(*self.source.batch(k))
+            return self._make(k)
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pneumotune-input")
@@ -167,10 +165,6 @@ class TrainBatches(keras.utils.PyDataset):
                 self._pool.shutdown(wait=True, cancel_futures=True)
                 self._pool = None
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for i in range(len(self)):
-            yield self[i]
-
 
 def tf_dataset(source: BatchSource) -> Any:
     """The batches of ``source`` as a prefetched ``tf.data.Dataset`` (TensorFlow only)."""
@@ -184,6 +178,7 @@ def tf_dataset(source: BatchSource) -> Any:
         steps, n, bs, first = source.steps, source.n, source.cfg.batch_size, source.first
 
         def gather(k):
+            # BatchSource.indices in graph ops, so that no Python runs per batch.
             epoch, step = (k - first) // steps, (k - first) % steps
             start = epoch * n + step * bs
             idx = plan_t[start : tf.minimum(start + bs, (epoch + 1) * n)]

@@ -254,8 +254,8 @@ class _EpochEnd(keras.callbacks.Callback):
         self.hook, self.history = hook, history
         self._epoch_start = 0.0
         self._epoch = 0  # 0-based, as Keras counts
-        self._first_step: float | None = None  # this fit call's first step, in seconds
-        self._first_step_reported = False
+        # This fit call's first step, in seconds; 0.0 once the first epoch reported it.
+        self._first_step: float | None = None
         self._step_start = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -272,13 +272,6 @@ class _EpochEnd(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             raise self._diverged(f"batch {batch + 1}", float(loss))
-
-    def _take_first_step(self) -> float:
-        """The first step's seconds in the first epoch's metrics, 0.0 in later ones."""
-        if self._first_step is None or self._first_step_reported:
-            return 0.0
-        self._first_step_reported = True
-        return self._first_step
 
     def _diverged(self, where: str, loss: float) -> TrainingDiverged:
         return TrainingDiverged(
@@ -306,8 +299,9 @@ class _EpochEnd(keras.callbacks.Callback):
             "epoch_seconds": time.perf_counter() - self._epoch_start,
             "train_seconds": train_seconds,
             "images_per_s": self.images_per_epoch / train_seconds,
-            "first_step_seconds": self._take_first_step(),
+            "first_step_seconds": self._first_step or 0.0,
         }
+        self._first_step = 0.0  # later epochs report none
         # Shared with the other callbacks (Keras' progress bar prints them when verbose).
         logs.update(metrics)
         self.history.append({"epoch": epoch + 1, **metrics})

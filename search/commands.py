@@ -100,7 +100,7 @@ def _run_search(args: argparse.Namespace) -> Any:
     print(
         f"Experiment {plan.name}: {plan.experiment.num_samples} trials of up to "
         f"{plan.experiment.epochs} epochs, {plan.experiment.metric} ({plan.experiment.mode}), "
-        f"Keras on {args.backend or requested_backend()}; results in {plan.path}"
+        f"Keras on {requested_backend()}; results in {plan.path}"
     )
     for note in plan.tutorial_notes:
         print(f"  tutorial point adapted: {note}")
