@@ -8,8 +8,11 @@
 imports, building and compiling the model, the first training step (tracing the train
 step; with XLA its compilation), a steady step, the first validation pass (tracing the
 predict step) against a later one, the first checkpoint against a later one), and each
-epoch's seconds. ``search``: a small real search (FIFO, every trial runs ``--epochs``
-epochs) on a local Ray; per trial, from Tune's ``result.json``: the first iteration's
+epoch's seconds; then a second trial of the same architecture (other learning rate,
+schedule, loss weights and seed) in the same process, warm (``model.warm``), as a reused
+trial process runs it. ``search``: a small real search (FIFO, every trial runs
+``--epochs`` epochs; trial processes reused, as in any search) on a local Ray; per trial,
+from Tune's ``result.json``: the first iteration's
 ``time_this_iter_s`` (everything from the trial's start: imports, build, tracing, the
 epoch, validation, checkpoint) over the median of its later ones, and our own
 ``epoch_seconds`` (epoch 1 / median later); the median over trials is the figure of
@@ -29,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -90,10 +94,11 @@ def profile_child(args: argparse.Namespace) -> dict:
     model = T.compile_model(T.build_model(cfg), cfg, n_train)
     phases["build + compile the model"] = time.perf_counter() - t0
     del model  # fit builds its own; this measured the cost
-    T.fit(
-        cfg, (images[:n_train], masks[:n_train]), (images[n_train:], masks[n_train:]),
-        on_epoch_end=hook,
-    )  # fmt: skip
+    train, val = (images[:n_train], masks[:n_train]), (images[n_train:], masks[n_train:])
+    T.fit(cfg, train, val, on_epoch_end=hook, warm=True)  # cold: nothing kept yet
+    # The next trial of a reused trial process: same architecture, other settings.
+    again = replace(cfg, lr=2 * cfg.lr, schedule="one_cycle", loss_focal=0.0, seed=1)
+    warm = T.fit(again, train, val, warm=True).history
     steady_step = statistics.median(b for e in batches[1:] for b in e)
     phases["first training step"] = batches[0][0]
     phases["a steady training step"] = steady_step
@@ -106,6 +111,8 @@ def profile_child(args: argparse.Namespace) -> dict:
         "backend": keras.backend.backend(),
         "phases": phases,
         "epoch_seconds": [m["epoch_seconds"] for m in epochs],
+        "warm_epoch_seconds": [m["epoch_seconds"] for m in warm],
+        "warm_first_step": warm[0]["first_step_seconds"],
         "train_seconds": [m["train_seconds"] for m in epochs],
         "process_seconds": time.perf_counter() - t_process,
     }
@@ -130,6 +137,12 @@ def profile(args: argparse.Namespace) -> None:
         print(f"  {name:<40} {seconds:7.2f} s")
     print(f"  epochs: {', '.join(f'{s:.1f}' for s in epochs)} s")
     print(f"  first epoch / steady epoch: {epochs[0] / steady:.2f}")
+    warm = out["warm_epoch_seconds"]
+    print(
+        f"  the next trial in this process (warm: model.warm): first step "
+        f"{out['warm_first_step']:.2f} s, epochs {', '.join(f'{s:.1f}' for s in warm)} s, "
+        f"first / steady {warm[0] / statistics.median(warm[1:]):.2f}"
+    )
     extra = epochs[0] - steady
     trace = out["phases"]["first training step"] - out["phases"]["a steady training step"]
     val = out["phases"]["first validation pass"] - out["phases"]["a later validation pass"]

@@ -69,6 +69,28 @@ class ComboLoss(keras.losses.Loss):
         self.focal = float(focal)
         self.focal_gamma = float(focal_gamma)
         self.smooth = float(smooth)
+        self._variables: tuple[keras.Variable, ...] | None = None
+
+    def weights_in_variables(self) -> ComboLoss:
+        """Read the three weights from variables from now on, and compute every term
+        whatever its weight: a train step traced with this loss then serves any weights
+        :meth:`set_weights` gives it (:mod:`model.warm`). Same values as before: a zero
+        weight adds exactly 0."""
+        if self._variables is None:
+            self._variables = tuple(
+                keras.Variable(w, trainable=False, dtype="float32", name=f"loss_{k}")
+                for k, w in (("bce", self.bce), ("dice", self.dice), ("focal", self.focal))
+            )
+        return self
+
+    def set_weights(self, bce: float, dice: float, focal: float) -> None:
+        """New weights for a loss whose weights are in variables."""
+        if self._variables is None:
+            raise RuntimeError("set_weights needs weights_in_variables() first")
+        checked = ComboLoss(bce, dice, focal, self.focal_gamma, self.smooth)  # validates
+        self.bce, self.dice, self.focal = checked.bce, checked.dice, checked.focal
+        for var, w in zip(self._variables, (self.bce, self.dice, self.focal), strict=True):
+            var.assign(w)
 
     def call(self, y_true, y_pred):
         y_pred = ops.convert_to_tensor(y_pred)
@@ -78,20 +100,22 @@ class ComboLoss(keras.losses.Loss):
         p = ops.clip(ops.reshape(y_pred, (batch, -1)), EPSILON, 1.0 - EPSILON)
 
         total = ops.zeros_like(p[:, 0])
-        if self.bce or self.focal:
+        every = self._variables is not None
+        bce, dice, focal = self._variables or (self.bce, self.dice, self.focal)
+        if every or self.bce or self.focal:
             # log of the probability given to the true class, per pixel
             p_t = t * p + (1.0 - t) * (1.0 - p)
             log_p_t = ops.log(p_t)
-            if self.bce:
-                total += self.bce * -ops.mean(log_p_t, axis=1)
-            if self.focal:
+            if every or self.bce:
+                total += bce * -ops.mean(log_p_t, axis=1)
+            if every or self.focal:
                 modulator = ops.power(1.0 - p_t, self.focal_gamma)
-                total += self.focal * -ops.mean(modulator * log_p_t, axis=1)
-        if self.dice:
+                total += focal * -ops.mean(modulator * log_p_t, axis=1)
+        if every or self.dice:
             inter = ops.sum(t * p, axis=1)
             denom = ops.sum(t, axis=1) + ops.sum(p, axis=1)
             soft_dice = (2.0 * inter + self.smooth) / (denom + self.smooth)
-            total += self.dice * (1.0 - soft_dice)
+            total += dice * (1.0 - soft_dice)
         return total
 
     def get_config(self) -> dict:

@@ -27,6 +27,10 @@ or ``pct_start * total_steps`` when ``warmup_steps`` is 0).
 
 After ``total_steps`` every schedule holds its last value (``cosine_restarts`` keeps
 cycling, as Keras' class does).
+
+:class:`StepTable` holds any of them as a table of its rates, one per step, in a variable:
+on TensorFlow the training uses it, so that a traced train step serves the next run's
+schedule too (:mod:`model.warm`).
 """
 
 from __future__ import annotations
@@ -37,9 +41,17 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
-__all__ = ["SCHEDULES", "LinearWarmup", "OneCycle", "make_schedule", "schedule_params"]
+__all__ = [
+    "SCHEDULES",
+    "LinearWarmup",
+    "OneCycle",
+    "StepTable",
+    "make_schedule",
+    "schedule_params",
+]
 
 Schedule = keras.optimizers.schedules.LearningRateSchedule
 
@@ -147,6 +159,71 @@ class OneCycle(Schedule):
             "div_final": self.div_final,
             "name": self.name,
         }
+
+
+@keras.saving.register_keras_serializable(package="pneumotune")
+class StepTable(Schedule):
+    """``schedule``'s rate at each step ``0..total_steps`` of a run, read from a variable
+    (the rate at ``total_steps`` after it). TensorFlow only.
+
+    A traced train step that reads its learning rate here, rather than computing it,
+    serves any schedule of the same length: :meth:`load` writes the next run's rates into
+    the same variable. The rates are the schedule's own, computed by TensorFlow in a
+    graph as the train step would compute them (float32, bit for bit).
+    """
+
+    def __init__(
+        self, schedule: Schedule | float, total_steps: int, name: str = "StepTable"
+    ) -> None:
+        super().__init__()
+        if int(total_steps) != total_steps or total_steps < 1:
+            raise ValueError(f"total_steps must be an integer >= 1; got {total_steps!r}")
+        self.total_steps = int(total_steps)
+        self.name = name
+        self.table = keras.Variable(
+            np.zeros(self.total_steps + 1, np.float32), trainable=False, name="lr_table"
+        )
+        self.load(schedule)
+
+    def load(self, schedule: Schedule | float) -> None:
+        """Use ``schedule`` from now on (same ``total_steps``)."""
+        self.schedule = schedule
+        self.table.assign(_rates(schedule, self.total_steps + 1))
+
+    def __call__(self, step):
+        return ops.take(self.table, ops.minimum(ops.cast(step, "int32"), self.total_steps))
+
+    def get_config(self) -> dict:
+        schedule = self.schedule
+        if isinstance(schedule, Schedule):
+            schedule = keras.saving.serialize_keras_object(schedule)
+        return {"schedule": schedule, "total_steps": self.total_steps, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict) -> Schedule | float:
+        schedule = config["schedule"]
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        if keras.backend.backend() != "tensorflow":
+            return schedule  # a checkpoint trained on TensorFlow, resumed on another backend
+        return cls(schedule, config["total_steps"], name=config.get("name", "StepTable"))
+
+
+def _rates(schedule: Schedule | float, n: int) -> np.ndarray:
+    """The rates at steps ``0..n-1``."""
+    if not isinstance(schedule, Schedule):
+        return np.full(n, schedule, np.float32)
+    import tensorflow as tf
+
+    # In a graph, with an int64 step like the optimizer's iterations: the same ops on the
+    # same inputs as inside the train step (map_fn, because Keras' cosine warm-up is a cond).
+    steps = tf.range(n, dtype=tf.int64)
+    rates = tf.function(
+        lambda s: tf.map_fn(
+            lambda i: tf.cast(schedule(i), tf.float32), s, fn_output_signature=tf.float32
+        )
+    )(steps)
+    return rates.numpy()
 
 
 # --------------------------------------------------------------------------- builders

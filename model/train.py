@@ -44,13 +44,14 @@ import numpy as np
 
 from pneumotune.errors import PneumotuneError
 from pneumotune.model import metrics as M
+from pneumotune.model import warm as warm_models
 from pneumotune.model.config import METRICS, TrainConfig
 from pneumotune.model.devices import configure_devices
 from pneumotune.model.losses import make_loss
 from pneumotune.model.pipeline import BatchSource, TrainBatches, make_batches, steps_per_epoch
 from pneumotune.model.resunet import build_resunet
 from pneumotune.model.sampling import epoch_indices, positive_share
-from pneumotune.model.schedules import make_schedule
+from pneumotune.model.schedules import Schedule, StepTable, make_schedule
 
 __all__ = ["FitResult", "TrainingDiverged", "fit", "steps_per_epoch"]
 
@@ -120,10 +121,17 @@ def _schedule_params(cfg: TrainConfig) -> dict[str, Any]:
     return {}  # constant; one_cycle rises over the warm-up (default: 30% of the run)
 
 
-def _optimizer(cfg: TrainConfig, steps: int) -> keras.optimizers.Optimizer:
+def schedule_for(cfg: TrainConfig, steps: int) -> Schedule | float:
+    """The run's learning rate: ``cfg``'s schedule over ``cfg.epochs * steps`` steps."""
     total = cfg.epochs * steps
     warmup = min(round(cfg.warmup_epochs * steps), total - 1)
-    lr = make_schedule(cfg.schedule, cfg.lr, total, warmup, **_schedule_params(cfg))
+    return make_schedule(cfg.schedule, cfg.lr, total, warmup, **_schedule_params(cfg))
+
+
+def _optimizer(cfg: TrainConfig, steps: int) -> keras.optimizers.Optimizer:
+    lr = schedule_for(cfg, steps)
+    if keras.backend.backend() == "tensorflow":  # a traced step then serves any schedule
+        lr = StepTable(lr, cfg.epochs * steps)
     if cfg.weight_decay > 0:
         return keras.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay)
     return keras.optimizers.Adam(learning_rate=lr)
@@ -335,9 +343,12 @@ def compile_model(model: keras.Model, cfg: TrainConfig, n_train: int) -> keras.M
     ``cfg.epochs * steps_per_epoch(n_train)`` steps, and the config's combo loss. No Keras
     metrics: validation is scored in numpy after each epoch. ``cfg.jit_compile``: XLA for
     the train step ("auto": Keras' default, which compiles where the backend supports it)."""
+    loss = make_loss(cfg.loss_bce, cfg.loss_dice, cfg.loss_focal)
+    if keras.backend.backend() == "tensorflow":  # a traced step then serves any weights
+        loss.weights_in_variables()
     model.compile(
         optimizer=_optimizer(cfg, steps_per_epoch(n_train, cfg.batch_size)),
-        loss=make_loss(cfg.loss_bce, cfg.loss_dice, cfg.loss_focal),
+        loss=loss,
         jit_compile={"auto": "auto", "on": True, "off": False}[cfg.jit_compile],
     )
     # Create the optimizer's slots now, eagerly (~0.2 s). Left to the first train step,
@@ -360,6 +371,7 @@ def fit(
     strategy: Any | None = None,
     pipeline: str = "auto",
     input_threads: int | None = None,
+    warm: bool = False,
 ) -> FitResult:
     """Train ``cfg`` on ``train`` for epochs ``initial_epoch..cfg.epochs-1``, scoring ``val``.
 
@@ -394,6 +406,11 @@ def fit(
         pipeline: ``"auto"`` (``tf.data`` on TensorFlow, else the PyDataset),
             ``"tf.data"`` or ``"pydataset"`` (:mod:`model.pipeline`): the same batches.
         input_threads: the PyDataset's worker threads (default: the process' CPUs, <= 8).
+        warm: train a kept model of the same architecture whose train step is already
+            traced, reset for this run, when this process has one (:mod:`model.warm`:
+            the same results as a new model; TensorFlow, not with ``strategy`` or
+            ``resume_from``). The model returned is then kept for the next warm run:
+            for processes that train one run after another (a search's trials).
 
     Raises:
         TrainingDiverged: the training (or validation) loss became NaN or infinite.
@@ -410,7 +427,11 @@ def fit(
     _check_arrays("train", train, cfg.img_size)
     _check_arrays("val", val, cfg.img_size)
     configure_devices(cfg.mixed_precision)  # before TensorFlow allocates anything
-    keras.utils.set_random_seed(cfg.seed)
+    warm = warm and resume_from is None and strategy is None and warm_models.supported()
+    if warm:
+        warm_models.seed(cfg.seed)  # keeps TensorFlow's instantiated train steps
+    else:
+        keras.utils.set_random_seed(cfg.seed)
 
     images, masks = train
     n = len(images)
@@ -433,6 +454,8 @@ def fit(
                     f"{done}",
                     stacklevel=2,
                 )
+        elif warm:
+            model, _ = warm_models.compiled_model(cfg, n)
         else:
             model = compile_model(build_model(cfg), cfg, n)
     first_callbacks: list[keras.callbacks.Callback] = []

@@ -103,6 +103,11 @@ class ExperimentConfig:
     val_fold: int = 0
     max_failures: int = 2  # retries of a trial whose worker died, from its last checkpoint
     enqueue_tutorial: bool = True
+    # Trials one after another in the same process (Tune's reuse_actors), each training a
+    # kept model of its architecture with the train step already traced (model.warm):
+    # no TensorFlow import and no tracing after a process' first trial. Results are the
+    # same either way; false gives every trial a new process.
+    warm_trials: bool = True
     # Random trials before TPE starts modelling (Optuna's default, 10, would leave a small
     # search random from end to end). None: a quarter of num_samples, 2 to 10.
     startup_trials: int | None = None
@@ -230,6 +235,8 @@ def parse_experiment(raw: dict[str, Any], source: Path | None = None) -> Experim
         for parent, _ in spec.when:
             if cfg.param(parent) is None and parent not in fixed:
                 problems.append(f"{spec.name}: 'when' names {parent!r}, which is not a parameter")
+    if not isinstance(cfg.warm_trials, bool) or not isinstance(cfg.enqueue_tutorial, bool):
+        problems.append("warm_trials and enqueue_tutorial must be true or false")
     if cfg.metric not in METRICS:
         problems.append(f"metric must be one of {METRICS}, got {cfg.metric!r}")
     if cfg.epochs < 1 or cfg.num_samples < 1 or cfg.max_concurrent < 1:

@@ -6,6 +6,13 @@
   :class:`TrialRepr`, mixed into that class through the function's ``__mixins__``, sets
   the instance's ``_name`` before the actor's constructor returns, which is when Ray
   reads the repr.
+* **Reused actors** (``warm_trials``, Tune's ``reuse_actors``): one actor runs trial after
+  trial, and Ray reads an actor's repr only once. Such an actor's repr names the process
+  (``pneumotune trial runner pid=<pid>``), and each trial it runs starts a resource-free
+  :class:`TrialTag` actor whose repr is the trial's name and settings plus that pid,
+  alive exactly while the trial runs: the Actors table lists every running trial by name
+  beside the runner that trains it. The trial also re-announces its name to Ray's log
+  monitor, so the driver's console prefixes its lines with it, not the runner's.
 * **Actor log**: one line per epoch with every validation metric, the loss and the
   epoch's seconds, and a line when a trial resumes from a checkpoint
   (:func:`epoch_line`, :func:`resume_line`), printed by the trial.
@@ -20,7 +27,10 @@ Nothing here shows a patient identifier: trials know only their config and metri
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +64,66 @@ class TrialRepr:
     """Mixed into Tune's trainable class: the actor's repr names the trial and its settings."""
 
     def setup(self, config: dict[str, Any]) -> None:
-        try:  # the settings the trial trains with, defaults included
-            values = TrainConfig.from_flat(config).to_flat()
-        except ValueError:  # not a training config: show what it has
-            values = config
-        self._name = trial_label(self.trial_id, values)  # read by the class's __repr__
+        self._name = trial_label(self.trial_id, _settings(config))  # read by __repr__
         super().setup(config)
 
 
-def name_trial_actors(trainable: Any) -> Any:
-    """``trainable`` (a function trainable) with :class:`TrialRepr` mixed in by Tune."""
-    trainable.__mixins__ = (TrialRepr, *getattr(trainable, "__mixins__", ()))
+class RunnerRepr:
+    """Mixed into Tune's trainable class when its actors are reused: the repr names the
+    process, which runs trial after trial (each named by a :class:`TrialTag`)."""
+
+    def setup(self, config: dict[str, Any]) -> None:
+        self._name = runner_label(os.getpid())
+        super().setup(config)
+
+
+def runner_label(pid: int) -> str:
+    return f"pneumotune trial runner pid={pid}"
+
+
+def name_trial_actors(trainable: Any, reused: bool = False) -> Any:
+    """``trainable`` (a function trainable) with :class:`TrialRepr` mixed in by Tune, or
+    :class:`RunnerRepr` when its actors are ``reused`` for one trial after another."""
+    mixin = RunnerRepr if reused else TrialRepr
+    trainable.__mixins__ = (mixin, *getattr(trainable, "__mixins__", ()))
     return trainable
+
+
+class TrialTag:
+    """A resource-free actor whose repr names a trial that a reused actor is running: the
+    trial's label and the runner's pid (see the module docstring). It does nothing else."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def __repr__(self) -> str:
+        return self.label
+
+
+@contextlib.contextmanager
+def trial_tag(trial_id: str, config: dict[str, Any]):
+    """While the block runs, a :class:`TrialTag` names trial ``trial_id`` (this process
+    runs it) in the Actors table, and this process' log lines carry the trial's name."""
+    import ray
+    from ray._private.ray_constants import LOG_PREFIX_ACTOR_NAME
+
+    label = f"{trial_label(trial_id, _settings(config))} runner pid={os.getpid()}"
+    # Ray's log monitor takes this line as the actor's new name for the lines that follow
+    # (what Ray itself prints once, when an actor is created).
+    for stream in (sys.stdout, sys.stderr):
+        print(f"{LOG_PREFIX_ACTOR_NAME}{label}", file=stream, flush=True)
+    tag = ray.remote(num_cpus=0, max_restarts=0)(TrialTag).remote(label)
+    try:
+        yield label
+    finally:
+        ray.kill(tag)
+
+
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    try:  # the settings the trial trains with, defaults included
+        return TrainConfig.from_flat(config).to_flat()
+    except ValueError:  # not a training config: show what it has
+        return config
 
 
 class TrialMetrics:

@@ -9,6 +9,7 @@ the same step) and epoch count.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -23,11 +24,15 @@ def train_trial(
     data: dict[int, Arrays],
     backend: str = "tensorflow",
     gpu_fraction: float | None = None,
+    warm: bool = False,
 ) -> None:
     """Tune function trainable. ``data`` maps img_size -> the labelled arrays at that size;
     ``backend``: the driver's Keras backend, set here before Keras is imported (a worker
     on another machine does not inherit the driver's environment); ``gpu_fraction``: the
-    trial's share of a GPU (JAX and PyTorch cap their memory to it)."""
+    trial's share of a GPU (JAX and PyTorch cap their memory to it); ``warm``: this
+    process runs trial after trial (Tune reuses its actor): train warm
+    (:mod:`model.warm`) and name the trial with a tag actor
+    (:func:`search.dashboard.trial_tag`)."""
     from ray import tune
 
     from pneumotune.model.backend import prepare_process, select_backend
@@ -38,7 +43,7 @@ def train_trial(
 
     from pneumotune.model.devices import limit_threads
     from pneumotune.model.train import fit
-    from pneumotune.search.dashboard import TrialConsole
+    from pneumotune.search.dashboard import TrialConsole, trial_tag
     from pneumotune.search.space import train_config
 
     limit_threads(cpus)
@@ -53,7 +58,8 @@ def train_trial(
             console.epoch(epoch, metrics)
             tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(d))
 
-    with resume_from(tune.get_checkpoint()) as resume:
+    named = trial_tag(console.trial_id, config) if warm else contextlib.nullcontext()
+    with named, resume_from(tune.get_checkpoint()) as resume:
         if resume["resume_from"] is not None:
             console.resumed(resume["initial_epoch"])
-        fit(cfg, train.pair, val.pair, on_epoch_end=on_epoch_end, **resume)
+        fit(cfg, train.pair, val.pair, on_epoch_end=on_epoch_end, warm=warm, **resume)

@@ -102,12 +102,24 @@ def wrapped_trainable(plan: SearchPlan, data: dict[int, Any], trainable: Trainab
         from pneumotune.search.distributed import multi_worker_trainable
 
         return name_trial_actors(multi_worker_trainable(res, data))
+    warm = trainable is None and reused_actors(plan)
     if trainable is None:
         fraction = res.gpu if 0 < res.gpu < 1 else None
-        fn = tune.with_parameters(train_trial, data=data, backend=backend, gpu_fraction=fraction)
+        fn = tune.with_parameters(
+            train_trial, data=data, backend=backend, gpu_fraction=fraction, warm=warm
+        )
     else:
         fn = tune.with_parameters(trainable, data=data)
-    return name_trial_actors(tune.with_resources(fn, {"cpu": res.cpu, "gpu": res.gpu}))
+    resources = tune.with_resources(fn, {"cpu": res.cpu, "gpu": res.gpu})
+    return name_trial_actors(resources, reused=warm)
+
+
+def reused_actors(plan: SearchPlan) -> bool:
+    """Whether the search's trials run one after another in kept processes: the
+    experiment's ``warm_trials`` for one-worker trials (a multi-worker trial's process
+    is a light driver of Ray Train workers: nothing to keep warm)."""
+    exp = plan.experiment
+    return exp.warm_trials and exp.resources.workers_per_trial == 1
 
 
 def build_tuner(
@@ -131,8 +143,9 @@ def build_tuner(
     bench/replay.py); ``sampler="grid"`` runs exactly ``points`` (each merged over the
     fixed values, in order, once each: bench/atlas.py); ``stop`` is a Tune stopper (e.g.
     a trial-epoch budget); ``callbacks`` run besides the progress lines and the dashboard's
-    trial counts; ``reuse_actors`` keeps trial processes between trials (replays: a
-    TensorFlow trial gets a fresh process).
+    trial counts; ``reuse_actors`` keeps trial processes between trials (``run_search``
+    sets it from the experiment's ``warm_trials``; replays: a replayed trial starts in
+    milliseconds).
     """
     import optuna
     from ray import tune
@@ -332,6 +345,8 @@ def run_search(
                 "--name to start another"
             )
         write_plan(plan)
+        if trainable is None:
+            tuner_options.setdefault("reuse_actors", reused_actors(plan))
         tuner = build_tuner(plan, wrapped, **tuner_options)
     tuner.fit()
     if plan.experiment.resources.workers_per_trial > 1:

@@ -195,3 +195,29 @@ def test_compiled_model_saves_and_loads_with_the_loss(tmp_path):
 def test_invalid_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_loss(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "weights", [(3.0, 1.0, 4.0), (1.0, 1.0, 0.0), (0.0, 2.0, 0.0), (0.5, 0.0, 6.0)]
+)
+def test_weights_in_variables_give_the_same_loss_and_follow_set_weights(weights):
+    rng = np.random.default_rng(2)
+    y_true = (rng.random((3, 8, 8, 1)) < 0.3).astype(np.float32)
+    y_pred = rng.random((3, 8, 8, 1)).astype(np.float32)
+    plain = float(ComboLoss(*weights)(y_true, y_pred))
+    tied = ComboLoss(1.0, 1.0, 1.0).weights_in_variables()
+    tied.set_weights(*weights)
+    assert float(tied(y_true, y_pred)) == pytest.approx(plain, rel=1e-6)
+    assert (tied.bce, tied.dice, tied.focal) == weights
+    assert ComboLoss.from_config(tied.get_config()).get_config() == ComboLoss(*weights).get_config()
+
+
+def test_set_weights_checks_its_weights():
+    with pytest.raises(RuntimeError, match="weights_in_variables"):
+        ComboLoss().set_weights(1.0, 1.0, 0.0)
+    tied = ComboLoss().weights_in_variables()
+    with pytest.raises(ValueError, match=">= 0"):
+        tied.set_weights(-1.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match="at least one"):
+        tied.set_weights(0.0, 0.0, 0.0)
+    assert (tied.bce, tied.dice, tied.focal) == (1.0, 1.0, 0.0)  # unchanged

@@ -210,3 +210,50 @@ def test_every_schedule_survives_a_saved_optimizer(tmp_path):
         np.testing.assert_allclose(
             _values(opt2._learning_rate, STEPS), _values(schedule, STEPS), rtol=1e-6
         )
+
+
+tf_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="StepTable computes its rates with TensorFlow"
+)
+
+
+@tf_only
+@pytest.mark.parametrize(("name", "warmup", "params"), ALL)
+def test_step_table_holds_the_schedule_step_by_step(name, warmup, params):
+    schedule = make_schedule(name, BASE, TOTAL, warmup, **params)
+    table = schedules.StepTable(schedule, TOTAL)
+    steps = list(range(TOTAL + 1))
+    # The table holds the rates as a graph computes them (as the train step did), which
+    # can differ from an eager call in the last bit (cosine_restarts' log and pow).
+    np.testing.assert_allclose(_values(table, steps), _values(schedule, steps), rtol=2e-5)
+    # After the run: the rate at the last step (every schedule but restarts holds it).
+    assert float(table(TOTAL + 50)) == float(table(TOTAL))
+
+
+@tf_only
+def test_step_table_loads_another_schedule_into_the_same_variable():
+    table = schedules.StepTable(make_schedule("cosine", BASE, TOTAL), TOTAL)
+    variable = table.table
+    other = make_schedule("step", 3 * BASE, TOTAL, 10, gamma=0.5)
+    table.load(other)
+    assert table.table is variable
+    np.testing.assert_allclose(_values(table, STEPS), _values(other, STEPS), rtol=1e-6)
+    assert table.schedule is other
+
+
+@tf_only
+def test_step_table_survives_a_saved_optimizer(tmp_path):
+    schedule = make_schedule("one_cycle", BASE, TOTAL)
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    table = schedules.StepTable(schedule, TOTAL)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=table), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    model.optimizer.iterations.assign(40)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras").optimizer
+    assert isinstance(loaded._learning_rate, schedules.StepTable)
+    assert float(loaded.learning_rate) == float(model.optimizer.learning_rate)
+    np.testing.assert_allclose(
+        _values(loaded._learning_rate, STEPS), _values(schedule, STEPS), rtol=2e-5
+    )

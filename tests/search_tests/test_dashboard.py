@@ -21,7 +21,13 @@ import optuna
 import pytest
 import yaml
 
-from pneumotune.search.dashboard import epoch_line, resume_line, trial_label, trial_state_counts
+from pneumotune.search.dashboard import (
+    epoch_line,
+    resume_line,
+    runner_label,
+    trial_label,
+    trial_state_counts,
+)
 from pneumotune.search.tuner import journal_storage
 
 BIN = Path(sys.executable).parent
@@ -102,7 +108,23 @@ def _get(url: str, token: str | None) -> tuple[int, str]:
         return 0, f"{type(exc).__name__}: {exc}"
 
 
-def _experiment(tmp_path: Path, name: str, epochs: int, concurrent: int) -> Path:
+def _actor(url: str, token: str, wanted, alive: bool = True, timeout: float = 240) -> dict:
+    """The first actor of the dashboard's Actors table that ``wanted(actor)`` accepts (and
+    is ALIVE, if ``alive``), polled for until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = _get(f"{url}/logical/actors", token)
+        assert status in (0, 200), body[:300]
+        if status == 200:
+            for a in json.loads(body)["data"]["actors"].values():
+                a["reprName"] = a.get("reprName") or ""
+                if (a.get("state") == "ALIVE" or not alive) and wanted(a):
+                    return a
+        time.sleep(1)
+    raise AssertionError("no such actor appeared in the dashboard's Actors table")
+
+
+def _experiment(tmp_path: Path, name: str, epochs: int, concurrent: int, grace: int = 1) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -114,7 +136,7 @@ def _experiment(tmp_path: Path, name: str, epochs: int, concurrent: int) -> Path
                 "max_concurrent": concurrent,
                 "max_failures": 0,
                 "resources": {"cpu": 1, "gpu": 0},
-                "asha": {"grace_period": 1, "reduction_factor": 2},
+                "asha": {"grace_period": grace, "reduction_factor": 2},
                 "fixed": {"img_size": 32, "depth": 2, "batch_size": 8, "base_filters": 4},
                 "space": {"lr": {"low": 1.0e-3, "high": 3.0e-3, "log": True}},
             }
@@ -149,7 +171,10 @@ def _dashboard_url(log: Path, proc: subprocess.Popen, timeout: float = 120) -> s
 @pytest.mark.slow
 def test_a_running_search_in_the_dashboard_and_a_second_search_beside_it(tiny_dataset, tmp_path):
     token = _token()
-    first = _start(tmp_path, _experiment(tmp_path, "watched", 20, 1), tiny_dataset, "watched")
+    # Two trials one after the other, neither stopped early: the second runs in the first
+    # one's actor (warm_trials, on by default).
+    watched = _experiment(tmp_path, "watched", 30, 1, grace=30)
+    first = _start(tmp_path, watched, tiny_dataset, "watched")
     try:
         url = _dashboard_url(tmp_path / "watched.log", first)
         # A second search while the first holds its dashboard port: its own Ray, the next
@@ -159,22 +184,19 @@ def test_a_running_search_in_the_dashboard_and_a_second_search_beside_it(tiny_da
         assert url_beside != url
 
         assert _get(f"{url}/logical/actors", None)[0] == 401  # token auth is on
-        # The trial's actor, named with its id and settings, while it runs.
-        actor, deadline = None, time.monotonic() + 240
-        while actor is None and time.monotonic() < deadline:
-            status, body = _get(f"{url}/logical/actors", token)
-            assert status == 200, body[:300]
-            for a in json.loads(body)["data"]["actors"].values():
-                if a.get("state") == "ALIVE" and "trial_" in (a.get("reprName") or ""):
-                    actor = a
-            time.sleep(1)
-        assert actor is not None, "no ALIVE trial actor named trial_<id> appeared"
-        repr_name = actor["reprName"]
-        assert re.fullmatch(
-            r"trial_\w+ img_size=32 base_filters=4 lr=[0-9.e-]+ schedule=\w+", repr_name
+        # The running trial, named with its id and settings by its tag actor, and the
+        # actor that trains it (the pid the tag names).
+        tag = _actor(url, token, lambda a: a["reprName"].startswith("trial_"))
+        found = re.fullmatch(
+            r"trial_(\w+) img_size=32 base_filters=4 lr=[0-9.e-]+ schedule=\w+ runner pid=(\d+)",
+            tag["reprName"],
         )
-        trial_id = repr_name.split()[0].removeprefix("trial_")
+        assert found, tag["reprName"]
+        trial_id, pid = found.group(1), int(found.group(2))
         assert (tmp_path / "results" / "watched" / f"trial_{trial_id}").is_dir()
+        runner = _actor(url, token, lambda a: a["reprName"] == runner_label(pid))
+        assert int(runner["pid"]) == pid and tag["pid"] != runner["pid"]
+        actor = runner
 
         # Its log: a line per epoch with the validation metrics.
         lines, deadline = [], time.monotonic() + 120
@@ -210,6 +232,14 @@ def test_a_running_search_in_the_dashboard_and_a_second_search_beside_it(tiny_da
             time.sleep(2)
         for pattern in patterns:
             assert re.search(pattern, series), [x for x in series.splitlines() if "pneumo" in x]
+
+        # The next trial runs in the same actor, and its own tag names it there.
+        tag2 = _actor(
+            url, token, lambda a: re.fullmatch(rf"trial_\w+ .* runner pid={pid}", a["reprName"])
+            and not a["reprName"].startswith(f"trial_{trial_id} "), alive=False,
+        )  # fmt: skip
+        trial2 = tag2["reprName"].split()[0]
+        assert (tmp_path / "results" / "watched" / trial2).is_dir()
 
         assert second.wait(timeout=400) == 0, (tmp_path / "beside.log").read_text()[-3000:]
         assert first.wait(timeout=400) == 0, (tmp_path / "watched.log").read_text()[-3000:]
