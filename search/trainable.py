@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,22 @@ def train_trial(
     process runs trial after trial (Tune reuses its actor): train warm
     (:mod:`model.warm`) and name the trial with a tag actor
     (:func:`search.dashboard.trial_tag`)."""
+    # Each report states its own time_this_iter_s (Tune lets a result override it): Tune
+    # times an iteration from the session's previous report, and a reused actor's session
+    # keeps the previous trial's, so a warm trial's first iteration would also count the
+    # time its actor waited for Tune between trials. Here: from this trial's start.
+    lap = Lap()
     from ray import tune
 
     from pneumotune.model.backend import prepare_process, select_backend
 
     cpus = float(os.environ.get("OMP_NUM_THREADS", "1"))
+    if warm:
+        # Before a reused actor takes the next trial, Tune waits for this trial's thread to
+        # end (it leaves Keras' fit through SystemExit from tune.report) for 2 s by
+        # default, then fails the *next* trial, without a retry; an ASHA stop on 2 busy
+        # cores took longer (pneumotune demo). Read by Tune in this process, at the reset.
+        os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     select_backend(backend)
     prepare_process(cpus, gpu_fraction)
 
@@ -56,10 +68,25 @@ def train_trial(
         with tempfile.TemporaryDirectory(prefix="pneumotune-ckpt-") as d:
             write_checkpoint(model, Path(d), epoch)
             console.epoch(epoch, metrics)
-            tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(
+                {**metrics, "epoch": epoch, "time_this_iter_s": lap()},
+                checkpoint=tune.Checkpoint.from_directory(d),
+            )
 
     named = trial_tag(console.trial_id, config) if warm else contextlib.nullcontext()
     with named, resume_from(tune.get_checkpoint()) as resume:
         if resume["resume_from"] is not None:
             console.resumed(resume["initial_epoch"])
         fit(cfg, train.pair, val.pair, on_epoch_end=on_epoch_end, warm=warm, **resume)
+
+
+class Lap:
+    """Seconds since the previous call (the first: since this object was made)."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+
+    def __call__(self) -> float:
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        return seconds

@@ -67,3 +67,32 @@ def test_tiny_resunet_search_exports_a_model_that_predicts(
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(find_dicoms(dicoms)) == result.predicted
     assert loaded.img_size == 32
+
+
+def test_trials_stopped_by_asha_hand_their_process_to_the_next_trial(
+    tiny_dataset, ray_local, tmp_path
+):
+    # One trial at a time, so that every trial after the first runs in the first one's
+    # process (warm_trials, on by default), after a trial that ASHA stopped mid-run or
+    # one that completed: Tune's reset must find each trial's thread ended.
+    exp = parse_experiment(
+        {
+            "name": "warm",
+            "epochs": 3,
+            "num_samples": 5,
+            "max_concurrent": 1,
+            "seed": 0,
+            "max_failures": 0,
+            "asha": {"grace_period": 1, "reduction_factor": 2},
+            "fixed": {"depth": 2, "batch_size": 8, "img_size": 32, "base_filters": 4},
+            "space": {"lr": {"low": 1.0e-4, "high": 3.0e-3, "log": True}},
+        }
+    )
+    plan = plan_search(exp, tiny_dataset, name="warm", storage=tmp_path / "results")
+    summary = run_search(plan)
+    outcomes = [t.outcome for t in summary.trials]
+    assert len(outcomes) == 5 and "stopped by ASHA" in outcomes, summary.describe()
+    assert set(outcomes) <= {"completed", "stopped by ASHA"}, summary.describe()
+    assert len({row["pid"] for t in summary.trials for row in t.history}) == 1
+    for t in summary.trials:  # each trial's own epochs, counted from 1
+        assert [row["training_iteration"] for row in t.history] == list(range(1, t.epochs + 1))
