@@ -455,7 +455,7 @@ def fit(
                     stacklevel=2,
                 )
         elif warm:
-            model, _ = warm_models.compiled_model(cfg, n)
+            model = warm_models.compiled_model(cfg, n)
         else:
             model = compile_model(build_model(cfg), cfg, n)
     first_callbacks: list[keras.callbacks.Callback] = []

@@ -4,8 +4,8 @@ On TensorFlow, tracing the train step is most of what a trial's first epoch cost
 steady one (``bench/startup.py profile``: ~4 s at 128 px against 0.1 s a step). A trial
 process that Ray Tune reuses for the next trial keeps its compiled models here, one per
 :func:`graph_key` (what the traced step depends on: image size, filters, depth, dropout,
-batch size, steps in the run, precision, XLA, the optimizer and the loss' shape). The
-next run with the same key gets, in the same model object:
+batch size, steps in the run, precision, XLA, weight decay). The next run with the same
+key gets, in the same model object:
 
 * its own fresh weights: built under its seed exactly as a cold run builds them, then
   copied in (every variable: weights, batch-norm statistics, dropout seed states);
@@ -63,10 +63,10 @@ def graph_key(cfg: TrainConfig, n_train: int) -> tuple[Any, ...]:
     )
 
 
-def compiled_model(cfg: TrainConfig, n_train: int) -> tuple[keras.Model, bool]:
-    """``(model, warm)``: a compiled model for a new run of ``cfg`` on ``n_train`` images,
-    set up as :func:`model.train.compile_model` sets up a new one. ``warm``: it is a kept
-    model of the same key, reset for this run; else a new one, kept for the next run.
+def compiled_model(cfg: TrainConfig, n_train: int) -> keras.Model:
+    """A compiled model for a new run of ``cfg`` on ``n_train`` images, set up as
+    :func:`model.train.compile_model` sets up a new one: the kept model of its key, reset
+    for this run, or else a new one, kept for the next run.
 
     Call after :func:`seed`, as a cold run builds after seeding.
     """
@@ -81,7 +81,7 @@ def compiled_model(cfg: TrainConfig, n_train: int) -> tuple[keras.Model, bool]:
         _models[key] = (model, [np.array(v.numpy()) for v in model.optimizer.variables])
         while len(_models) > MAX_MODELS:
             _models.popitem(last=False)
-        return model, False
+        return model
     _models.move_to_end(key)
     model, optimizer_start = kept
     for mine, new in zip(model.variables, fresh.variables, strict=True):
@@ -90,7 +90,7 @@ def compiled_model(cfg: TrainConfig, n_train: int) -> tuple[keras.Model, bool]:
         var.assign(start)
     _rate_table(model).load(schedule_for(cfg, steps_per_epoch(n_train, cfg.batch_size)))
     model.loss.set_weights(cfg.loss_bce, cfg.loss_dice, cfg.loss_focal)
-    return model, True
+    return model
 
 
 def seed(value: int) -> None:
