@@ -27,3 +27,15 @@ def steps_seconds(result: dict) -> float:
     first step of a trial process (``first_step_seconds``: where the train step is traced
     and compiled; 0.0 in later epochs)."""
     return float(result.get("train_seconds", 0.0)) - float(result.get("first_step_seconds", 0.0))
+
+
+def all_trials_training_share(trials: list) -> float | None:
+    """Training steps' seconds over all trials' seconds (Tune's ``time_total_s``, from each
+    trial's start: imports, model build, tracing, validation, checkpoints), every trial
+    counted, the short ones ASHA stopped included: what a search's CPUs did."""
+    train = total = 0.0
+    for t in trials:
+        if t.history:
+            total += float(t.history[-1].get("time_total_s", 0.0))
+            train += sum(steps_seconds(r) for r in t.history)
+    return train / total if total else None

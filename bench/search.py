@@ -29,7 +29,7 @@ from typing import Any
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import CACHE, dataset, steps_seconds
+from common import CACHE, all_trials_training_share, dataset
 
 from pneumotune.search.replay import EpochBudget
 
@@ -65,18 +65,6 @@ def training_fraction(summary: Any, min_seconds: float) -> tuple[float | None, i
         if total >= min_seconds:
             shares.append(train / total)
     return (sum(shares) / len(shares) if shares else None), len(shares)
-
-
-def all_trials_training_share(summary: Any) -> float | None:
-    """Training steps' seconds over all trials' seconds (Tune's ``time_total_s``, from each
-    trial's start: imports, model build, tracing, validation, checkpoints), every trial
-    counted, the short ones ASHA stopped included: what a search's CPUs did."""
-    train = total = 0.0
-    for t in summary.trials:
-        if t.history:
-            total += float(t.history[-1].get("time_total_s", 0.0))
-            train += sum(steps_seconds(r) for r in t.history)
-    return train / total if total else None
 
 
 def run_arm(name: str, exp: Any, ds: Path, storage: Path, **options: Any) -> Any:
@@ -200,7 +188,7 @@ def score_arms(arms: list[tuple[str, Any]]) -> list[dict[str, Any]]:
                 "epochs_to_near_a_best": epochs_to_reach(points, a_best - NEAR),
                 "train_share": share,
                 "trials_over_1min": n,
-                "train_share_all": all_trials_training_share(s),
+                "train_share_all": all_trials_training_share(s.trials),
             }
         )
     return rows

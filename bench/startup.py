@@ -154,7 +154,7 @@ def profile(args: argparse.Namespace) -> None:
 
 def search(args: argparse.Namespace) -> None:
     """A small real search; first-iteration time over the later ones, per trial."""
-    from common import dataset, steps_seconds
+    from common import all_trials_training_share, dataset
 
     from pneumotune.data.ray_session import ensure_ray
     from pneumotune.search.config import load_experiment
@@ -177,7 +177,7 @@ def search(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     summary = run_search(plan, early_stopping=False)
     wall = time.perf_counter() - t0
-    ratios, ours, train, total = [], [], 0.0, 0.0
+    ratios, ours = [], []
     for t in summary.trials:
         h = t.history
         if len(h) < 2:
@@ -186,8 +186,6 @@ def search(args: argparse.Namespace) -> None:
         ratios.append(iters[0] / statistics.median(iters[1:]))
         ep = [float(r["epoch_seconds"]) for r in h]
         ours.append(ep[0] / statistics.median(ep[1:]))
-        train += sum(steps_seconds(r) for r in h)
-        total += float(h[-1]["time_total_s"])
         print(
             f"  {t.trial_id}: iterations {', '.join(f'{x:.1f}' for x in iters)} s -> "
             f"first / steady {ratios[-1]:.2f} (epoch_seconds: {ours[-1]:.2f})"
@@ -196,7 +194,7 @@ def search(args: argparse.Namespace) -> None:
         f"{len(ratios)} trials, {wall:.0f} s wall: median first / steady iteration "
         f"{statistics.median(ratios):.2f} (target <= 1.3), of epoch_seconds "
         f"{statistics.median(ours):.2f}; training steps (first step left out) "
-        f"{100 * train / total:.0f}% of all trials' time"
+        f"{100 * all_trials_training_share(summary.trials):.0f}% of all trials' time"
     )
 
 

@@ -130,7 +130,7 @@ def schedule_for(cfg: TrainConfig, steps: int) -> Schedule | float:
 
 def _optimizer(cfg: TrainConfig, steps: int) -> keras.optimizers.Optimizer:
     lr = schedule_for(cfg, steps)
-    if keras.backend.backend() == "tensorflow":  # a traced step then serves any schedule
+    if warm_models.supported():  # a kept traced step then serves any schedule
         lr = StepTable(lr, cfg.epochs * steps)
     if cfg.weight_decay > 0:
         return keras.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay)
@@ -344,7 +344,7 @@ def compile_model(model: keras.Model, cfg: TrainConfig, n_train: int) -> keras.M
     metrics: validation is scored in numpy after each epoch. ``cfg.jit_compile``: XLA for
     the train step ("auto": Keras' default, which compiles where the backend supports it)."""
     loss = make_loss(cfg.loss_bce, cfg.loss_dice, cfg.loss_focal)
-    if keras.backend.backend() == "tensorflow":  # a traced step then serves any weights
+    if warm_models.supported():  # a kept traced step then serves any weights
         loss.weights_in_variables()
     model.compile(
         optimizer=_optimizer(cfg, steps_per_epoch(n_train, cfg.batch_size)),

@@ -196,13 +196,12 @@ def test_a_running_search_in_the_dashboard_and_a_second_search_beside_it(tiny_da
         assert (tmp_path / "results" / "watched" / f"trial_{trial_id}").is_dir()
         runner = _actor(url, token, lambda a: a["reprName"] == runner_label(pid))
         assert int(runner["pid"]) == pid and tag["pid"] != runner["pid"]
-        actor = runner
 
         # Its log: a line per epoch with the validation metrics.
         lines, deadline = [], time.monotonic() + 120
         while len(lines) < 2 and time.monotonic() < deadline:
             status, text = _get(
-                f"{url}/api/v0/logs/file?actor_id={actor['actorId']}&suffix=out&lines=1000", token
+                f"{url}/api/v0/logs/file?actor_id={runner['actorId']}&suffix=out&lines=1000", token
             )
             lines = [x for x in text.splitlines() if x.startswith(f"trial_{trial_id} epoch ")]
             time.sleep(1)
