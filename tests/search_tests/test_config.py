@@ -77,6 +77,7 @@ def test_shipped_experiments_load_by_name(name):
         ({"asha": {"eta": 3}}, "unknown asha key(s) ['eta']"),
         ({"resources": {"gpu": 1.5}}, "whole number"),
         ({"fixed": {"depth": 3, "batch_size": 0}}, "batch_size must be >= 1"),
+        ({"warm_trials": "yes"}, "warm_trials and enqueue_tutorial must be true or false"),
     ],
 )
 def test_bad_top_level_values(tmp_path, change, fragment):
