@@ -11,6 +11,7 @@ search read only the size it trains at.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pneumotune.errors import PneumotuneError
@@ -149,15 +149,20 @@ def read_meta(root: Path) -> Any:
 
 @dataclass(frozen=True)
 class Arrays:
-    """One stored size of the labelled images, in memory.
+    """One stored size of the labelled images: ``images`` uint8 ``(N, S, S)``, ``masks``
+    uint8 0/1 ``(N, S, S)`` and ``meta``, a pandas DataFrame of the metadata columns,
+    row-aligned.
 
-    ``images``: uint8 ``(N, S, S)``; ``masks``: uint8 0/1 ``(N, S, S)``;
-    ``meta``: a pandas DataFrame of the metadata columns, row-aligned.
+    The arrays may be read-only memory maps shared by every process of a node
+    (:mod:`pneumotune.data.node_cache`); nothing here copies them except :meth:`subset`.
+    ``positive``: per row, whether the mask has a pixel at this size (the node cache
+    stores it; otherwise it is computed once from the masks).
     """
 
     images: np.ndarray
     masks: np.ndarray
     meta: Any
+    positive_rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -167,14 +172,94 @@ class Arrays:
         """``(images, masks)``, as ``model.train.fit`` takes a set."""
         return self.images, self.masks
 
+    @functools.cached_property
+    def positive(self) -> np.ndarray:
+        if self.positive_rows is not None:
+            return self.positive_rows
+        return has_foreground(self.masks)
+
     def subset(self, index: np.ndarray) -> Arrays:
+        """A copy of the rows ``index`` (fancy indexing copies: prefer :class:`Rows`)."""
         return Arrays(
-            self.images[index], self.masks[index], self.meta.iloc[index].reset_index(drop=True)
+            self.images[index],
+            self.masks[index],
+            self.meta.iloc[index].reset_index(drop=True),
+            None if self.positive_rows is None else self.positive_rows[index],
         )
 
+    def rows(self, index: np.ndarray | None = None) -> Rows:
+        """A view of rows ``index`` (all by default): no pixel is copied."""
+        index = np.arange(len(self)) if index is None else np.asarray(index, np.int64)
+        return Rows(self, index)
 
-def split_fold(arrays: Arrays, val_fold: int) -> tuple[Arrays, Arrays]:
-    """Training rows (every other fold) and validation rows (``val_fold``)."""
+
+def has_foreground(masks: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Per mask of ``(N, S, S)``, whether any pixel is set; read ``chunk`` masks at a time
+    (no copy of the whole set: the masks may be a memory map larger than memory)."""
+    out = np.zeros(len(masks), bool)
+    for start in range(0, len(masks), chunk):
+        block = masks[start : start + chunk]
+        out[start : start + len(block)] = block.reshape(len(block), -1).any(axis=1)
+    return out
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Some rows of an :class:`Arrays` (a fold, a training set) without copying them.
+
+    ``index`` holds row numbers of ``source``; the pixels stay in the source's (shared,
+    possibly memory-mapped) arrays and are read a batch at a time by whoever trains or
+    scores on them (:func:`model.train.fit`, :func:`model.train.validation_metrics`), so a
+    trial's memory does not grow with the dataset. :meth:`take` copies the rows asked for;
+    :attr:`pair` copies them all (for small sets and for tools that need arrays).
+    """
+
+    source: Arrays
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def images(self) -> np.ndarray:
+        """The source's images (all rows, shared): select with :attr:`index`."""
+        return self.source.images
+
+    @property
+    def masks(self) -> np.ndarray:
+        """The source's masks (all rows, shared): select with :attr:`index`."""
+        return self.source.masks
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.source.images.shape[1:])
+
+    @property
+    def meta(self) -> Any:
+        return self.source.meta.iloc[self.index].reset_index(drop=True)
+
+    @property
+    def positive(self) -> np.ndarray:
+        return self.source.positive[self.index]
+
+    def take(self, which: Any = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the images and masks of rows ``which`` (a slice or positions in
+        this view), in that order."""
+        rows = self.index[which]
+        return self.source.images[rows], self.source.masks[rows]
+
+    @property
+    def pair(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of every row's ``(images, masks)``."""
+        return self.take()
+
+    def subset(self, positions: np.ndarray) -> Rows:
+        """The rows at ``positions`` of this view (still no copy of the pixels)."""
+        return Rows(self.source, self.index[np.asarray(positions, np.int64)])
+
+
+def split_fold(arrays: Arrays, val_fold: int) -> tuple[Rows, Rows]:
+    """Training rows (every other fold) and validation rows (``val_fold``), as views."""
     folds = arrays.meta["fold"].to_numpy()
     is_val = folds == val_fold
     if not is_val.any() or is_val.all():
@@ -183,7 +268,7 @@ def split_fold(arrays: Arrays, val_fold: int) -> tuple[Arrays, Arrays]:
             f"val_fold {val_fold} leaves {side} image (folds of the labelled images: "
             f"{sorted(set(folds.tolist()))})"
         )
-    return arrays.subset((~is_val).nonzero()[0]), arrays.subset(is_val.nonzero()[0])
+    return arrays.rows((~is_val).nonzero()[0]), arrays.rows(is_val.nonzero()[0])
 
 
 def check_size(manifest: dict[str, Any], size: int, root: Path) -> None:
@@ -195,29 +280,59 @@ def check_size(manifest: dict[str, Any], size: int, root: Path) -> None:
 
 
 def load_arrays(root: Path, size: int, labelled_only: bool = True) -> Arrays:
-    """Images and masks at ``size`` (labelled rows only unless told otherwise).
+    """Images and masks at ``size`` in memory (labelled rows only unless told otherwise).
 
     With ``labelled_only=False`` unlabelled rows are included and their masks are
     all zeros in ``masks`` — use ``meta.labelled`` before treating them as truth.
+    The arrays are filled one row group at a time: loading holds one copy of the
+    pixels, not the Arrow table and a numpy copy. A search does not call this: its
+    trials map the node's copy (:mod:`pneumotune.data.node_cache`).
     """
     root = Path(root)
     manifest = read_manifest(root)
     check_size(manifest, size, root)
-    table = read_table(root, [*META_COLUMNS, f"image_{size}", f"mask_{size}"])
+    meta = read_table(root, list(META_COLUMNS))
+    keep = np.ones(len(meta), bool)
     if labelled_only:
-        table = table.filter(pc.equal(table.column("labelled"), True))
-    images = bytes_to_array(table.column(f"image_{size}"), size)
-    mask_col = table.column(f"mask_{size}").fill_null(bytes(size * size))
-    masks = bytes_to_array(mask_col, size)
-    meta = table.select(list(META_COLUMNS)).to_pandas()
-    return Arrays(images, masks, meta)
+        keep = meta.column("labelled").to_numpy(zero_copy_only=False).astype(bool)
+    images = np.empty((int(keep.sum()), size, size), np.uint8)
+    masks = np.empty_like(images)
+    row = 0
+    for batch_keep, image_col, mask_col in iter_pixels(root, manifest, size, keep):
+        n = int(batch_keep.sum())
+        images[row : row + n] = bytes_to_array(image_col.filter(batch_keep), size)
+        masks[row : row + n] = bytes_to_array(
+            mask_col.filter(batch_keep).fill_null(bytes(size * size)), size
+        )
+        row += n
+    return Arrays(images, masks, meta.filter(keep).to_pandas())
 
 
-def bytes_to_array(column: pa.ChunkedArray, size: int) -> np.ndarray:
+def iter_pixels(root: Path, manifest: dict[str, Any], size: int, keep: np.ndarray, rows: int = 32):
+    """``(keep, image column, mask column)`` for every ``rows`` rows of the dataset, in
+    order, ``keep`` the slice of the given per-row selection: memory stays at one batch
+    of decompressed pixels (row groups are ``ROW_GROUP_ROWS`` rows, data.convert)."""
+    start = 0
+    for name in manifest["files"]:
+        parquet = pq.ParquetFile(Path(root) / name)
+        for batch in parquet.iter_batches(
+            batch_size=rows, columns=[f"image_{size}", f"mask_{size}"]
+        ):
+            n = batch.num_rows
+            yield (
+                pa.array(keep[start : start + n]),
+                batch.column(f"image_{size}"),
+                batch.column(f"mask_{size}"),
+            )
+            start += n
+
+
+def bytes_to_array(column: pa.ChunkedArray | pa.Array, size: int) -> np.ndarray:
     """A binary column of ``size*size``-byte cells -> uint8 ``(N, size, size)``."""
     out = np.empty((len(column), size, size), np.uint8)
     row = 0
-    for chunk in column.chunks:
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    for chunk in chunks:
         n = len(chunk)
         if n == 0:
             continue

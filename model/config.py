@@ -51,6 +51,10 @@ class TrainConfig:
     # optimisation
     epochs: int = 10
     batch_size: int = 16
+    # Images per epoch (None: the training set once). On SIIM at 1024 px one pass is long
+    # for a search's first rung; an epoch of N images draws N of the set, a fresh draw
+    # each epoch (model.sampling.epoch_indices).
+    epoch_images: int | None = None
     lr: float = 1e-3
     schedule: str = "cosine"  # one of SCHEDULES
     warmup_epochs: float = 0.0
@@ -91,6 +95,8 @@ class TrainConfig:
             problems.append(
                 f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
             )
+        if self.epoch_images is not None and self.epoch_images < 1:
+            problems.append(f"epoch_images must be >= 1 or null, got {self.epoch_images}")
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.schedule not in SCHEDULES:

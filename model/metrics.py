@@ -37,10 +37,14 @@ __all__ = [
     "PositiveIoU",
     "dice",
     "dice_from_counts",
+    "dice_from_pooled_counts",
+    "image_counts",
     "iou",
+    "iou_from_counts",
     "kaggle_dice",
     "per_image_dice",
     "positive_iou",
+    "positive_iou_from_counts",
 ]
 
 
@@ -65,10 +69,15 @@ def _as_batch(x: np.ndarray, what: str) -> np.ndarray:
     return x.reshape(x.shape[0], -1)
 
 
-def _counts(
+def image_counts(
     y_true: np.ndarray, y_pred: np.ndarray, threshold: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-image ``(intersection, truth size, prediction size)`` as int64 arrays of shape (B,)."""
+    """Per-image ``(intersection, truth size, prediction size)`` as int64 arrays of shape (B,).
+
+    Every score here is a function of these counts, so a set too large to hold as
+    probabilities is scored chunk by chunk: concatenate the chunks' counts, then score
+    with the ``*_from_counts`` functions.
+    """
     t = _as_batch(y_true, "y_true") > 0.5
     p = _as_batch(y_pred, "y_pred") > threshold
     if t.shape != p.shape:
@@ -90,9 +99,7 @@ def iou(
 
     ``|T & P| / |T | P|``; ``empty_score`` when truth and prediction are both empty.
     """
-    inter, t, p = _counts(y_true, y_pred, threshold)
-    union = int(t.sum() + p.sum() - inter.sum())
-    return float(empty_score) if union == 0 else float(inter.sum() / union)
+    return iou_from_counts(*image_counts(y_true, y_pred, threshold), empty_score)
 
 
 def dice(
@@ -105,7 +112,21 @@ def dice(
 
     ``2 |T & P| / (|T| + |P|)``; ``empty_score`` when truth and prediction are both empty.
     """
-    inter, t, p = _counts(y_true, y_pred, threshold)
+    return dice_from_pooled_counts(*image_counts(y_true, y_pred, threshold), empty_score)
+
+
+def iou_from_counts(
+    inter: np.ndarray, t: np.ndarray, p: np.ndarray, empty_score: float = 1.0
+) -> float:
+    """:func:`iou` from per-image counts."""
+    union = int(t.sum() + p.sum() - inter.sum())
+    return float(empty_score) if union == 0 else float(inter.sum() / union)
+
+
+def dice_from_pooled_counts(
+    inter: np.ndarray, t: np.ndarray, p: np.ndarray, empty_score: float = 1.0
+) -> float:
+    """:func:`dice` from per-image counts."""
     total = int(t.sum() + p.sum())
     return float(empty_score) if total == 0 else float(2 * inter.sum() / total)
 
@@ -115,7 +136,7 @@ def per_image_dice(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = 0.
 
     Both empty -> 1. Exactly one empty -> 0 (falls out of ``2|T&P| / (|T|+|P|)``).
     """
-    inter, t, p = _counts(y_true, y_pred, threshold)
+    inter, t, p = image_counts(y_true, y_pred, threshold)
     return dice_from_counts(inter, t + p)
 
 
@@ -145,7 +166,13 @@ def positive_iou(
     With no positive image the score is undefined and ``empty_score`` (NaN by default,
     so that it cannot be mistaken for a real score) is returned.
     """
-    inter, t, p = _counts(y_true, y_pred, threshold)
+    return positive_iou_from_counts(*image_counts(y_true, y_pred, threshold), empty_score)
+
+
+def positive_iou_from_counts(
+    inter: np.ndarray, t: np.ndarray, p: np.ndarray, empty_score: float = math.nan
+) -> float:
+    """:func:`positive_iou` from per-image counts."""
     pos = t > 0
     if not pos.any():
         return float(empty_score)

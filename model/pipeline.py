@@ -12,9 +12,11 @@ Two ways to feed Keras the same batches:
 * :class:`TrainBatches`, a ``keras.utils.PyDataset`` for every backend (TensorFlow, JAX,
   PyTorch): ``threads`` worker threads make the next batches ahead of the training step
   (OpenCV and numpy's fancy indexing release the GIL);
-* :func:`tf_dataset`, TensorFlow only: the same batches from ``tf.data`` (a ``tf.gather``
-  with no Python per batch when nothing is augmented, ``tf.numpy_function`` under a
-  parallel ``map`` otherwise).
+* :func:`tf_dataset`, TensorFlow only: the same batches from ``tf.data``
+  (``tf.numpy_function`` under a parallel ``map``).
+
+Neither copies the training set: a batch's rows are read from the (shared) arrays when
+the batch is made.
 
 :func:`make_batches` picks one: ``"auto"`` is ``tf.data`` on TensorFlow (measured faster
 there, bench/train.py) and the PyDataset elsewhere.
@@ -172,30 +174,18 @@ def tf_dataset(source: BatchSource) -> Any:
 
     size = source.cfg.img_size
     batches = tf.data.Dataset.range(source.first, source.stop)
-    if source.identity:
-        plan_t = tf.constant(source.flat_plan)
-        images_t, masks_t = tf.constant(source.images), tf.constant(source.masks)
-        steps, n, bs, first = source.steps, source.n, source.cfg.batch_size, source.first
 
-        def gather(k):
-            # BatchSource.indices in graph ops, so that no Python runs per batch.
-            epoch, step = (k - first) // steps, (k - first) % steps
-            start = epoch * n + step * bs
-            idx = plan_t[start : tf.minimum(start + bs, (epoch + 1) * n)]
-            return tf.gather(images_t, idx), tf.gather(masks_t, idx)
+    def make(k):
+        # The batch's rows are copied out of the (shared, possibly memory-mapped) arrays
+        # here: no tensor of the whole set, so the trial's memory does not grow with it.
+        x, y = tf.numpy_function(
+            lambda i: source.batch(int(i)), [k], (tf.uint8, tf.uint8), stateful=False
+        )
+        x.set_shape((None, size, size))
+        y.set_shape((None, size, size))
+        return x, y
 
-        ds = batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-
-        def augment_tf(k):
-            x, y = tf.numpy_function(
-                lambda i: source.batch(int(i)), [k], (tf.uint8, tf.uint8), stateful=False
-            )
-            x.set_shape((None, size, size))
-            y.set_shape((None, size, size))
-            return x, y
-
-        ds = batches.map(augment_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = batches.map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def to_float(x, y):
         return tf.cast(x, tf.float32)[..., None], tf.cast(y, tf.float32)[..., None]

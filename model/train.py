@@ -1,14 +1,17 @@
-"""Fit one :class:`model.config.TrainConfig` on in-memory arrays: the body of one trial.
+"""Fit one :class:`model.config.TrainConfig` on a training and a validation set: the body
+of one trial.
 
-``fit(cfg, (train_images, train_masks), (val_images, val_masks), on_epoch_end=...)``
+``fit(cfg, train, val, on_epoch_end=...)``
 builds the ResUNet (or reloads an epoch-end ``.keras`` file to resume), trains it with
 ``keras.Model.fit`` on the input pipeline of :mod:`model.pipeline`, and after every epoch scores the
 validation set with the numpy reference metrics of :mod:`model.metrics` and hands the
 numbers to ``on_epoch_end`` (where a search reports them and saves a checkpoint).
 
-Arrays: images ``uint8 (N, S, S)``, masks ``uint8 (N, S, S)`` holding 0/1, with
-``S == cfg.img_size``. The model is fed float32 raw pixel values 0..255 ``(B, S, S, 1)``
-(it rescales inside, so prediction cannot normalise differently).
+Sets: :class:`pneumotune.data.dataset.Rows` (rows of a search's shared, memory-mapped
+arrays; a batch is copied when it is made, so a trial's memory does not grow with the
+dataset) or a pair of arrays. Images ``uint8 (N, S, S)``, masks ``uint8 (N, S, S)``
+holding 0/1, with ``S == cfg.img_size``. The model is fed float32 raw pixel values
+0..255 ``(B, S, S, 1)`` (it rescales inside, so prediction cannot normalise differently).
 
 The input pipeline. Every epoch's image order is drawn up front, one seeded generator
 per epoch (:func:`pneumotune.model.sampling.epoch_indices`, with the positive share of
@@ -42,6 +45,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from pneumotune.data.dataset import Arrays, Rows
 from pneumotune.errors import PneumotuneError
 from pneumotune.model import metrics as M
 from pneumotune.model import warm as warm_models
@@ -145,8 +149,14 @@ def _current_lr(model: keras.Model) -> float:
 # --------------------------------------------------------------------------- data
 
 
-def _check_arrays(name: str, arrays: tuple[np.ndarray, np.ndarray], size: int) -> None:
-    images, masks = arrays
+Split = Rows | tuple[np.ndarray, np.ndarray]
+
+
+def as_rows(name: str, split: Split, size: int) -> Rows:
+    """``split`` as :class:`Rows` (a pair of arrays becomes a view of all its rows, no
+    copy), after checking its arrays' dtype and shape."""
+    rows = split if isinstance(split, Rows) else Arrays(*split, meta=None).rows()
+    images, masks = rows.images, rows.masks
     if images.ndim != 3 or images.shape[1:] != (size, size) or images.dtype != np.uint8:
         raise ValueError(
             f"{name} images must be uint8 (N, {size}, {size}) for img_size={size}; "
@@ -157,12 +167,14 @@ def _check_arrays(name: str, arrays: tuple[np.ndarray, np.ndarray], size: int) -
             f"{name} masks must be uint8 with the images' shape {images.shape}; "
             f"got {masks.dtype} {masks.shape}"
         )
-    if len(images) == 0:
+    if len(rows) == 0:
         raise ValueError(f"{name} set is empty")
+    return rows
 
 
 def epoch_plan(cfg: TrainConfig, is_positive: np.ndarray, first_epoch: int = 0) -> np.ndarray:
-    """The training indices of epochs ``first_epoch..cfg.epochs-1``: int64 ``(E, N)``.
+    """The training indices of epochs ``first_epoch..cfg.epochs-1``: int64 ``(E, n)``, ``n``
+    the images per epoch (``cfg.epoch_images``, else every training image once).
 
     Epoch ``e`` draws from its own generator seeded by ``(cfg.seed, e)``, so the plan of an
     epoch does not depend on ``first_epoch``.
@@ -173,16 +185,22 @@ def epoch_plan(cfg: TrainConfig, is_positive: np.ndarray, first_epoch: int = 0) 
         if cfg.pos_share_start is not None and cfg.pos_share_end is not None:
             share = positive_share(epoch, cfg.epochs, cfg.pos_share_start, cfg.pos_share_end)
         rng = np.random.default_rng([cfg.seed, epoch])
-        plans.append(epoch_indices(is_positive, share, None, rng))
-    return np.stack(plans) if plans else np.zeros((0, len(is_positive)), np.int64)
+        plans.append(epoch_indices(is_positive, share, cfg.epoch_images, rng))
+    n = cfg.epoch_images or len(is_positive)
+    return np.stack(plans) if plans else np.zeros((0, n), np.int64)
 
 
 # --------------------------------------------------------------------------- validation
 
 
-# Images per model.predict call: bounds the float32 copy of the input (4 MB per 1024-px
-# image) whatever the size of the validation set.
-PREDICT_CHUNK = 128
+# Pixels per model.predict call (128 images at 128 px, 16 at 1024 px): bounds the float32
+# copy of the input and the probabilities whatever the size of the set or of its images.
+PREDICT_PIXELS = 128 * 128 * 128
+
+
+def predict_chunk(image_pixels: int, batch_size: int) -> int:
+    """Images per predict call: whole batches within :data:`PREDICT_PIXELS` (at least one)."""
+    return batch_size * max(1, PREDICT_PIXELS // max(1, image_pixels) // batch_size)
 
 
 def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -194,8 +212,9 @@ def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 32) 
     image on its own, so the padding changes no probability.
     """
     out = np.empty(images.shape, np.float32)
-    for start in range(0, len(images), PREDICT_CHUNK):
-        chunk = images[start : start + PREDICT_CHUNK]
+    chunk_rows = predict_chunk(int(np.prod(images.shape[1:])), batch_size)
+    for start in range(0, len(images), chunk_rows):
+        chunk = images[start : start + chunk_rows]
         n = len(chunk)
         x = np.zeros((-(-n // batch_size) * batch_size, *chunk.shape[1:], 1), np.float32)
         x[:n, ..., 0] = chunk
@@ -209,35 +228,39 @@ def validation_metrics(
     masks: np.ndarray,
     threshold: float,
     batch_size: int = 32,
+    index: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The ``val_*`` metrics of :data:`METRIC_KEYS` for a compiled model.
 
-    The model predicts the set chunk by chunk; each chunk's loss is computed and its
-    probabilities are binarised at ``threshold`` (kept as uint8, a quarter of float32:
-    a 1024-px validation set does not fit in memory as probabilities). The numpy
-    references of :mod:`model.metrics` then score the binary masks, which gives exactly
+    ``index``: the rows of ``images`` and ``masks`` to score (all when ``None``), read a
+    chunk at a time, so that a trial scoring a fold of shared (memory-mapped) arrays holds
+    one chunk of it. Each chunk is predicted, its loss computed and its probabilities
+    reduced to per-image counts at ``threshold`` (:func:`model.metrics.image_counts`);
+    the scores of :mod:`model.metrics` computed from the counts of the whole set equal
     their value on the probabilities at ``threshold``. ``val_loss`` is the compiled loss
     averaged over images (what ``model.evaluate`` would report). ``val_positive_iou`` is
     0.0, not NaN, when the set has no positive image: a search sorts on it and NaN would
     poison the ranking.
     """
-    binary = np.empty(masks.shape, np.uint8)
-    losses = []
-    for start in range(0, len(images), PREDICT_CHUNK):
-        stop = start + PREDICT_CHUNK
-        probs = predict_probs(model, images[start:stop], batch_size)
-        binary[start:stop] = probs > threshold
-        truth = masks[start:stop]
+    index = np.arange(len(images)) if index is None else index
+    chunk_rows = predict_chunk(int(np.prod(images.shape[1:])), batch_size)
+    losses, counts = [], []
+    for start in range(0, len(index), chunk_rows):
+        rows = index[start : start + chunk_rows]
+        probs = predict_probs(model, images[rows], batch_size)
+        truth = masks[rows]
+        counts.append(M.image_counts(truth, probs, threshold))
         for b in range(0, len(probs), batch_size):
             t = truth[b : b + batch_size, ..., None].astype(np.float32)
             p = probs[b : b + batch_size, ..., None]
             losses.append(keras.ops.convert_to_numpy(model.loss.call(t, p)))
-    pos_iou = M.positive_iou(masks, binary, 0.5)
+    inter, t, p = (np.concatenate(c) for c in zip(*counts, strict=True))
+    pos_iou = M.positive_iou_from_counts(inter, t, p)
     return {
         "val_loss": float(np.mean(np.concatenate(losses))),
-        "val_iou": M.iou(masks, binary, 0.5),
-        "val_dice": M.dice(masks, binary, 0.5),
-        "val_kaggle_dice": M.kaggle_dice(masks, binary, 0.5),
+        "val_iou": M.iou_from_counts(inter, t, p),
+        "val_dice": M.dice_from_pooled_counts(inter, t, p),
+        "val_kaggle_dice": float(M.dice_from_counts(inter, t + p).mean()),
         "val_positive_iou": 0.0 if math.isnan(pos_iou) else pos_iou,
     }
 
@@ -252,7 +275,7 @@ class _EpochEnd(keras.callbacks.Callback):
     def __init__(
         self,
         cfg: TrainConfig,
-        val: tuple[np.ndarray, np.ndarray],
+        val: Rows,
         images_per_epoch: int,
         hook: EpochHook | None,
         history: list[dict[str, float]],
@@ -296,7 +319,12 @@ class _EpochEnd(keras.callbacks.Callback):
         if not math.isfinite(loss):
             raise self._diverged("at its end", loss)
         val = validation_metrics(
-            self.model, *self.val, self.cfg.threshold, batch_size=2 * self.cfg.batch_size
+            self.model,
+            self.val.images,
+            self.val.masks,
+            self.cfg.threshold,
+            batch_size=2 * self.cfg.batch_size,
+            index=self.val.index,
         )
         if not math.isfinite(val["val_loss"]):
             raise self._diverged("on validation", val["val_loss"])
@@ -360,8 +388,8 @@ def compile_model(model: keras.Model, cfg: TrainConfig, n_train: int) -> keras.M
 
 def fit(
     cfg: TrainConfig,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    train: Split,
+    val: Split,
     *,
     on_epoch_end: EpochHook | None = None,
     initial_epoch: int = 0,
@@ -377,7 +405,9 @@ def fit(
 
     Args:
         cfg: the run's config (``cfg.epochs`` is the whole run, resumed or not).
-        train, val: ``(images uint8 (N, S, S), masks uint8 0/1 (N, S, S))``, S = img_size.
+        train, val: :class:`pneumotune.data.dataset.Rows` (rows of shared arrays, read a
+            batch at a time: no copy of the set) or ``(images uint8 (N, S, S), masks uint8
+            0/1 (N, S, S))``, S = img_size.
         on_epoch_end: called after each epoch as ``(epoch 1-based, metrics, model)`` with
             the keys of :data:`METRIC_KEYS`: ``loss`` (train, mean over the epoch),
             ``val_loss``, ``val_iou``, ``val_dice``, ``val_kaggle_dice``,
@@ -424,8 +454,8 @@ def fit(
             f"initial_epoch must be in [0, epochs={cfg.epochs}) to leave an epoch to train, "
             f"got {initial_epoch}"
         )
-    _check_arrays("train", train, cfg.img_size)
-    _check_arrays("val", val, cfg.img_size)
+    train = as_rows("train", train, cfg.img_size)
+    val = as_rows("val", val, cfg.img_size)
     configure_devices(cfg.mixed_precision)  # before TensorFlow allocates anything
     warm = warm and resume_from is None and strategy is None and warm_models.supported()
     if warm:
@@ -433,8 +463,9 @@ def fit(
     else:
         keras.utils.set_random_seed(cfg.seed)
 
-    images, masks = train
-    n = len(images)
+    if cfg.epoch_images is not None and strategy is not None:
+        raise ValueError("epoch_images is for one-worker runs (each worker trains a share)")
+    n = cfg.epoch_images or len(train)  # images per epoch
     steps = steps_per_epoch(n, cfg.batch_size)
     # Several workers: variables must be created in the strategy's scope to be mirrored.
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
@@ -464,9 +495,10 @@ def fit(
 
         first_callbacks = multiworker.adapt_model(model, strategy, cfg.img_size)
 
-    is_positive = masks.reshape(n, -1).any(axis=1)
-    plan = epoch_plan(cfg, is_positive, initial_epoch)
-    source = BatchSource(cfg, images, masks, plan, initial_epoch)
+    # The plan draws positions in the training set; the source reads their rows of the
+    # shared arrays, a batch at a time.
+    plan = train.index[epoch_plan(cfg, train.positive, initial_epoch)]
+    source = BatchSource(cfg, train.images, train.masks, plan, initial_epoch)
     ds = make_batches(source, "tf.data" if strategy is not None else pipeline, input_threads)
     if strategy is not None:
         ds = multiworker.data_sharded(ds)

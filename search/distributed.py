@@ -102,7 +102,8 @@ def train_worker(loop: dict[str, Any]) -> None:
 
     ``loop`` (the trainer's ``train_loop_config``):
         ``config``: the flat training config (``TrainConfig.to_flat`` names);
-        ``data``: ``ObjectRef`` of the labelled ``data.dataset.Arrays`` at its img_size;
+        ``data``: the search's :class:`pneumotune.data.node_cache.SharedDataset` (the
+            worker maps its node's copy of the img_size: no copy per worker);
         ``train_on``: ``"other_folds"`` (a search trial: validate on ``val_fold``) or
         ``"all"`` (final training: every image trains, ``val_fold`` is scored in-sample);
         ``resume``: a checkpoint to continue from (``MODEL_FILE`` + ``STATE_FILE``) or None;
@@ -145,13 +146,12 @@ def train_worker(loop: dict[str, Any]) -> None:
         announce_placement_group(loop.get("channel"))
 
     cfg = TrainConfig.from_flat(loop["config"])
-    arrays = ray.get(loop["data"])
+    arrays = loop["data"][cfg.img_size]
     if loop["train_on"] == "all":
-        train, val = arrays, split_fold(arrays, cfg.val_fold)[1]
+        train, val = arrays.rows(), split_fold(arrays, cfg.val_fold)[1]
     else:
         train, val = split_fold(arrays, cfg.val_fold)
-    positive = train.masks.reshape(len(train), -1).any(axis=1)
-    train = train.subset(rows_for_even_split(positive, cfg.batch_size, workers, cfg.seed))
+    train = train.subset(rows_for_even_split(train.positive, cfg.batch_size, workers, cfg.seed))
 
     def on_epoch_end(epoch: int, metrics: dict[str, float], model: Any) -> None:
         row = {**metrics, "epoch": epoch, "n_train": len(train), "node_id": node}
@@ -166,7 +166,7 @@ def train_worker(loop: dict[str, Any]) -> None:
 
     with resume_from(ray.train.get_checkpoint() or loop.get("resume")) as resume:
         if resume["initial_epoch"] < cfg.epochs:
-            fit(cfg, train.pair, val.pair, on_epoch_end=on_epoch_end, strategy=strategy, **resume)
+            fit(cfg, train, val, on_epoch_end=on_epoch_end, strategy=strategy, **resume)
 
 
 def announce_placement_group(channel: Any) -> None:
@@ -317,12 +317,12 @@ def delete_train_runs(filesystem: Any, trial_dir: str) -> None:
 def multi_worker_trial(resources: Resources):
     """The Tune function of a trial of ``resources.workers_per_trial`` Train workers.
 
-    Called as ``fn(config, data)`` with ``data`` mapping img_size -> ``ObjectRef`` of the
-    labelled arrays (see :func:`multi_worker_trainable`). Reports one ``tune.report`` per
+    Called as ``fn(config, data)`` with ``data`` the search's
+    :class:`pneumotune.data.node_cache.SharedDataset`. Reports one ``tune.report`` per
     epoch with the epoch's checkpoint, like the one-worker trial.
     """
 
-    def train_multi_worker_trial(config: dict[str, Any], data: dict[int, Any]) -> None:
+    def train_multi_worker_trial(config: dict[str, Any], data: Any) -> None:
         import ray.train
         from ray import tune
         from ray.train.tensorflow import TensorflowTrainer
@@ -342,7 +342,7 @@ def multi_worker_trial(resources: Resources):
         name = run_name(f"{RUN_PREFIX}-trial_{console.trial_id}")
         loop = {
             "config": dict(config),
-            "data": data[cfg.img_size],
+            "data": data,
             "train_on": "other_folds",
             "resume": tune.get_checkpoint(),
             "cpus": resources.cpu,
@@ -384,12 +384,10 @@ def multi_worker_trial(resources: Resources):
     return train_multi_worker_trial
 
 
-def multi_worker_trainable(resources: Resources, data: dict[int, Any]):
-    """The trainable ``search.tuner`` runs when ``workers_per_trial > 1``: each size's
-    arrays put in the object store once, the driver's small resource request."""
-    import ray
+def multi_worker_trainable(resources: Resources, data: Any):
+    """The trainable ``search.tuner`` runs when ``workers_per_trial > 1``: the dataset's
+    handle (each worker maps its node's copy), the driver's small resource request."""
     from ray import tune
 
-    refs = {size: ray.put(arrays) for size, arrays in data.items()}
-    fn = tune.with_parameters(multi_worker_trial(resources), data=refs)
+    fn = tune.with_parameters(multi_worker_trial(resources), data=data)
     return tune.with_resources(fn, {"cpu": 0, "gpu": 0, "memory": DRIVER_MEMORY})

@@ -144,4 +144,4 @@ def export_best(results_dir: Path, out_dir: Path, data_dir: Path | None = None) 
         "searched_config": {k: best.config[k] for k in summary.searched if k in best.config},
         "gain_over_tutorial": summary.gain_over_tutorial(),
     }
-    return tune_and_export(model, cfg, (val.images, val.masks), out_dir, data_dir, metrics, extra)
+    return tune_and_export(model, cfg, val.pair, out_dir, data_dir, metrics, extra)

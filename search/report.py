@@ -475,11 +475,11 @@ def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> P
     fold = int(best.config.get("val_fold", 0))
     threshold = float(best.config.get("threshold", 0.5))
     _, val = split_fold(load_arrays(data_dir, size), fold)
-    positive = val.masks.reshape(len(val), -1).any(axis=1)
+    positive = val.positive
     rows = choose_rows(np.random.default_rng(seed), positive, samples)
     model = keras.saving.load_model(checkpoint / MODEL_FILE, compile=False)
-    probs = predict_probs(model, val.images[rows])
-    truths = val.masks[rows]
+    images, truths = val.take(rows)
+    probs = predict_probs(model, images)
     dice = M.per_image_dice(truths, probs, threshold)
     out, counters = [], {True: 0, False: 0}
     for k, row in enumerate(rows):
@@ -493,7 +493,7 @@ def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> P
         )
         out.append(
             PredictionSample(
-                image=val.images[row],
+                image=images[k],
                 truth=truths[k],
                 prediction=(probs[k] > threshold).astype(np.uint8),
                 title=title,

@@ -106,7 +106,8 @@ def retrain_best(
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
 
-    from pneumotune.data.dataset import load_arrays, split_fold
+    from pneumotune.data.dataset import split_fold
+    from pneumotune.data.node_cache import SharedDataset
     from pneumotune.model.config import format_epoch
     from pneumotune.search.checkpoint import MODEL_FILE
     from pneumotune.search.distributed import (
@@ -123,12 +124,13 @@ def retrain_best(
     best, checkpoint = summary.best_trial_checkpoint()
     cfg = TrainConfig.from_flat({**best.config, **({"epochs": epochs} if epochs else {})})
     data_dir = Path(data_dir or summary.data_dir or "")
-    arrays = load_arrays(data_dir, cfg.img_size)
+    data = SharedDataset.of(data_dir)
+    arrays = data[cfg.img_size]  # this node's copy, memory-mapped
     _, val = split_fold(arrays, cfg.val_fold)
 
     # The triplet, out of sample: the search's best model on the fold it never trained on.
     search_model = keras.saving.load_model(checkpoint / MODEL_FILE)
-    tuned = tune_on_validation(search_model, cfg, val.images, val.masks)
+    tuned = tune_on_validation(search_model, cfg, *val.pair)
     del search_model
 
     if gpus_per_worker is None:
@@ -145,7 +147,7 @@ def retrain_best(
     name = run_name("retrain")
     loop = {
         "config": cfg.to_flat(),
-        "data": ray.put(arrays),
+        "data": data,
         "train_on": "all",
         "resume": None,
         "cpus": cpus_per_worker,

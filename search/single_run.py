@@ -102,14 +102,12 @@ def train_once(
         values["epochs"] = epochs
     cfg = exp.default_train_config(**values)
 
-    train_set, val_set = split_fold(load_arrays(data_dir, cfg.img_size), cfg.val_fold)
-    train = (train_set.images, train_set.masks)
-    val = (val_set.images, val_set.masks)
-    val_positive = int(val_set.meta["has_pneumothorax"].sum())
+    train, val = split_fold(load_arrays(data_dir, cfg.img_size), cfg.val_fold)
+    val_positive = int(val.meta["has_pneumothorax"].sum())
     if progress:
         print(
             f"Training {exp.name} at {cfg.img_size} px for {cfg.epochs} epochs: "
-            f"{len(train[0])} training images, {len(val[0])} validation images "
+            f"{len(train)} training images, {len(val)} validation images "
             f"({val_positive} positive) of fold {cfg.val_fold}",
             flush=True,
         )
@@ -122,7 +120,7 @@ def train_once(
     exported = tune_and_export(
         result.model,
         cfg,
-        val,
+        val.pair,
         out_dir,
         data_dir,
         metrics=dict(result.last),
@@ -137,8 +135,8 @@ def train_once(
         triplet=triplet,
         triplet_score=triplet_score,
         empty_score=empty_score,
-        n_train=len(train[0]),
-        n_val=len(val[0]),
+        n_train=len(train),
+        n_val=len(val),
         val_positive=val_positive,
         seconds=time.perf_counter() - t0,
         metrics=metrics,

@@ -1,7 +1,8 @@
 """The Tune trainable: one trial = one `model.train.fit`, one report per epoch.
 
-Thin on purpose: the arrays arrive through the object store
-(``tune.with_parameters``), the flat config becomes a ``TrainConfig``, every epoch
+Thin on purpose: the data arrives as a handle (:class:`pneumotune.data.node_cache.
+SharedDataset`: the trial maps its node's copy of its size, and its folds are index views
+of it, so no trial copies the dataset), the flat config becomes a ``TrainConfig``, every epoch
 reports its metrics with a checkpoint, and a restarted trial resumes from
 ``tune.get_checkpoint()`` — model, optimizer state (so the LR schedule goes on from
 the same step) and epoch count.
@@ -16,18 +17,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pneumotune.data.dataset import Arrays, split_fold
+from pneumotune.data.dataset import split_fold
+from pneumotune.data.node_cache import SharedDataset
 from pneumotune.search.checkpoint import resume_from, write_checkpoint
 
 
 def train_trial(
     config: dict[str, Any],
-    data: dict[int, Arrays],
+    data: SharedDataset,
     backend: str = "tensorflow",
     gpu_fraction: float | None = None,
     warm: bool = False,
 ) -> None:
-    """Tune function trainable. ``data`` maps img_size -> the labelled arrays at that size;
+    """Tune function trainable. ``data[img_size]``: the labelled arrays at that size,
+    memory-mapped from this node's copy (written by the node's first trial at that size);
     ``backend``: the driver's Keras backend, set here before Keras is imported (a worker
     on another machine does not inherit the driver's environment); ``gpu_fraction``: the
     trial's share of a GPU (JAX and PyTorch cap their memory to it); ``warm``: this
@@ -77,7 +80,7 @@ def train_trial(
     with named, resume_from(tune.get_checkpoint()) as resume:
         if resume["resume_from"] is not None:
             console.resumed(resume["initial_epoch"])
-        fit(cfg, train.pair, val.pair, on_epoch_end=on_epoch_end, warm=warm, **resume)
+        fit(cfg, train, val, on_epoch_end=on_epoch_end, warm=warm, **resume)
 
 
 class Lap:

@@ -5,8 +5,10 @@
 * ASHA's time unit is the epoch: the trainable reports once per epoch.
 * The tutorial's settings are enqueued as the first point, so every search can say
   how far it got beyond the tutorial.
-* Each stored resolution is read from Parquet once per search and shared with every
-  trial through the object store (``tune.with_parameters``).
+* Trials get the dataset as a handle (:class:`pneumotune.data.node_cache.SharedDataset`),
+  not arrays: each node writes an uncompressed copy of each size its trials train at to
+  its disk once and every trial there memory-maps it, so neither the driver nor a trial
+  holds a copy of the data, and a dataset larger than memory still trains.
 * The experiment directory is Ray Tune's own layout under ``<storage>/<name>``, so
   ``Tuner.restore`` and Ray's tools read it; ``search.json`` is added at the end.
 """
@@ -27,7 +29,7 @@ from pneumotune.search.results import PLAN_FILE, SearchSummary, summarise
 
 JOURNAL_FILE = "optuna.journal"
 
-Trainable = Callable[[dict[str, Any], dict[int, Any]], None]
+Trainable = Callable[[dict[str, Any], Any], None]
 
 
 @dataclass(frozen=True)
@@ -74,15 +76,28 @@ def plan_search(
     return SearchPlan(exp, data_dir.absolute(), name, storage, point, tuple(notes))
 
 
-def load_data(plan: SearchPlan) -> dict[int, Any]:
-    """The labelled arrays of every img_size the space can choose, read once."""
-    from pneumotune.data.dataset import load_arrays
-
-    sizes = sorted({int(s) for s in plan.experiment.param_values("img_size")})
-    return {s: load_arrays(plan.data_dir, s) for s in sizes}
+def searched_sizes(plan: SearchPlan) -> list[int]:
+    """The img_size values the search's trials can train at."""
+    return sorted({int(s) for s in plan.experiment.param_values("img_size")})
 
 
-def wrapped_trainable(plan: SearchPlan, data: dict[int, Any], trainable: Trainable | None = None):
+def shared_data(plan: SearchPlan, progress: bool = True) -> Any:
+    """The dataset handle the trials get. When this machine is the whole Ray cluster, the
+    copies of the searched sizes are written here first, with a progress bar (a trial
+    would otherwise write its size's copy in its first epoch); on a cluster each node's
+    first trial at a size writes that node's copy."""
+    import ray
+
+    from pneumotune.data.node_cache import SharedDataset, ensure_copy
+
+    data = SharedDataset.of(plan.data_dir)
+    if len([n for n in ray.nodes() if n.get("Alive")]) == 1:
+        for size in searched_sizes(plan):
+            ensure_copy(data, size, progress=progress)
+    return data
+
+
+def wrapped_trainable(plan: SearchPlan, data: Any, trainable: Trainable | None = None):
     from ray import tune
 
     from pneumotune.model.backend import requested_backend
@@ -332,7 +347,7 @@ def run_search(
     from ray import tune
 
     quiet_tune_output()
-    data = load_data(plan)
+    data = shared_data(plan)
     wrapped = wrapped_trainable(plan, data, trainable)
     if resume:
         if not tune.Tuner.can_restore(str(plan.path)):

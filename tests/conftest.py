@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
+# Each node's copies of datasets (data.node_cache) in a folder of this run, not the
+# user's ~/.cache; set before Ray starts, so that its workers inherit it.
+os.environ.setdefault("PNEUMOTUNE_CACHE", tempfile.mkdtemp(prefix="pneumotune-test-cache-"))
 # Before any import of albumentations / TensorFlow: no network call at import, less noise.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

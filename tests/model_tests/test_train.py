@@ -18,6 +18,7 @@ from pneumotune.model.train import (
     _optimizer,
     build_model,
     compile_model,
+    epoch_plan,
     fit,
     predict_probs,
     steps_per_epoch,
@@ -179,7 +180,8 @@ def test_a_diverging_config_raises_training_diverged():
 
 
 def test_validation_metrics_match_the_numpy_references_and_zero_without_positives(monkeypatch):
-    monkeypatch.setattr(train_module, "PREDICT_CHUNK", 3)  # 8 images: chunks of 3, 3, 2
+    # 8 images in batches of 3: predict calls of 3, 3, 2 images
+    monkeypatch.setattr(train_module, "PREDICT_PIXELS", 3 * SIZE * SIZE)
     cfg = tiny()
     model = compile_model(build_model(cfg), cfg, n_train=8)
     images, masks = blobs(8, seed=7)
@@ -196,3 +198,20 @@ def test_validation_metrics_match_the_numpy_references_and_zero_without_positive
     empty = np.zeros_like(masks)
     no_pos = validation_metrics(model, images, empty, cfg.threshold)
     assert no_pos["val_positive_iou"] == 0.0  # not NaN: a search sorts on it
+    # Rows of larger arrays, read through an index, score as the same rows copied out.
+    rows = np.array([6, 0, 3, 5, 1])
+    by_index = validation_metrics(model, images, masks, cfg.threshold, batch_size=3, index=rows)
+    copied = validation_metrics(model, images[rows], masks[rows], cfg.threshold, batch_size=3)
+    assert by_index == copied
+
+
+def test_epoch_images_sets_the_images_and_steps_of_every_epoch():
+    images, masks = blobs(20, seed=8)
+    cfg = tiny(epoch_images=6, batch_size=4, epochs=2)
+    plan = epoch_plan(cfg, masks.reshape(20, -1).any(axis=1))
+    assert plan.shape == (2, 6) and len(set(plan[0])) == 6  # a draw without repeats
+    result = fit(cfg, (images, masks), blobs(4, seed=9))
+    # 6 images in batches of 4: 2 steps per epoch, and the schedule spans 2 x 2 steps.
+    assert int(keras.ops.convert_to_numpy(result.model.optimizer.iterations)) == 4
+    with pytest.raises(Exception, match="epoch_images must be >= 1"):
+        tiny(epoch_images=0)
