@@ -41,8 +41,18 @@ from pneumotune.data.split import assign_folds
 from pneumotune.errors import PneumotuneError
 
 SIIM_TRAIN_DIR = "dicom-images-train"
-PART_ROWS = 2048  # rows per Parquet file
-ROW_GROUP_ROWS = 128  # rows per row group: small enough to stream, large enough to compress
+# Rows per Parquet file and per row group, by the raw pixel bytes of a row (image + mask at
+# every stored size): 2048 and 128 rows up to 256 px, fewer at larger sizes, so that a part
+# stays ~512 MiB and a row group (what readers and this writer hold at once) ~32 MiB of
+# pixels: 204 and 12 rows at --sizes 512,1024.
+PART_ROWS, PART_BYTES = 2048, 512 * 2**20
+ROW_GROUP_ROWS, ROW_GROUP_BYTES = 128, 32 * 2**20
+
+
+def rows_within(sizes: tuple[int, ...], budget: int, most: int) -> int:
+    """Rows whose pixels (an image and a mask per size) fit ``budget`` bytes, 1..most."""
+    row = 2 * sum(s * s for s in sizes)
+    return max(1, min(most, budget // row))
 ERROR_COLUMNS = ("path", "image_id", "stage", "reason")
 HEADER_FILES_PER_TASK = 256
 
@@ -384,11 +394,13 @@ def _write_parquet(
     progress: bool,
 ) -> _Tally:
     """Run pass 2, streaming its rows into Parquet parts; failed decodes to the ledger."""
-    writer = dataset.PartWriter(cfg.out, cfg.sizes, part_rows=PART_ROWS)
+    part_rows = rows_within(cfg.sizes, PART_BYTES, PART_ROWS)
+    writer = dataset.PartWriter(cfg.out, cfg.sizes, part_rows=part_rows)
+    group_rows = rows_within(cfg.sizes, ROW_GROUP_BYTES, ROW_GROUP_ROWS)
     counts: Counter = Counter()
     patients: set[str] = set()
     with _bar(progress, len(headers), "decoding") as bar:
-        for batch in pixel_ds.iter_batches(batch_size=ROW_GROUP_ROWS, batch_format="pyarrow"):
+        for batch in pixel_ds.iter_batches(batch_size=group_rows, batch_format="pyarrow"):
             rows = []
             for row in batch.to_pylist():
                 bar.update(1)

@@ -311,7 +311,7 @@ def load_arrays(root: Path, size: int, labelled_only: bool = True) -> Arrays:
 def iter_pixels(root: Path, manifest: dict[str, Any], size: int, keep: np.ndarray, rows: int = 32):
     """``(keep, image column, mask column)`` for every ``rows`` rows of the dataset, in
     order, ``keep`` the slice of the given per-row selection: memory stays at one batch
-    of decompressed pixels (row groups are ``ROW_GROUP_ROWS`` rows, data.convert)."""
+    of decompressed pixels (data.convert writes row groups of at most ~32 MiB)."""
     start = 0
     for name in manifest["files"]:
         parquet = pq.ParquetFile(Path(root) / name)

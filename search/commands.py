@@ -72,6 +72,13 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="do not start the Ray dashboard (local Ray only)",
     )
+    p.add_argument(
+        "--skip-memory-check",
+        action="store_true",
+        help="start even if the trials a node would run seem not to fit in its memory "
+        "(the check estimates each trial's host memory from img_size, batch_size, "
+        "base_filters and depth; README 'Your own data')",
+    )
     A.add_backend(p)
     p.set_defaults(func=_run_search)
 
@@ -105,8 +112,9 @@ def _run_search(args: argparse.Namespace) -> Any:
     for note in plan.tutorial_notes:
         print(f"  tutorial point adapted: {note}")
     print(where_to_look(plan.path, session.dashboard_url))
-    summary = run_search(plan, resume=args.resume)
+    summary = run_search(plan, resume=args.resume, memory_check=not args.skip_memory_check)
     print(summary.describe())
+    summary.raise_if_all_failed()  # exit 1 with one line; no export to suggest
     print(f"Wrote {plan.path / 'search.json'}. Next: pneumotune export {plan.path} --out MODEL_DIR")
     return None
 

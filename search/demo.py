@@ -127,6 +127,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     print(where_to_look(plan.path, session.dashboard_url))
     summary = run_search(plan)
     print(summary.describe())
+    summary.raise_if_all_failed()  # nothing to export: say why instead of failing in export
     best = summary.best
     best_value = best.best(summary.metric, summary.mode)[0] if best else None
     gain = summary.gain_over_tutorial()

@@ -121,6 +121,7 @@ def train_worker(loop: dict[str, Any]) -> None:
     import tensorflow as tf
 
     from pneumotune.data.dataset import split_fold
+    from pneumotune.memory import memory_metrics
     from pneumotune.model.config import TrainConfig
     from pneumotune.model.devices import configure_devices
     from pneumotune.model.multiworker import rows_for_even_split
@@ -155,6 +156,7 @@ def train_worker(loop: dict[str, Any]) -> None:
 
     def on_epoch_end(epoch: int, metrics: dict[str, float], model: Any) -> None:
         row = {**metrics, "epoch": epoch, "n_train": len(train), "node_id": node}
+        row.update(memory_metrics())  # rank 0's row is kept: rank 0's process
         row[RESUMED_FROM] = resume["initial_epoch"]
         # Every worker reports (the call is a barrier); only rank 0's copy is kept.
         with tempfile.TemporaryDirectory(prefix="pneumotune-ckpt-") as d:

@@ -3,8 +3,9 @@
 Tune's own console output prints a table of every parameter each time a trial starts;
 with fifteen searched parameters that buries the numbers a user watches. These lines
 say what happened: which trial started (its key parameters), each epoch's metric, and
-how each trial ended (completed, stopped by ASHA, failed and why). The full table is
-one command away: `pneumotune status RESULTS`.
+how each trial ended (completed, stopped by ASHA, failed and why; a trial killed for
+memory with the memory it held and what to change). The full table is one command
+away: `pneumotune status RESULTS`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ class ProgressLines(tune.Callback):
         self.out = out  # None: sys.stdout at print time (the callback is pickled with the run)
         self.best: dict[str, float] = {}
         self.t0 = time.monotonic()
+
+    def setup(self, **info: Any) -> None:
+        """At the start of every search and resumed search (in the driver): a trial that
+        Ray's memory monitor kills must fail like any other trial, not end the search
+        (:func:`search.failures.handle_memory_monitor_kills`). Here because this callback
+        is in every search pneumotune runs, and Tuner.restore brings it back."""
+        from pneumotune.search.failures import handle_memory_monitor_kills
+
+        handle_memory_monitor_kills()
 
     def _print(self, text: str) -> None:
         elapsed = int(time.monotonic() - self.t0)
@@ -63,23 +73,37 @@ class ProgressLines(tune.Callback):
         self._print(f"trial {trial.trial_id} {how}{score}")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._print(
-            f"trial {trial.trial_id} failed ({_reason(trial)}); retrying from its last checkpoint"
-        )
+        outcome, why = _failure(trial)
+        self._print(f"trial {trial.trial_id} {outcome} ({why}); retrying from its last checkpoint")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._print(f"trial {trial.trial_id} failed for good: {_reason(trial)}")
+        from pneumotune.search.failures import MEMORY_OUTCOMES, memory_advice
+
+        outcome, why = _failure(trial)
+        self._print(f"trial {trial.trial_id} {outcome} for good: {why}")
+        if outcome in MEMORY_OUTCOMES:
+            self._print(f"trial {trial.trial_id}: to fit, {memory_advice(trial.config)}")
 
 
-def _reason(trial: Any) -> str:
+def _failure(trial: Any) -> tuple[str, str]:
+    """How the trial's latest failure ended it (failures.classify) and why, with the
+    memory it held at its latest report when it ran out of memory."""
     from pathlib import Path
 
-    from pneumotune.search.results import last_exception_line
+    from pneumotune.memory import MEMORY_METRIC
+    from pneumotune.search.failures import MEMORY_OUTCOMES, classify, parse_error_file, reason
 
     path = trial.error_file
-    if path and Path(path).is_file():
-        return last_exception_line(Path(path).read_text())
-    return "no error file"
+    if not (path and Path(path).is_file()):
+        return "failed", "no error file"
+    failures = parse_error_file(Path(path).read_text(errors="replace"))
+    text = failures[-1].text if failures else ""
+    outcome, why = classify(text), reason(text)
+    last = trial.last_result or {}
+    held = last.get(MEMORY_METRIC)
+    if outcome in MEMORY_OUTCOMES and isinstance(held, int | float):
+        why += f"; held {held:.0f} MB at epoch {last.get('training_iteration')}"
+    return outcome, why
 
 
 def _short(value: Any) -> str:

@@ -28,6 +28,7 @@ import numpy as np
 from pneumotune.reports import page, privacy
 from pneumotune.reports.page import Section, Table, figure_section, plural
 from pneumotune.search.config import ParamSpec
+from pneumotune.search.failures import FAILURE_OUTCOMES, memory_advice
 from pneumotune.search.importance import Importance, load_specs, param_importances
 from pneumotune.search.report_plots import (
     PredictionSample,
@@ -38,12 +39,25 @@ from pneumotune.search.report_plots import (
     fig_parallel,
     fig_predictions,
 )
-from pneumotune.search.results import PLAN_FILE, SearchSummary, TrialRecord, summarise
+from pneumotune.search.results import (
+    PLAN_FILE,
+    SEARCH_ENDED,
+    SearchSummary,
+    TrialRecord,
+    summarise,
+)
 from pneumotune.search.watch import is_finished
 
 REPORT_DIR = "report"  # default output folder inside the search directory
 DEFAULT_SAMPLES = 6  # validation images in the predictions figure
-OUTCOME_ORDER = ("completed", "stopped by ASHA", "failed", "running", "pending")
+OUTCOME_ORDER = (
+    "completed",
+    "stopped by ASHA",
+    *FAILURE_OUTCOMES,
+    SEARCH_ENDED,
+    "running",
+    "pending",
+)
 
 
 @dataclass(frozen=True)
@@ -204,13 +218,23 @@ def overview_section(summary: SearchSummary, plan: dict[str, Any], forbidden: se
     # All as text: one left-aligned column reads better than mixed number/text alignment.
     rows = [(k, str(v)) for k, v in rows]
     tables = [Table(("", "value"), rows, caption="the search at a glance")]
-    failed = [t for t in summary.trials if t.outcome == "failed"]
+    failed = [t for t in summary.trials if t.failed]
     paragraphs = []
     if failed:
         paragraphs.append(
             f"{plural(len(failed), 'trial')} failed after its retries; the reason is the "
-            "exception line of the trial's error file (error.txt in its folder has the rest)."
+            "exception line of the trial's error file, or what Ray knows of a worker it "
+            "killed (error.txt in its folder has the rest)."
         )
+        memory = [t for t in failed if t.out_of_memory]
+        if memory:
+            paragraphs.append(
+                f"{plural(len(memory), 'trial')} ran out of memory: "
+                + "; ".join(
+                    f"{t.trial_id} {t.memory_text() or 'reported no memory'}" for t in memory
+                )
+                + f". To fit, {memory_advice({})}."
+            )
         tables.append(
             Table(
                 ("trial", "attempts", "epochs reported", "reason"),

@@ -84,7 +84,7 @@ def fig_curves(summary: SearchSummary) -> Figure | None:
     # Ordinary trials first, so that the tutorial and the best trial are drawn on top.
     series.sort(key=lambda s: (s[0].is_tutorial, s[0] is best))
     for t, xs, ys in series:
-        colour = TUTORIAL_COLOUR if t.is_tutorial else OUTCOME_COLOURS.get(t.outcome, "#999999")
+        colour = TUTORIAL_COLOUR if t.is_tutorial else OUTCOME_COLOURS.get(_kind(t), "#999999")
         emphasis = t.is_tutorial or t is best
         ax.plot(
             xs,
@@ -97,15 +97,15 @@ def fig_curves(summary: SearchSummary) -> Figure | None:
             markersize=5,
             zorder=3 if emphasis else 2,
         )
-        marker = OUTCOME_MARKERS.get(t.outcome)
+        marker = OUTCOME_MARKERS.get(_kind(t))
         if marker:
             ax.plot(
                 xs[-1],
                 ys[-1],
                 marker=marker,
                 markersize=9 if marker != "o" else 7,
-                markerfacecolor="none" if marker == "o" else OUTCOME_COLOURS[t.outcome],
-                markeredgecolor=OUTCOME_COLOURS[t.outcome],
+                markerfacecolor="none" if marker == "o" else OUTCOME_COLOURS[_kind(t)],
+                markeredgecolor=OUTCOME_COLOURS[_kind(t)],
                 markeredgewidth=2,
                 linestyle="none",
                 zorder=4,
@@ -135,8 +135,14 @@ def fig_curves(summary: SearchSummary) -> Figure | None:
     return fig
 
 
+def _kind(t: TrialRecord) -> str:
+    """The outcome a trial is drawn as: every failure ("killed: out of memory" too) is
+    "failed" (its own outcome is in the tables)."""
+    return "failed" if t.failed else t.outcome
+
+
 def _outcome_legend(summary: SearchSummary) -> list[Line2D]:
-    present = {t.outcome for t in summary.trials if t.history}
+    present = {_kind(t) for t in summary.trials if t.history}
     handles = []
     for outcome, colour in OUTCOME_COLOURS.items():
         if outcome not in present:
@@ -233,7 +239,7 @@ def fig_best_so_far(summary: SearchSummary) -> Figure | None:
     best = np.maximum.accumulate(sign * values) * sign
     fig = new_figure(11.0, 4.2)
     ax = fig.subplots()
-    colours = [OUTCOME_COLOURS.get(e.trial.outcome, "#999999") for e in events]
+    colours = [OUTCOME_COLOURS.get(_kind(e.trial), "#999999") for e in events]
     ax.scatter(
         xs,
         values,

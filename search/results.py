@@ -5,6 +5,13 @@ search runs) and each trial's per-epoch results in ``<trial dir>/result.json``.
 That is enough for `pneumotune status` from another terminal, for `export` and for
 the search report; pneumotune's own ``pneumotune.json`` adds the metric, the epoch
 budget and the tutorial point.
+
+The state file can be behind the trials for good: Ray 2.60's Tune writes a trial's
+state again only when the trial is marked for it, and a trial whose worker died (the
+OOM killer's SIGKILL) is not marked once its actor is gone, so its last state stays
+RUNNING although Tune holds it as ERROR. The trial's ``error.txt`` is written at once,
+so it decides: a failure numbered past the trial's ``max_failures`` is its end (see
+:func:`_settled_status`), and once the search has ended no trial is running any more.
 """
 
 from __future__ import annotations
@@ -16,8 +23,23 @@ from pathlib import Path
 from typing import Any
 
 from pneumotune.errors import PneumotuneError
+from pneumotune.memory import MEMORY_METRIC
+from pneumotune.search.failures import (
+    FAILED,
+    MEMORY_OUTCOMES,
+    Failure,
+    SearchFailed,
+    all_failed_message,
+    classify,
+    last_exception_line,  # noqa: F401  (search.progress and older callers import it here)
+    memory_advice,
+    parse_error_file,
+    reason,
+)
 
 PLAN_FILE = "pneumotune.json"
+# A trial the state file still calls running or pending after its search ended.
+SEARCH_ENDED = "stopped: search ended"
 # Keys of result.json that are bookkeeping, not metrics or config.
 _TUNE_KEYS = {
     "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
@@ -40,7 +62,29 @@ class TrialRecord:
     error: str | None = None
     num_failures: int = 0
     is_tutorial: bool = False
-    outcome: str = ""  # completed | stopped by ASHA | failed | running | pending
+    # completed | stopped by ASHA | failed | killed: out of memory | killed: likely out of
+    # memory | failed: out of memory | stopped: search ended | running | pending
+    outcome: str = ""
+    # The private memory (MB) of the trial's process at its latest report, from any
+    # attempt: all that is left of a trial the OOM killer ended (pneumotune.memory).
+    memory_mb: float | None = None
+    memory_epoch: int | None = None  # the epoch that reported memory_mb
+    failure: str = ""  # an ERROR trial's last failure, failures.classify'd
+
+    @property
+    def failed(self) -> bool:
+        """Ended by an error (any of failures.FAILURE_OUTCOMES), after its retries."""
+        return self.status == "ERROR"
+
+    @property
+    def out_of_memory(self) -> bool:
+        return self.outcome in MEMORY_OUTCOMES
+
+    def memory_text(self) -> str:
+        """E.g. "held 1234 MB at epoch 3" (its latest report), or "" without one."""
+        if self.memory_mb is None:
+            return ""
+        return f"held {self.memory_mb:.0f} MB at epoch {self.memory_epoch}"
 
     @property
     def epochs(self) -> int:
@@ -140,17 +184,22 @@ class SearchSummary:
     def table(self) -> str:
         """The trial table, plain text (fits a terminal and a log file)."""
         params = self.searched[:7]
-        head = ["trial", "outcome", "epochs", f"best {self.metric}", *params]
+        memory = any(t.memory_mb is not None for t in self.trials)
+        head = ["trial", "outcome", "epochs", f"best {self.metric}"]
+        head += ["memory MB"] * memory + params
         rows = []
         for t in self.trials:
             value, epoch = t.best(self.metric, self.mode)
             mark = " *" if t is self.best else (" T" if t.is_tutorial else "")
+            # A memory failure's reason is long: its own line below the table has it.
+            note = f" ({t.error[:40]})" if t.error and not t.out_of_memory else ""
             rows.append(
                 [
                     t.trial_id + mark,
-                    t.outcome + (f" ({t.error[:40]})" if t.error else ""),
+                    t.outcome + note,
                     str(t.epochs),
                     f"{value:.4f} @{epoch}" if value is not None else "-",
+                    *([memory_cell(t)] * memory),
                     *(_short(t.config.get(p, "")) for p in params),
                 ]
             )
@@ -188,10 +237,25 @@ class SearchSummary:
                 f"{self.tutorial_outcome()}): "
                 f"{gain:+.4f} {self.metric}"
             )
-        failed = [t for t in self.trials if t.outcome == "failed"]
-        for t in failed:
-            out.append(f"Trial {t.trial_id} failed after {t.num_failures} attempt(s): {t.error}")
+        for t in self.trials:
+            if t.failed:
+                out.extend(failure_lines(t))
         return "\n".join(out)
+
+    def all_failed(self) -> bool:
+        """True when the search has trials and every one of them ended in an error."""
+        return bool(self.trials) and all(t.failed for t in self.trials)
+
+    def raise_if_all_failed(self) -> None:
+        """:class:`SearchFailed` (one line: how the trials ended, what to change) when
+        every trial failed: a search with nothing to export must not end as a success."""
+        if self.all_failed():
+            raise SearchFailed(
+                all_failed_message(
+                    [t.outcome for t in self.trials],
+                    [t.memory_mb for t in self.trials if t.memory_mb is not None],
+                )
+            )
 
     def to_json(self) -> dict[str, Any]:
         best = self.best
@@ -219,6 +283,7 @@ class SearchSummary:
                     "is_tutorial": t.is_tutorial,
                     "error": t.error,
                     "num_failures": t.num_failures,
+                    "memory_mb": t.memory_mb,
                     "config": t.config,
                     "history": [_metrics_only(r) for r in t.history],
                     "path": str(t.path) if t.path else None,
@@ -226,6 +291,20 @@ class SearchSummary:
                 for t in self.trials
             ],
         }
+
+
+def failure_lines(t: TrialRecord) -> list[str]:
+    """What `status` says under the table about a failed trial: how it ended and why,
+    and for a memory failure the memory it held and what to change."""
+    lines = [f"Trial {t.trial_id} {t.outcome} after {t.num_failures} attempt(s): {t.error}"]
+    if t.out_of_memory:
+        held = t.memory_text()
+        lines.append(f"  {held + '; ' if held else ''}to fit, {memory_advice(t.config)}")
+    return lines
+
+
+def memory_cell(t: TrialRecord) -> str:
+    return "-" if t.memory_mb is None else f"{t.memory_mb:.0f}"
 
 
 def _short(value: Any) -> str:
@@ -244,8 +323,13 @@ def is_experiment(path: Path) -> bool:
     return (Path(path) / PLAN_FILE).is_file()
 
 
-def summarise(path: Path) -> SearchSummary:
-    """Read a search directory (see the module docstring)."""
+def summarise(path: Path, *, ended: bool | None = None) -> SearchSummary:
+    """Read a search directory (see the module docstring).
+
+    ``ended``: whether the search has ended, so that no trial runs any more (a trial the
+    state file still calls running or pending is then "stopped: search ended"); None:
+    :func:`search_ended` decides from the files.
+    """
     path = Path(path)
     if not is_experiment(path):
         raise ResultsError(
@@ -264,23 +348,45 @@ def summarise(path: Path) -> SearchSummary:
         searched=list(plan.get("searched") or []),
     )
     states = _trial_states(path)
+    # Tune gives every trial of a search the same max_failures: a trial the state file
+    # does not know yet has its neighbours'.
+    known = [s["max_failures"] for s in states.values() if s.get("max_failures") is not None]
+    max_failures = known[0] if known else None
     dirs = {d.name: d for d in path.iterdir() if d.is_dir() and (d / "params.json").exists()}
     seen_dirs = set()
     for trial_id, state in sorted(states.items(), key=lambda kv: kv[1]["index"]):
-        trial_dir = dirs.get(state.get("relative_logdir", ""))
-        seen_dirs.add(state.get("relative_logdir"))
-        summary.trials.append(_record(trial_id, state, trial_dir, path))
+        logdir = state.get("relative_logdir", "")
+        # A trial killed before Tune wrote its params.json has a folder all the same,
+        # with its error.txt in it.
+        trial_dir = dirs.get(logdir) or (
+            path / logdir if logdir and (path / logdir).is_dir() else None
+        )
+        seen_dirs.add(logdir)
+        summary.trials.append(_record(trial_id, state, trial_dir))
     for name, trial_dir in dirs.items():
         if name not in seen_dirs:  # started after the last state snapshot
-            summary.trials.append(
-                _record(_trial_id_of(trial_dir), {"status": "RUNNING"}, trial_dir, path)
-            )
+            state = {"status": "RUNNING", "max_failures": max_failures}
+            summary.trials.append(_record(_trial_id_of(trial_dir), state, trial_dir))
+    if ended is None:
+        ended = search_ended(path)
     for t in summary.trials:
         t.is_tutorial = bool(summary.tutorial_point) and all(
             t.config.get(k) == v for k, v in summary.tutorial_point.items()
         )
-        t.outcome = _outcome(t, summary.max_t)
+        t.outcome = _outcome(t, summary.max_t, ended)
     return summary
+
+
+def search_ended(path: Path) -> bool:
+    """Whether the search in ``path`` has ended: ``search.json`` (written by
+    :func:`search.tuner.run_search` after Tune's last state) is at least as new as every
+    experiment state (a resumed search writes a new one)."""
+    done = Path(path) / "search.json"
+    try:
+        written = done.stat().st_mtime
+    except OSError:
+        return False
+    return all(written >= s.stat().st_mtime for s in Path(path).glob("experiment_state-*.json"))
 
 
 def _trial_states(path: Path) -> dict[str, dict[str, Any]]:
@@ -304,15 +410,14 @@ def _trial_states(path: Path) -> dict[str, dict[str, Any]]:
             # "<n>_<params>": n counts trials in the order the searcher created them.
             "index": int(str(trial.get("experiment_tag", "0")).split("_")[0] or 0),
             "num_failures": runtime.get("num_failures", 0),
-            "error_filename": runtime.get("error_filename"),
+            "max_failures": trial.get("max_failures"),
         }
     return out
 
 
-def _record(
-    trial_id: str, state: dict[str, Any], trial_dir: Path | None, root: Path
-) -> TrialRecord:
-    history: list[dict[str, Any]] = []
+def _record(trial_id: str, state: dict[str, Any], trial_dir: Path | None) -> TrialRecord:
+    rows: list[dict[str, Any]] = []  # every attempt's reports, in the order written
+    failures: list[Failure] = []
     config = dict(state.get("config") or {})
     if trial_dir is not None:
         if not config:
@@ -324,21 +429,61 @@ def _record(
         if results.exists():
             for line in results.read_text().splitlines():
                 try:
-                    history.append(json.loads(line))
+                    rows.append(json.loads(line))
                 except json.JSONDecodeError:
                     break  # a line being written right now
-    error = None
-    if state.get("status") == "ERROR":
-        error = _error_reason(root, trial_dir, state.get("error_filename"))
-    return TrialRecord(
-        trial_id=trial_id,
-        status=state.get("status", "PENDING"),
-        config=config,
-        history=_last_attempt(history),
-        path=trial_dir,
-        error=error,
-        num_failures=int(state.get("num_failures") or 0),
+        errors = trial_dir / "error.txt"
+        if errors.is_file():
+            failures = parse_error_file(errors.read_text(errors="replace"))
+    status, num_failures = _settled_status(
+        state.get("status", "PENDING"),
+        int(state.get("num_failures") or 0),
+        failures,
+        state.get("max_failures"),
     )
+    record = TrialRecord(
+        trial_id=trial_id,
+        status=status,
+        config=config,
+        history=_last_attempt(rows),
+        path=trial_dir,
+        num_failures=num_failures,
+    )
+    if status == "ERROR":
+        last = failures[-1].text if failures else ""
+        record.failure = classify(last) if last else FAILED
+        record.error = reason(last) if last else "failed (no error file)"
+    record.memory_mb, record.memory_epoch = _last_memory(rows)
+    return record
+
+
+def _settled_status(
+    status: str, num_failures: int, failures: list[Failure], max_failures: int | None
+) -> tuple[str, int]:
+    """The trial's status and failure count, where its state is behind its error file.
+
+    Tune numbers each failure with the trial's failure count and retries while the count
+    is at most ``max_failures`` (negative: always): an error file whose last failure is
+    numbered past both the state's count and ``max_failures`` means the trial ended in
+    that failure, whatever the state says (the module docstring says why it may lag). A
+    failure within ``max_failures`` is a retry under way: the state catches up when the
+    retried trial starts.
+    """
+    if status in ("ERROR", "TERMINATED") or not failures or max_failures is None:
+        return status, num_failures
+    last = failures[-1].number
+    if last > num_failures and 0 <= max_failures < last:
+        return "ERROR", last
+    return status, num_failures
+
+
+def _last_memory(rows: list[dict[str, Any]]) -> tuple[float | None, int | None]:
+    """The latest reported private memory (MB) and the epoch that reported it."""
+    for row in reversed(rows):
+        value = row.get(MEMORY_METRIC)
+        if isinstance(value, int | float) and math.isfinite(value):
+            return float(value), int(row.get("training_iteration") or 0) or None
+    return None, None
 
 
 def _last_attempt(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -349,39 +494,18 @@ def _last_attempt(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [by_iter[k] for k in sorted(by_iter)]
 
 
-def _error_reason(root: Path, trial_dir: Path | None, filename: str | None) -> str:
-    candidates = [trial_dir / "error.txt"] if trial_dir else []
-    if filename:
-        candidates.insert(0, root / filename)
-    for c in candidates:
-        if c.is_file():
-            return last_exception_line(c.read_text())
-    return "failed (no error file)"
-
-
-def last_exception_line(text: str) -> str:
-    """The exception line of a traceback: what a person reads first."""
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    for line in reversed(lines):
-        if (
-            ":" in line
-            and not line.startswith(("File ", "^", "~"))
-            and line.split(":")[0].replace(".", "").replace("_", "").isalnum()
-        ):
-            return line[:300]
-    return lines[-1][:300] if lines else "failed"
-
-
 def _trial_id_of(trial_dir: Path) -> str:
     # search.tuner names trial folders trial_<id>
     return trial_dir.name.split("_", 1)[-1]
 
 
-def _outcome(t: TrialRecord, max_t: int) -> str:
+def _outcome(t: TrialRecord, max_t: int, ended: bool = False) -> str:
     if t.status == "ERROR":
-        return "failed"
+        return t.failure or FAILED
     if t.status == "TERMINATED":
         return "completed" if t.epochs >= max_t else "stopped by ASHA"
+    if ended:  # the search is over: whatever the state file says, nothing runs
+        return SEARCH_ENDED
     if t.status in ("RUNNING", "PAUSED"):
         return "running"
     return "pending"

@@ -19,6 +19,7 @@ from typing import Any
 
 from pneumotune.data.dataset import split_fold
 from pneumotune.data.node_cache import SharedDataset
+from pneumotune.memory import memory_metrics
 from pneumotune.search.checkpoint import resume_from, write_checkpoint
 
 
@@ -72,7 +73,8 @@ def train_trial(
             write_checkpoint(model, Path(d), epoch)
             console.epoch(epoch, metrics)
             tune.report(
-                {**metrics, "epoch": epoch, "time_this_iter_s": lap()},
+                # memory_mb: what the trial holds, the last word of one the OOM killer ends
+                {**metrics, "epoch": epoch, "time_this_iter_s": lap(), **memory_metrics()},
                 checkpoint=tune.Checkpoint.from_directory(d),
             )
 

@@ -338,15 +338,27 @@ def run_search(
     *,
     resume: bool = False,
     trainable: Trainable | None = None,
+    memory_check: bool = True,
     **tuner_options: Any,
 ) -> SearchSummary:
     """Run (or resume) the search to completion and write ``search.json``.
 
-    Ray must already be initialised (see data.ray_session.ensure_ray).
+    Ray must already be initialised (see data.ray_session.ensure_ray). ``memory_check``:
+    refuse a plan whose trials cannot fit in the nodes' memory
+    (:func:`pneumotune.search.preflight.check_memory`); our own trainable only.
     """
+    import sys
+
     from ray import tune
 
+    from pneumotune.data.dataset import read_manifest
+    from pneumotune.search.preflight import check_memory, nodes_now
+
     quiet_tune_output()
+    if memory_check and trainable is None:
+        rows = int(read_manifest(plan.data_dir)["counts"]["labelled"])
+        for note in check_memory(plan.experiment, nodes_now(), rows):
+            print(f"pneumotune: {note}", file=sys.stderr, flush=True)
     data = shared_data(plan)
     wrapped = wrapped_trainable(plan, data, trainable)
     if resume:
@@ -373,6 +385,6 @@ def run_search(
         # short: whatever Train run folders are left go now that every trial has ended.
         for trial_dir in plan.path.iterdir():
             delete_train_runs(fs.LocalFileSystem(), str(trial_dir))
-    summary = summarise(plan.path)
+    summary = summarise(plan.path, ended=True)
     (plan.path / "search.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
     return summary

@@ -20,16 +20,26 @@ from rich.table import Table
 from rich.text import Text
 
 from pneumotune.errors import UsageError
-from pneumotune.search.results import PLAN_FILE, SearchSummary, TrialRecord, summarise
+from pneumotune.search.results import (
+    PLAN_FILE,
+    SEARCH_ENDED,
+    SearchSummary,
+    TrialRecord,
+    failure_lines,
+    memory_cell,
+    summarise,
+)
 
 OUTCOME_STYLES = {
     "completed": "blue",
     "stopped by ASHA": "yellow",
-    "failed": "bold red",
     "running": "green",
     "pending": "dim",
+    SEARCH_ENDED: "yellow",
 }
+FAILED_STYLE = "bold red"  # every failure outcome: failed, killed: out of memory, ...
 FIXED_COLUMNS_WIDTH = 58  # trial, outcome, epochs and best columns, with their padding
+MEMORY_COLUMN_WIDTH = 12  # "memory MB" and its padding, when a trial reported memory
 
 
 def is_finished(summary: SearchSummary) -> bool:
@@ -58,7 +68,7 @@ def _best(t: TrialRecord, summary: SearchSummary) -> str:
 def fitting_params(summary: SearchSummary, width: int) -> list[str]:
     """The searched parameters whose columns fit in ``width`` characters, in order."""
     params = [p for p in summary.searched if any(p in t.config for t in summary.trials)]
-    room, shown = width - FIXED_COLUMNS_WIDTH, []
+    room, shown = width - FIXED_COLUMNS_WIDTH - MEMORY_COLUMN_WIDTH * _has_memory(summary), []
     for p in params:
         need = max([len(p), *(len(_short(t.config.get(p, ""))) for t in summary.trials)]) + 3
         if need > room:
@@ -66,6 +76,14 @@ def fitting_params(summary: SearchSummary, width: int) -> list[str]:
         shown.append(p)
         room -= need
     return shown
+
+
+def _has_memory(summary: SearchSummary) -> bool:
+    return any(t.memory_mb is not None for t in summary.trials)
+
+
+def _style(t: TrialRecord) -> str:
+    return FAILED_STYLE if t.failed else OUTCOME_STYLES.get(t.outcome, "")
 
 
 def trial_table(summary: SearchSummary, width: int = 200) -> Table:
@@ -90,15 +108,19 @@ def trial_table(summary: SearchSummary, width: int = 200) -> Table:
     table.add_column("outcome", no_wrap=True)
     table.add_column("epochs", justify="right", no_wrap=True)
     table.add_column(f"best {summary.metric}", justify="right", no_wrap=True)
+    memory = _has_memory(summary)
+    if memory:  # the private memory of the trial's process at its latest report
+        table.add_column("memory MB", justify="right", no_wrap=True)
     for p in params:
         table.add_column(p, justify="right", no_wrap=True)
     for t in summary.trials:
         mark = " *" if t is best else (" T" if t.is_tutorial else "")
         table.add_row(
             t.trial_id + mark,
-            Text(t.outcome, style=OUTCOME_STYLES.get(t.outcome, "")),
+            Text(t.outcome, style=_style(t)),
             f"{t.epochs}/{summary.max_t}",
             _best(t, summary),
+            *([memory_cell(t)] * memory),
             *(_short(t.config[p]) if p in t.config else "n/a" for p in params),
             style="bold" if t is best else None,
         )
@@ -106,11 +128,10 @@ def trial_table(summary: SearchSummary, width: int = 200) -> Table:
 
 
 def render(summary: SearchSummary, width: int = 200) -> RenderableType:
-    """The table, then each failed trial's reason and the time of this reading."""
+    """The table, then each failed trial's reason (for a memory failure also the memory
+    it held and what to change) and the time of this reading."""
     lines = [
-        Text(f"trial {t.trial_id} failed: {t.error}", style="red")
-        for t in summary.trials
-        if t.outcome == "failed"
+        Text(line, style="red") for t in summary.trials if t.failed for line in failure_lines(t)
     ]
     state = "finished" if is_finished(summary) else "running"
     lines.append(Text(f"{state}; read at {time.strftime('%H:%M:%S')}", style="dim"))

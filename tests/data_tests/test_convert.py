@@ -248,3 +248,25 @@ def test_config_validation():
     with pytest.raises(ValueError, match="rle_dialect"):
         ConvertConfig(src=Path("."), out=Path("o"), rle_dialect="absolute")  # type: ignore[arg-type]
     assert issubclass(ConvertInputError, Exception)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "part_rows", "group_rows"),
+    [
+        ((64, 128), 2048, 128),  # small sizes: as before
+        ((256,), 2048, 128),
+        ((512, 1024), 204, 12),  # SIIM's sizes: ~512 MiB parts, ~32 MiB row groups
+        ((8192,), 4, 1),  # never less than a row
+    ],
+)
+def test_parts_and_row_groups_stay_a_sensible_size_at_any_stored_size(sizes, part_rows, group_rows):
+    from pneumotune.data.convert import (
+        PART_BYTES,
+        PART_ROWS,
+        ROW_GROUP_BYTES,
+        ROW_GROUP_ROWS,
+        rows_within,
+    )
+
+    assert rows_within(sizes, PART_BYTES, PART_ROWS) == part_rows
+    assert rows_within(sizes, ROW_GROUP_BYTES, ROW_GROUP_ROWS) == group_rows

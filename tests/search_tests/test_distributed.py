@@ -214,9 +214,8 @@ def test_two_workers_train_like_one_process(multi_worker_search, tiny_dataset):
     trial = summary.trials[0]
     cfg = TrainConfig.from_flat(trial.config)
     train, val = split_fold(load_arrays(tiny_dataset, cfg.img_size), cfg.val_fold)
-    positive = train.masks.reshape(len(train), -1).any(axis=1)
-    train = train.subset(rows_for_even_split(positive, cfg.batch_size, 2, cfg.seed))
-    one = fit(cfg, (train.images, train.masks), (val.images, val.masks)).history
+    train = train.subset(rows_for_even_split(train.positive, cfg.batch_size, 2, cfg.seed))
+    one = fit(cfg, train, val).history
     for alone, shared in zip(one, trial.history, strict=True):
         assert shared["n_train"] == len(train)
         assert shared["loss"] == pytest.approx(alone["loss"], rel=0.03)
