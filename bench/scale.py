@@ -4,6 +4,8 @@ that means for the shipped cluster nodes.
     python bench/scale.py                      # 3,000 and 12,089 rows at 512 and 1024 px
     python bench/scale.py --rows 12089 --sizes 1024 --seconds 120
     python bench/scale.py --smoke-test         # ~1 minute: 300 and 600 rows at 64 px
+    python bench/scale.py --read-rates --rows 12089 --sizes 512   # the data path candidates
+    python bench/scale.py --convert 12089      # convert's memory on a SIIM-sized DICOM tree
 
 1. **A SIIM-sized dataset, cheaply**: ``pneumotune synth`` + ``convert`` of a few dozen
    1024-px DICOMs at every size asked, then their rows replicated under new image and
@@ -26,6 +28,19 @@ that means for the shipped cluster nodes.
    bytes (target <= 1.2), a trial's growth from the smallest to the largest rows over the
    growth of the dataset's bytes (target <= 0.10); then the projection onto the shipped
    node types (bench/scale_nodes in :data:`NODES`) with siim.yaml's two trials per GPU.
+
+``--read-rates`` measures instead how fast training batches (random rows, batch 8) come
+from each candidate for data larger than memory, on one ``--rows`` dataset at the first
+``--sizes``: the node's memory-mapped copy with its pages resident (the fast path),
+the same copy with its pages dropped from the page cache before every batch (every row
+read from disk: what a dataset far beyond memory costs), numpy arrays in the heap
+(what the object store's zero-copy arrays give, when they fit), and decoding the
+Parquet row groups that hold the rows (Ray Data-style streaming from the dataset).
+
+``--convert N`` renders N synthetic 1024-px DICOMs (``pneumotune synth``: SIIM's layout
+and sizes) and converts them at ``--sizes`` with ``pneumotune convert`` under the same
+sampler: the peak private memory of its driver and of each Ray worker, the object store's
+peak, and the sizes of the Parquet parts it wrote.
 
 Numbers only: nothing is asserted. ``--json FILE`` keeps them.
 """
@@ -77,8 +92,9 @@ GPU_HOST_EXTRA_GIB = 2.5
 # head also runs the GCS and dashboard, so this is an upper bound for a worker).
 
 
-def replicate(src: Path, out: Path, rows: int) -> dict:
-    """``src``'s rows repeated until ``rows``, under new image and patient ids."""
+def replicate(src: Path, out: Path, rows: int, val_rows: int = VAL_ROWS) -> dict:
+    """``src``'s rows repeated until ``rows``, under new image and patient ids; fold 0
+    (validation) holds the first ``val_rows`` rows."""
     from pneumotune.data.dataset import MANIFEST, read_manifest, read_table
 
     manifest = read_manifest(src)
@@ -95,9 +111,8 @@ def replicate(src: Path, out: Path, rows: int) -> dict:
         patients = [
             f"{p}.r{c}" for p, c in zip(part.column("patient_id").to_pylist(), copy, strict=True)
         ]
-        # Fold 0 validates: its first VAL_ROWS rows; the others rotate over folds 1..
         index = start + np.arange(n)
-        folds = np.where(index < VAL_ROWS, 0, 1 + index % (n_folds - 1))
+        folds = np.where(index < val_rows, 0, 1 + index % (n_folds - 1))
         part = part.set_column(part.schema.get_field_index("image_id"), "image_id", pa.array(ids))
         part = part.set_column(
             part.schema.get_field_index("patient_id"), "patient_id", pa.array(patients)
@@ -332,6 +347,98 @@ def project(runs: list[dict], sizes: tuple[int, ...]) -> list[str]:
     return lines
 
 
+def read_rates(dataset: Path, size: int, cache: Path, batches: int = 40, batch: int = 8) -> dict:
+    """Images/s of random training batches from each data-path candidate (docstring)."""
+    from pneumotune.data.dataset import load_arrays, read_manifest
+    from pneumotune.data.node_cache import SharedDataset, ensure_copy, open_copy
+
+    folder = ensure_copy(SharedDataset.of(dataset, cache), size, progress=True)
+    mapped = open_copy(folder)
+    n = len(mapped)
+    rng = np.random.default_rng(0)
+    picks = [np.sort(rng.choice(n, batch, replace=False)) for _ in range(batches)]
+
+    def rate(read) -> float:
+        t0 = time.perf_counter()
+        for rows in picks:
+            read(rows)
+        return batches * batch / (time.perf_counter() - t0)
+
+    def gather(arrays, rows):
+        return arrays.images[rows], arrays.masks[rows]
+
+    out = {}
+    for rows in picks:  # the pages of these rows resident
+        gather(mapped, rows)
+    out["memory-mapped copy, resident"] = rate(lambda rows: gather(mapped, rows))
+
+    def cold(rows):
+        for name in ("images.npy", "masks.npy"):
+            fd = os.open(folder / name, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+        return gather(mapped, rows)
+
+    out["memory-mapped copy, from disk"] = rate(cold)
+    manifest = read_manifest(dataset)
+    files = [pq.ParquetFile(dataset / f) for f in manifest["files"]]
+    starts = np.cumsum([0] + [f.metadata.num_rows for f in files])
+    columns = [f"image_{size}", f"mask_{size}"]
+
+    def parquet(rows):
+        for row in rows:  # labelled rows only in the copy; close enough for a rate
+            k = int(np.searchsorted(starts, row, side="right") - 1)
+            meta = files[k].metadata
+            local, group = int(row - starts[k]), 0
+            while local >= meta.row_group(group).num_rows:
+                local -= meta.row_group(group).num_rows
+                group += 1
+            files[k].read_row_group(group, columns=columns).slice(local, 1)
+
+    out["Parquet row groups (streaming)"] = rate(parquet)
+    heap = load_arrays(dataset, size)
+    out["numpy in the heap (object store zero-copy)"] = rate(lambda rows: gather(heap, rows))
+    shutil.rmtree(cache, ignore_errors=True)
+    return out
+
+
+def convert_memory(work: Path, images: int, sizes: tuple[int, ...]) -> dict:
+    """``pneumotune convert`` of ``images`` synthetic 1024-px DICOMs, its memory sampled."""
+    raw, out = work / f"dicoms-{images}", work / f"converted-{images}"
+    if not (raw / "stage_2_train.csv").is_file() and not (raw / "train-rle.csv").is_file():
+        shutil.rmtree(raw, ignore_errors=True)
+        run(["pneumotune", "synth", str(raw), "--images", str(images), "--size", "1024"])
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = ["pneumotune", "convert", str(raw), str(out), "--sizes", ",".join(map(str, sizes))]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with Sampler(proc.pid) as sampler:
+        proc.wait()
+    parts = sorted(p.stat().st_size for p in out.glob("part-*.parquet"))
+    workers = [v for p, v in sampler.peaks.items() if sampler.roles.get(p) == "ray worker"]
+    result = {
+        "images": images,
+        "sizes": list(sizes),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "exit_code": proc.returncode,
+        "driver_mb": round(sampler.peak("driver"), 1),
+        "worker_mb_max": round(max(workers, default=0.0), 1),
+        "workers_mb_sum": round(sum(workers), 1),
+        "ray_system_mb": round(
+            sum(v for p, v in sampler.peaks.items() if sampler.roles[p] == "ray system"), 1
+        ),
+        "object_store_mb": round(sampler.shmem_peak, 1),
+        "parts": len(parts),
+        "part_mb_min_median_max": [
+            round(x / 2**20) for x in (parts[0], parts[len(parts) // 2], parts[-1])
+        ]
+        if parts
+        else [],
+    }
+    shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default=f"3000,{SIIM_ROWS}", help="dataset rows to compare")
@@ -340,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="folder (default: a temp one)")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
     parser.add_argument("--smoke-test", action="store_true", help="~1-2 minutes at 64 px")
+    parser.add_argument("--read-rates", action="store_true", help="the data path candidates")
+    parser.add_argument("--convert", type=int, default=0, metavar="N", help="convert N DICOMs")
     args = parser.parse_args(argv)
     if args.smoke_test:
         args.rows, args.sizes, args.seconds = "300,600", "64", 45
@@ -352,7 +461,26 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.seconds:.0f} s per search, {os.cpu_count()} CPUs",
         flush=True,
     )
+    if args.convert:
+        result = convert_memory(work, args.convert, sizes)
+        print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps({"convert": result}, indent=2) + "\n")
+        return 0
     base = base_dataset(work, sizes, args.smoke_test)
+    if args.read_rates:
+        ds = work / f"rows-{rows_list[-1]}"
+        shutil.rmtree(ds, ignore_errors=True)
+        replicate(base, ds, rows_list[-1])
+        rates = read_rates(ds, sizes[0], work / "cache")
+        print(f"Training batches (8 random rows) at {sizes[0]} px from {rows_list[-1]} rows:")
+        fast = rates["memory-mapped copy, resident"]
+        for what, value in rates.items():
+            print(f"  {what:<46}{value:>10.0f} images/s {value / fast:>8.3f}x")
+        shutil.rmtree(ds, ignore_errors=True)
+        if args.json:
+            args.json.write_text(json.dumps({"read_rates": rates, "size": sizes[0]}, indent=2))
+        return 0
     runs = []
     for rows in rows_list:
         ds = work / f"rows-{rows}"

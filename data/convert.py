@@ -53,6 +53,8 @@ def rows_within(sizes: tuple[int, ...], budget: int, most: int) -> int:
     """Rows whose pixels (an image and a mask per size) fit ``budget`` bytes, 1..most."""
     row = 2 * sum(s * s for s in sizes)
     return max(1, min(most, budget // row))
+
+
 ERROR_COLUMNS = ("path", "image_id", "stage", "reason")
 HEADER_FILES_PER_TASK = 256
 

@@ -154,7 +154,8 @@ class Arrays:
     row-aligned.
 
     The arrays may be read-only memory maps shared by every process of a node
-    (:mod:`pneumotune.data.node_cache`); nothing here copies them except :meth:`subset`.
+    (:mod:`pneumotune.data.node_cache`); nothing here copies them: a subset of rows is a
+    :class:`Rows` view.
     ``positive``: per row, whether the mask has a pixel at this size (the node cache
     stores it; otherwise it is computed once from the masks).
     """
@@ -177,15 +178,6 @@ class Arrays:
         if self.positive_rows is not None:
             return self.positive_rows
         return has_foreground(self.masks)
-
-    def subset(self, index: np.ndarray) -> Arrays:
-        """A copy of the rows ``index`` (fancy indexing copies: prefer :class:`Rows`)."""
-        return Arrays(
-            self.images[index],
-            self.masks[index],
-            self.meta.iloc[index].reset_index(drop=True),
-            None if self.positive_rows is None else self.positive_rows[index],
-        )
 
     def rows(self, index: np.ndarray | None = None) -> Rows:
         """A view of rows ``index`` (all by default): no pixel is copied."""

@@ -59,6 +59,8 @@ COMPLETE = "complete.json"
 FILES = ("images.npy", "masks.npy", "positive.npy", "meta.parquet")
 # Room left on the cache's disk after a copy, besides the copy itself.
 DISK_MARGIN = 1 << 30
+# Pixels of one image column read at a time while writing a copy (8 rows at 1024 px).
+BATCH_BYTES = 8 << 20
 
 
 def default_cache_root() -> Path:
@@ -109,10 +111,6 @@ class SharedDataset:
     def __getitem__(self, size: int) -> Arrays:
         return open_copy(ensure_copy(self, int(size)))
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Plain fields only: a trial on another machine resolves its own cache root.
-        return (SharedDataset, (self.root, self.version, self.cache_root))
-
 
 def ensure_copy(data: SharedDataset, size: int, progress: bool = False) -> Path:
     """The folder of this node's complete copy of ``size``, written first if need be
@@ -142,7 +140,7 @@ def ensure_copy(data: SharedDataset, size: int, progress: bool = False) -> Path:
 
 
 def write_copy(root: Path, size: int, folder: Path, progress: bool = False) -> None:
-    """Write the labelled rows of ``size`` as ``.npy`` files in ``folder``, one batch of
+    """Write the labelled rows of ``size`` as ``.npy`` files in ``folder``, a few MiB of
     rows at a time (peak memory: a batch, whatever the dataset's size). Plain writes,
     not a writable memory map: written pages stay the page cache's, not this process'."""
     manifest = read_manifest(root)
@@ -177,11 +175,12 @@ def write_copy(root: Path, size: int, folder: Path, progress: bool = False) -> N
                 fh, {"descr": "|u1", "fortran_order": False, "shape": shape}
             )
         row = 0
-        for batch_keep, image_col, mask_col in iter_pixels(root, manifest, size, keep):
+        batch_rows = max(1, min(128, BATCH_BYTES // (size * size)))
+        for batch_keep, image_col, mask_col in iter_pixels(root, manifest, size, keep, batch_rows):
             images = bytes_to_array(image_col.filter(batch_keep), size)
             masks = bytes_to_array(mask_col.filter(batch_keep).fill_null(bytes(size * size)), size)
-            fi.write(images.tobytes())
-            fm.write(masks.tobytes())
+            fi.write(images)  # the array's buffer: no bytes copy
+            fm.write(masks)
             positive[row : row + len(masks)] = masks.reshape(len(masks), -1).any(axis=1)
             row += len(masks)
             bar.update(len(masks))

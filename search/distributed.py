@@ -15,14 +15,12 @@ Used by a search trial when ``resources.workers_per_trial > 1`` and by
   ``MultiWorkerMirroredStrategy`` on *global* batches of ``batch_size`` (each worker
   computes ``batch_size / workers`` of them; see :mod:`model.multiworker`), so a config
   trains the same way on one worker or on several.
-* **Data**: the driver passes an ``ObjectRef`` to the labelled arrays of the trial's
-  image size (put in the object store once per search, not per trial) in the
-  ``train_loop_config``; each worker ``ray.get``s it (zero-copy from its node's shared
-  memory; one transfer per node) and splits the folds itself. Ray Data is not used: the
-  fit core draws a seeded, resumable epoch plan over in-memory arrays (positive share,
-  per-batch augmentation seeds), which a streaming split across workers would break,
-  and a size's arrays already fit the object store (10,712 images at 512 px are 2.8 GB
-  of uint8 images and as much again of masks).
+* **Data**: the driver passes the search's dataset handle
+  (:class:`pneumotune.data.node_cache.SharedDataset`) in the ``train_loop_config``; each
+  worker maps its node's copy of the trial's image size (written once per node) and
+  splits the folds itself, as index views. Ray Data is not used: the fit core draws a
+  seeded, resumable epoch plan over the rows (positive share, per-batch augmentation
+  seeds), which a streaming split across workers would break.
 * **Metrics and checkpoints**: every worker scores the whole validation set (the same
   numbers everywhere) and calls ``ray.train.report`` each epoch; rank 0 alone saves the
   model (``MODEL_FILE`` + ``STATE_FILE``, the one-worker layout) as the Train checkpoint.

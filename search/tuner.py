@@ -82,16 +82,17 @@ def searched_sizes(plan: SearchPlan) -> list[int]:
 
 
 def shared_data(plan: SearchPlan, progress: bool = True) -> Any:
-    """The dataset handle the trials get. When this machine is the whole Ray cluster, the
-    copies of the searched sizes are written here first, with a progress bar (a trial
-    would otherwise write its size's copy in its first epoch); on a cluster each node's
-    first trial at a size writes that node's copy."""
-    import ray
-
+    """The dataset handle the trials get. When this machine is the whole Ray cluster and
+    runs the trials, the copies of the searched sizes are written here first, with a
+    progress bar (a trial would otherwise write its size's copy in its first epoch);
+    otherwise each node's first trial at a size writes that node's copy (an autoscaling
+    cluster's head alone, which runs no trial, writes none)."""
     from pneumotune.data.node_cache import SharedDataset, ensure_copy
+    from pneumotune.search.preflight import nodes_now, trials_on
 
     data = SharedDataset.of(plan.data_dir)
-    if len([n for n in ray.nodes() if n.get("Alive")]) == 1:
+    nodes = nodes_now()
+    if len(nodes) == 1 and trials_on(nodes[0], plan.experiment) > 0:
         for size in searched_sizes(plan):
             ensure_copy(data, size, progress=progress)
     return data

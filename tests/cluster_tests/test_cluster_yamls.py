@@ -2,7 +2,8 @@
 manifests), able to hold a trial of the siim experiment, token auth on, nothing open to
 the world, and the first-try traps of a real launch closed (issue 15): OS Login and the
 project SSH key on GCP, a scoped head role, file-mount ownership, zones, conversion on
-CPU nodes, apt locks, the CUDA of the image, the shared volume of the RayJob.
+CPU nodes, apt locks, the CUDA of the image, the shared volume of the RayJob, and each
+node's copy of the arrays (PNEUMOTUNE_CACHE) on its own disk.
 
 Where a check depends on what Ray itself does, it reads or calls the installed Ray
 (pinned by pyproject.toml), so a Ray upgrade that changes the behaviour fails here."""
@@ -703,3 +704,144 @@ def test_kuberay_loader_hands_the_volume_to_the_pods_user():
         context = pod["securityContext"]
         assert (context["runAsUser"], context["runAsGroup"]) == (uid, gid), context
         assert context.get("runAsNonRoot") is True
+
+
+# --- each node's copy of the arrays (PNEUMOTUNE_CACHE): node-local, the container user's
+
+SHARED = Path("/mnt/pneumotune")  # the NFS share / ReadWriteMany volume of every node
+SIIM_LABELLED = 12_089  # labelled SIIM images: the rows of a node's copy
+# The image (~20 GB) and pip wheels (~6 GB) on a GPU worker's root disk (YAML comments).
+IMAGE_AND_WHEELS = 26e9
+_QUANTITY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
+
+
+def _quantity(value: Any) -> float:
+    """A Kubernetes quantity (``40Gi``, ``8``) in bytes or units."""
+    match = re.fullmatch(r"([\d.]+)([A-Za-z]*)", str(value))
+    assert match and match.group(2) in ("", *_QUANTITY), value
+    return float(match.group(1)) * _QUANTITY.get(match.group(2), 1)
+
+
+def _run_options(config: dict[str, Any], node_type: str) -> list[str]:
+    """The `docker run` options of a node type, as Ray builds them: the docker section
+    with the node type's own laid over it (autoscaler.py, _get_node_specific_docker_config),
+    run_options + head_run_options / worker_run_options (command_runner.py, run_init)."""
+    docker = {**config["docker"], **config["available_node_types"][node_type].get("docker", {})}
+    role = "head" if node_type == config["head_node_type"] else "worker"
+    return [*docker.get("run_options", []), *docker.get(f"{role}_run_options", [])]
+
+
+def _docker_env_and_volumes(options: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``--env K=V`` -> {K: V}; ``--volume HOST:CONTAINER`` -> {CONTAINER: HOST}."""
+    tokens = shlex.split(" ".join(options))
+    env: dict[str, str] = {}
+    volumes: dict[str, str] = {}
+    for i, token in enumerate(tokens):
+        for flags, out in ((("--env", "-e"), env), (("--volume", "-v"), volumes)):
+            value = None
+            if token in flags and i + 1 < len(tokens):
+                value = tokens[i + 1]
+            elif token.startswith(tuple(f"{f}=" for f in flags)):
+                value = token.split("=", 1)[1]
+            if value is None:
+                continue
+            if out is env:
+                key, _, val = value.partition("=")
+                env[key] = val
+            else:
+                host, container = value.split(":")[:2]
+                volumes[container] = host
+    return env, volumes
+
+
+def _nfs_mount_targets(commands: list[str]) -> list[Path]:
+    return [
+        Path(m.group(1))
+        for c in commands
+        for m in re.finditer(r"mount -t nfs\w*(?: -o \S+)? \S+ (\S+)", c)
+    ]
+
+
+def _disk_bytes(node_config: dict[str, Any]) -> float:
+    """The root / boot disk of a node type, in bytes (GB, the smaller unit of the two)."""
+    if "BlockDeviceMappings" in node_config:
+        return node_config["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] * 1e9
+    (boot,) = [d for d in node_config["disks"] if d.get("boot")]
+    return int(boot["initializeParams"]["diskSizeGb"]) * 1e9
+
+
+@pytest.mark.parametrize("path", LAUNCHER, ids=lambda p: p.name)
+def test_every_node_keeps_its_array_cache_on_its_own_disk(path):
+    from pneumotune.data.node_cache import CACHE_ENV, size_bytes
+
+    config = _prepared(path)
+    for name, spec in config["available_node_types"].items():
+        env, volumes = _docker_env_and_volumes(_run_options(config, name))
+        cache = env.get(CACHE_ENV)
+        # Set in the container, so every trial (and the driver) of the node sees it.
+        assert cache and cache.startswith("/"), (name, cache)
+        # Bind-mounted from the same path of the host (not left in the container's layer,
+        # which `docker rm` of a re-`ray up` drops), ...
+        host = volumes.get(cache)
+        assert host == cache, (name, volumes)
+        # ... which is the host's own disk: not the shared volume, not an NFS mount.
+        commands = _init_commands(config, name)
+        for shared in [SHARED, *_nfs_mount_targets(commands)]:
+            assert not Path(host).is_relative_to(shared), (name, host, shared)
+        # Created owned by the container's user before docker starts (docker would make a
+        # missing bind-mount source as root, and the trials could not write there).
+        assert f"sudo mkdir -p {host} && sudo chown {RAY_UID}:{RAY_GID} {host}" in commands, name
+        # A GPU worker's disk holds the image, the wheels and SIIM's 512 + 1024 px copies.
+        if spec["resources"].get("GPU", 0) > 0:
+            copies = size_bytes(SIIM_LABELLED, 512) + size_bytes(SIIM_LABELLED, 1024)
+            assert _disk_bytes(spec["node_config"]) > IMAGE_AND_WHEELS + copies, name
+    # Ray runs every initialization command on the host, before it starts the container
+    # (the second run_init, sync_run_yet=True, is `docker run`).
+    updater = (RAY_PRIVATE / "updater.py").read_text()
+    init = updater.index("for cmd in self.initialization_commands")
+    docker_run = updater.index("sync_run_yet=True")
+    assert init < docker_run and 'run_env="host"' in updater[init:docker_run]
+
+
+def test_kuberay_gpu_pods_keep_their_array_cache_in_an_empty_dir():
+    from pneumotune.data.node_cache import CACHE_ENV, DISK_MARGIN, size_bytes
+
+    groups = _rayjob()["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert groups
+    copies = size_bytes(SIIM_LABELLED, 512) + size_bytes(SIIM_LABELLED, 1024)
+    for group in groups:
+        pod = group["template"]["spec"]
+        empty_dirs = {v["name"]: v["emptyDir"] for v in pod["volumes"] if "emptyDir" in v}
+        for container in pod["containers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            cache = env.get(CACHE_ENV)
+            assert cache and cache.startswith("/"), (group["groupName"], env)
+            assert not Path(cache).is_relative_to(SHARED), cache
+            (volume,) = [v for v, p in _mounts(container).items() if p == cache]
+            # Node-local disk of the pod's own, not tmpfs (which would count the whole
+            # copy as the pod's memory, pages the kernel cannot drop).
+            assert volume in empty_dirs, volume
+            spec = empty_dirs[volume]
+            assert spec.get("medium", "") != "Memory", spec
+            # Room for SIIM's 512 + 1024 px copies: the kubelet evicts a pod whose
+            # emptyDir outgrows sizeLimit, and the copy's own check sees the node's disk.
+            limit = _quantity(spec["sizeLimit"])
+            assert limit >= copies + DISK_MARGIN, spec
+            # The scheduler places the pod on a node with that much local disk.
+            resources = container["resources"]
+            for kind in ("requests", "limits"):
+                assert _quantity(resources[kind]["ephemeral-storage"]) >= limit, resources
+
+
+def test_rays_memory_monitor_leaves_the_page_cache_out(tmp_path):
+    """A pod's memory limit counts the page cache of the copy its trials map; Ray's memory
+    monitor (which kills tasks at its threshold) subtracts file pages from the cgroup's
+    usage (ray._private.utils.get_cgroup_used_memory, the logic of the raylet's
+    memory_monitor_utils.cc), so a resident copy does not make it kill trials."""
+    from ray._private.utils import get_cgroup_used_memory
+
+    stat, current = tmp_path / "memory.stat", tmp_path / "memory.current"
+    stat.write_text("anon 3000\nfile 7000\nactive_file 5000\ninactive_file 2000\n")
+    current.write_text("10000\n")
+    used = get_cgroup_used_memory(str(stat), str(current), "inactive_file", "active_file")
+    assert used == 10000 - 5000 - 2000
