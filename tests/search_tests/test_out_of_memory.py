@@ -15,6 +15,8 @@ import shutil
 import subprocess
 import sys
 from io import StringIO
+from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -206,20 +208,30 @@ def test_the_search_report_counts_and_explains_the_killed_trial(killed_and_spare
     assert "curves" in result.figures  # the killed trial's curve is drawn as a failure
 
 
-def test_a_stale_running_state_shows_the_trials_real_end(killed_and_spared, tmp_path):
-    """Tune 2.60 may leave a trial whose worker died as RUNNING (0 failures) in its state
-    file for good; its error.txt, numbered past max_failures, says how it ended."""
-    copy = shutil.copytree(killed_and_spared, tmp_path / "stale")
-    state_file = sorted(copy.glob("experiment_state-*.json"))[-1]
+def errored_as_running(search: Path, **runtime_changes: Any) -> list[dict]:
+    """Make the search's ERROR trials RUNNING in its newest state file, with
+    ``runtime_changes``, and remove search.json (as if the search were still running):
+    the state Tune 2.60 may leave behind. Returns the changed trials."""
+    state_file = sorted(search.glob("experiment_state-*.json"))[-1]
     raw = json.loads(state_file.read_text())
+    changed = []
     for i, (trial_json, runtime_json) in enumerate(raw["trial_data"]):
         trial, runtime = json.loads(trial_json), json.loads(runtime_json)
         if trial["status"] == "ERROR":
             trial["status"] = "RUNNING"
-            runtime.update(num_failures=1, error_filename=None, pickled_error_filename=None)
+            runtime.update(runtime_changes)
             raw["trial_data"][i] = [json.dumps(trial), json.dumps(runtime)]
+            changed.append(trial)
     state_file.write_text(json.dumps(raw))
-    (copy / "search.json").unlink()  # as if the search were still running
+    (search / "search.json").unlink()
+    return changed
+
+
+def test_a_stale_running_state_shows_the_trials_real_end(killed_and_spared, tmp_path):
+    """Tune 2.60 may leave a trial whose worker died as RUNNING (0 failures) in its state
+    file for good; its error.txt, numbered past max_failures, says how it ended."""
+    copy = shutil.copytree(killed_and_spared, tmp_path / "stale")
+    errored_as_running(copy, num_failures=1, error_filename=None, pickled_error_filename=None)
     summary = summarise(copy)
     killed = summary.trials[1]
     assert killed.outcome == F.KILLED_LIKELY_OOM and killed.num_failures == 2
@@ -234,18 +246,9 @@ def test_a_failure_within_max_failures_is_a_retry_under_way(killed_and_spared, t
     """While a trial's first failure (of max_failures 1) is the last, the state's RUNNING
     stands (Tune restarts it); once the search has ended, nothing is running."""
     copy = shutil.copytree(killed_and_spared, tmp_path / "retrying")
-    state_file = sorted(copy.glob("experiment_state-*.json"))[-1]
-    raw = json.loads(state_file.read_text())
-    for i, (trial_json, runtime_json) in enumerate(raw["trial_data"]):
-        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
-        if trial["status"] == "ERROR":
-            trial["status"] = "RUNNING"
-            runtime.update(num_failures=0)
-            raw["trial_data"][i] = [json.dumps(trial), json.dumps(runtime)]
-            errors = copy / trial["relative_logdir"] / "error.txt"
-            errors.write_text(errors.read_text().split("Failure # 2")[0])
-    state_file.write_text(json.dumps(raw))
-    (copy / "search.json").unlink()
+    for trial in errored_as_running(copy, num_failures=0):
+        errors = copy / trial["relative_logdir"] / "error.txt"
+        errors.write_text(errors.read_text().split("Failure # 2")[0])
     assert summarise(copy).trials[1].outcome == "running"
     assert summarise(copy, ended=True).trials[1].outcome == SEARCH_ENDED
 
