@@ -271,8 +271,11 @@ def check_size(manifest: dict[str, Any], size: int, root: Path) -> None:
         )
 
 
-def load_arrays(root: Path, size: int, labelled_only: bool = True) -> Arrays:
-    """Images and masks at ``size`` in memory (labelled rows only unless told otherwise).
+def load_arrays(
+    root: Path, size: int, labelled_only: bool = True, fold: int | None = None
+) -> Arrays:
+    """Images and masks at ``size`` in memory (labelled rows only unless told otherwise;
+    ``fold``: that fold's rows only, e.g. the validation fold an export tunes on).
 
     With ``labelled_only=False`` unlabelled rows are included and their masks are
     all zeros in ``masks`` — use ``meta.labelled`` before treating them as truth.
@@ -287,6 +290,8 @@ def load_arrays(root: Path, size: int, labelled_only: bool = True) -> Arrays:
     keep = np.ones(len(meta), bool)
     if labelled_only:
         keep = meta.column("labelled").to_numpy(zero_copy_only=False).astype(bool)
+    if fold is not None:
+        keep &= meta.column("fold").to_numpy(zero_copy_only=False) == fold
     images = np.empty((int(keep.sum()), size, size), np.uint8)
     masks = np.empty_like(images)
     row = 0
@@ -298,6 +303,15 @@ def load_arrays(root: Path, size: int, labelled_only: bool = True) -> Arrays:
         )
         row += n
     return Arrays(images, masks, meta.filter(keep).to_pandas())
+
+
+def load_fold(root: Path, size: int, fold: int) -> Arrays:
+    """The labelled images of one fold (what an export tunes on): a fifth of the
+    dataset in memory, not all of it."""
+    arrays = load_arrays(root, size, fold=fold)
+    if len(arrays) == 0:
+        raise DatasetError(f"fold {fold} of {root} holds no labelled image at {size} px")
+    return arrays
 
 
 def iter_pixels(root: Path, manifest: dict[str, Any], size: int, keep: np.ndarray, rows: int = 32):

@@ -120,7 +120,7 @@ def export_best(results_dir: Path, out_dir: Path, data_dir: Path | None = None) 
     """Export the best trial of a search (finished, or still running: its best so far)."""
     import keras
 
-    from pneumotune.data.dataset import load_arrays, split_fold
+    from pneumotune.data.dataset import load_fold
     from pneumotune.model import train as _registers_custom_objects  # noqa: F401  (ComboLoss, schedules)
     from pneumotune.search.checkpoint import MODEL_FILE
 
@@ -129,7 +129,7 @@ def export_best(results_dir: Path, out_dir: Path, data_dir: Path | None = None) 
     data_dir = Path(data_dir or summary.data_dir or "")
     cfg = TrainConfig.from_flat(best.config)
     model = keras.saving.load_model(checkpoint / MODEL_FILE)
-    _, val = split_fold(load_arrays(data_dir, cfg.img_size), cfg.val_fold)
+    val = load_fold(data_dir, cfg.img_size, cfg.val_fold)
     epoch_row = next(
         (r for r in best.history if r.get("checkpoint_dir_name") == checkpoint.name), {}
     )

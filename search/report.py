@@ -491,14 +491,14 @@ def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> P
         )
     import keras
 
-    from pneumotune.data.dataset import load_arrays, split_fold
+    from pneumotune.data.dataset import load_fold
     from pneumotune.model import metrics as M
     from pneumotune.model.train import predict_probs
 
     size = int(best.config["img_size"])
     fold = int(best.config.get("val_fold", 0))
     threshold = float(best.config.get("threshold", 0.5))
-    _, val = split_fold(load_arrays(data_dir, size), fold)
+    val = load_fold(data_dir, size, fold).rows()
     positive = val.positive
     rows = choose_rows(np.random.default_rng(seed), positive, samples)
     model = keras.saving.load_model(checkpoint / MODEL_FILE, compile=False)

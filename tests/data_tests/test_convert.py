@@ -270,3 +270,14 @@ def test_parts_and_row_groups_stay_a_sensible_size_at_any_stored_size(sizes, par
 
     assert rows_within(sizes, PART_BYTES, PART_ROWS) == part_rows
     assert rows_within(sizes, ROW_GROUP_BYTES, ROW_GROUP_ROWS) == group_rows
+
+
+def test_a_fold_loads_alone_and_an_empty_one_says_so(tiny_dataset):
+    everything = dataset.load_arrays(tiny_dataset, 32)
+    fold = dataset.load_fold(tiny_dataset, 32, 1)
+    rows = (everything.meta["fold"] == 1).to_numpy()
+    np.testing.assert_array_equal(fold.images, everything.images[rows])
+    np.testing.assert_array_equal(fold.masks, everything.masks[rows])
+    assert set(fold.meta["fold"]) == {1}
+    with pytest.raises(dataset.DatasetError, match=r"fold 9 .* holds no labelled image"):
+        dataset.load_fold(tiny_dataset, 32, 9)
