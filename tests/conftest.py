@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Each node's copies of datasets (data.node_cache) in a folder of this run, not the
 # user's ~/.cache; set before Ray starts, so that its workers inherit it.
-os.environ.setdefault("PNEUMOTUNE_CACHE", tempfile.mkdtemp(prefix="pneumotune-test-cache-"))
+if "PNEUMOTUNE_CACHE" not in os.environ:
+    os.environ["PNEUMOTUNE_CACHE"] = tempfile.mkdtemp(prefix="pneumotune-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["PNEUMOTUNE_CACHE"], ignore_errors=True)
 # Before any import of albumentations / TensorFlow: no network call at import, less noise.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
