@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         if not todo:
             print(f"atlas {args.name}: all {len(done)} runs are in {csv_path}")
             return 0
-    ds = dataset(args.images)
+    ds = dataset(args.images, sizes=(args.size,) if args.size not in (64, 128) else (64, 128))
     base = load_experiment("demo")
     exp = dataclasses.replace(
         base.resolve_sizes([args.size]),

@@ -10,15 +10,19 @@ from pathlib import Path
 CACHE = Path(__file__).resolve().parent / "out"
 
 
-def dataset(images: int, seed: int = 1) -> Path:
-    """``images`` synthetic 256-px DICOMs converted at 64 and 128 px, made once and cached."""
+def dataset(images: int, seed: int = 1, sizes: tuple[int, ...] = (64, 128)) -> Path:
+    """``images`` synthetic 256-px DICOMs converted at ``sizes`` (64 and 128 px), made once
+    and cached (the same DICOMs for every ``sizes``)."""
     from pneumotune.data.convert import ConvertConfig, convert
     from pneumotune.data.synth import SynthConfig, write_dataset
 
     raw, ds = CACHE / f"search-raw-{images}-{seed}", CACHE / f"search-ds-{images}-{seed}"
+    if sizes != (64, 128):
+        ds = ds.with_name(ds.name + "-" + "-".join(map(str, sizes)))
     if not (ds / "manifest.json").exists():
-        write_dataset(raw, SynthConfig(n_images=images, size=256, seed=seed), progress=True)
-        convert(ConvertConfig(src=raw, out=ds, sizes=(64, 128), overwrite=True), progress=True)
+        if not raw.is_dir():
+            write_dataset(raw, SynthConfig(n_images=images, size=256, seed=seed), progress=True)
+        convert(ConvertConfig(src=raw, out=ds, sizes=sizes, overwrite=True), progress=True)
     return ds
 
 
