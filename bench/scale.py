@@ -68,7 +68,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pneumotune.data.node_cache import size_bytes
 from pneumotune.memory import private_dirty_mb
+from pneumotune.search.preflight import GPU_HOST
 
 GIB = 2**30
 SIIM_ROWS = 12_089  # stage 2 training DICOMs
@@ -85,11 +87,9 @@ NODES: tuple[tuple[str, float, int], ...] = (
 )
 TRIALS_PER_GPU = 2
 # What a GPU trial holds on the host beyond what a CPU trial here holds: the CUDA
-# context, cuDNN/cuBLAS workspaces and XLA/TF GPU allocator bookkeeping. 2.5 GiB is a
-# stated assumption (no GPU here), not a measurement.
-GPU_HOST_EXTRA_GIB = 2.5
-# Ray's own processes on a worker node (raylet, agents), measured here on the head (the
-# head also runs the GCS and dashboard, so this is an upper bound for a worker).
+# context, cuDNN/cuBLAS workspaces and XLA/TF GPU allocator bookkeeping: the memory
+# check's assumption (no GPU here), not a measurement.
+GPU_HOST_EXTRA_GIB = GPU_HOST / GIB
 
 
 def replicate(src: Path, out: Path, rows: int, val_rows: int = VAL_ROWS) -> dict:
@@ -314,7 +314,7 @@ def one_search(dataset: Path, size: int, work: Path, seconds: float, cache: Path
 
 
 def dataset_gib(rows: int, size: int, labelled_share: float) -> float:
-    return 2 * rows * labelled_share * size * size / GIB
+    return size_bytes(round(rows * labelled_share), size) / GIB
 
 
 def project(runs: list[dict], sizes: tuple[int, ...]) -> list[str]:

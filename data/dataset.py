@@ -223,10 +223,6 @@ class Rows:
         return self.source.masks
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self), *self.source.images.shape[1:])
-
-    @property
     def meta(self) -> Any:
         return self.source.meta.iloc[self.index].reset_index(drop=True)
 
@@ -287,22 +283,22 @@ def load_arrays(
     manifest = read_manifest(root)
     check_size(manifest, size, root)
     meta = read_table(root, list(META_COLUMNS))
-    keep = np.ones(len(meta), bool)
-    if labelled_only:
-        keep = meta.column("labelled").to_numpy(zero_copy_only=False).astype(bool)
+    keep = labelled_rows(meta) if labelled_only else np.ones(len(meta), bool)
     if fold is not None:
         keep &= meta.column("fold").to_numpy(zero_copy_only=False) == fold
     images = np.empty((int(keep.sum()), size, size), np.uint8)
     masks = np.empty_like(images)
     row = 0
-    for batch_keep, image_col, mask_col in iter_pixels(root, manifest, size, keep):
-        n = int(batch_keep.sum())
-        images[row : row + n] = bytes_to_array(image_col.filter(batch_keep), size)
-        masks[row : row + n] = bytes_to_array(
-            mask_col.filter(batch_keep).fill_null(bytes(size * size)), size
-        )
+    for batch_images, batch_masks in iter_pixels(root, manifest, size, keep):
+        n = len(batch_images)
+        images[row : row + n], masks[row : row + n] = batch_images, batch_masks
         row += n
     return Arrays(images, masks, meta.filter(keep).to_pandas())
+
+
+def labelled_rows(meta: pa.Table) -> np.ndarray:
+    """Per row of the metadata table, whether the image is labelled."""
+    return meta.column("labelled").to_numpy(zero_copy_only=False).astype(bool)
 
 
 def load_fold(root: Path, size: int, fold: int) -> Arrays:
@@ -315,22 +311,23 @@ def load_fold(root: Path, size: int, fold: int) -> Arrays:
 
 
 def iter_pixels(root: Path, manifest: dict[str, Any], size: int, keep: np.ndarray, rows: int = 32):
-    """``(keep, image column, mask column)`` for every ``rows`` rows of the dataset, in
-    order, ``keep`` the slice of the given per-row selection: memory stays at one batch
-    of decompressed pixels (data.convert writes row groups of at most ~32 MiB)."""
+    """``(images, masks)``, uint8 ``(n, size, size)``, of the rows ``keep`` selects, read
+    ``rows`` rows of the dataset at a time, in order (an unlabelled row's mask is zeros):
+    memory stays at one batch of decompressed pixels (data.convert writes row groups of
+    at most ~32 MiB)."""
     start = 0
     for name in manifest["files"]:
         parquet = pq.ParquetFile(Path(root) / name)
         for batch in parquet.iter_batches(
             batch_size=rows, columns=[f"image_{size}", f"mask_{size}"]
         ):
-            n = batch.num_rows
+            selected = pa.array(keep[start : start + batch.num_rows])
+            start += batch.num_rows
+            mask_col = batch.column(f"mask_{size}").filter(selected)
             yield (
-                pa.array(keep[start : start + n]),
-                batch.column(f"image_{size}"),
-                batch.column(f"mask_{size}"),
+                bytes_to_array(batch.column(f"image_{size}").filter(selected), size),
+                bytes_to_array(mask_col.fill_null(bytes(size * size)), size),
             )
-            start += n
 
 
 def bytes_to_array(column: pa.ChunkedArray | pa.Array, size: int) -> np.ndarray:

@@ -47,16 +47,16 @@ from pneumotune.data.dataset import (
     META_COLUMNS,
     Arrays,
     DatasetError,
-    bytes_to_array,
     check_size,
+    has_foreground,
     iter_pixels,
+    labelled_rows,
     read_manifest,
     read_table,
 )
 
 CACHE_ENV = "PNEUMOTUNE_CACHE"
 COMPLETE = "complete.json"
-FILES = ("images.npy", "masks.npy", "positive.npy", "meta.parquet")
 # Room left on the cache's disk after a copy, besides the copy itself.
 DISK_MARGIN = 1 << 30
 # Pixels of one image column read at a time while writing a copy (8 rows at 1024 px).
@@ -146,7 +146,7 @@ def write_copy(root: Path, size: int, folder: Path, progress: bool = False) -> N
     manifest = read_manifest(root)
     check_size(manifest, size, root)
     meta = read_table(root, list(META_COLUMNS))
-    keep = meta.column("labelled").to_numpy(zero_copy_only=False).astype(bool)
+    keep = labelled_rows(meta)
     n = int(keep.sum())
     need = size_bytes(n, size)
     tmp = folder.with_name(folder.name + ".partial")
@@ -176,12 +176,10 @@ def write_copy(root: Path, size: int, folder: Path, progress: bool = False) -> N
             )
         row = 0
         batch_rows = max(1, min(128, BATCH_BYTES // (size * size)))
-        for batch_keep, image_col, mask_col in iter_pixels(root, manifest, size, keep, batch_rows):
-            images = bytes_to_array(image_col.filter(batch_keep), size)
-            masks = bytes_to_array(mask_col.filter(batch_keep).fill_null(bytes(size * size)), size)
+        for images, masks in iter_pixels(root, manifest, size, keep, batch_rows):
             fi.write(images)  # the array's buffer: no bytes copy
             fm.write(masks)
-            positive[row : row + len(masks)] = masks.reshape(len(masks), -1).any(axis=1)
+            positive[row : row + len(masks)] = has_foreground(masks)
             row += len(masks)
             bar.update(len(masks))
         for fh in (fi, fm):

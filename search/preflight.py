@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from pneumotune.data.node_cache import size_bytes
 from pneumotune.errors import ConfigError
 from pneumotune.search.config import ExperimentConfig
 
@@ -129,7 +130,7 @@ def check_memory(exp: ExperimentConfig, nodes: list[Node], rows: int) -> list[st
                 "resources.cpu/gpu so fewer trials share a node, or lower batch_size, "
                 "base_filters or img_size (pass --skip-memory-check to start anyway)"
             )
-        cache = 2 * rows * size * size
+        cache = size_bytes(rows, size)
         if need + cache > USABLE * node.memory:
             notes.append(
                 f"node {node.name}: the {size}-px copy of the data ({cache / GIB:.1f} GiB) does "
