@@ -1,19 +1,23 @@
-"""A learning-curve atlas: every config of a grid trained to max_t, every epoch recorded.
+"""A learning-curve atlas: every config of a design trained to max_t, every epoch recorded.
 
     python bench/atlas.py [--name synth64] [--max-t 30] [--images 400] [--smoke-test]
+    python bench/atlas.py --space demo --configs 256 --size 32 --name space32
     python bench/atlas.py --export-only [--name synth64]
 
-The grid (lr x schedule x base_filters x positive share x augmentation, 48 configs, the
-tutorial's point among them) is trained with the product's own machinery: the demo
-experiment's fixed values, `pneumotune.search.tuner.run_search` with a FIFO grid
-searcher, the same trainable (one `tune.report` per epoch, a checkpoint per epoch). The
-first 8 configs of a spread are run again with a second seed, so that the atlas says how
-noisy a curve is.
+Two designs. The grid (lr x schedule x base_filters x positive share x augmentation, 48
+configs, the tutorial's point among them; 8 of them again with a second seed). Or, with
+``--space EXPERIMENT``, ``--configs`` points of that experiment's own continuous space
+(demo.yaml: 13 axes, img_size held at ``--size``), a scrambled Sobol sequence
+(``--design-seed``): space filling, so that a surrogate fitted on it can answer for any
+point of the space; 1 in 16 of them again with a second seed. Either is trained with the
+product's own machinery: the experiment's fixed values, `pneumotune.search.tuner.run_search`
+with a FIFO grid searcher, the same trainable (one `tune.report` per epoch, a checkpoint
+per epoch).
 
 Resumable: the run lives in bench/out/atlas-<name> (Ray Tune's layout); running the same
 command again restores it, and trials that were running go on from their last epoch's
 checkpoint. Every finished trial rewrites bench/atlas/<name>.csv (columns: config_id,
-one per axis, seed, epoch, the val metrics, epoch_seconds), so a killed run keeps
+one per axis or parameter, seed, epoch, the val metrics, epoch_seconds), so a killed run keeps
 everything it finished. bench/replay.py replays the CSV.
 """
 
@@ -23,8 +27,10 @@ import argparse
 import csv
 import dataclasses
 import itertools
+import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +89,65 @@ def training_values(levels: dict[str, str]) -> dict[str, Any]:
     return values
 
 
-def runs(configs: list[dict[str, str]]) -> list[tuple[int, int]]:
-    """(config_id, seed): every config with seed 0, then REPEATS spread ones with seed 1."""
-    step = max(1, len(configs) // REPEATS)
-    repeats = list(range(0, len(configs), step))[:REPEATS]
-    return [(i, 0) for i in range(len(configs))] + [(i, 1) for i in repeats]
+@dataclass(frozen=True)
+class Design:
+    """The configs of an atlas: ``configs[i]`` is config i's CSV cells (one per column),
+    ``values[i]`` the training values it stands for; ``repeats`` configs run twice."""
+
+    columns: list[str]
+    configs: list[dict[str, Any]]
+    values: list[dict[str, Any]]
+    repeats: int
+
+
+def grid_design() -> Design:
+    configs = grid()
+    return Design(list(AXES), configs, [training_values(c) for c in configs], REPEATS)
+
+
+def space_design(experiment: str, n: int, seed: int) -> Design:
+    """``n`` scrambled-Sobol points of ``experiment``'s searched space (img_size excluded:
+    the atlas's ``--size``). One unit-cube dimension per parameter, in the YAML's order; a
+    conditional parameter (``when``) is set only where its condition holds (its cell is
+    empty otherwise), as the product's define-by-run space samples it."""
+    from scipy.stats import qmc
+
+    from pneumotune.search.config import load_experiment
+
+    specs = [p for p in load_experiment(experiment).space if p.name != "img_size"]
+    cube = qmc.Sobol(d=len(specs), scramble=True, seed=seed).random(n)
+    configs, values = [], []
+    for row in cube:
+        point: dict[str, Any] = {}
+        for spec, u in zip(specs, row, strict=True):
+            if spec.active(point):
+                point[spec.name] = unit_to_value(spec, float(u))
+        values.append(point)
+        configs.append({spec.name: point.get(spec.name, "") for spec in specs})
+    return Design([spec.name for spec in specs], configs, values, max(1, n // 16))
+
+
+def unit_to_value(spec: Any, u: float) -> Any:
+    """The value at ``u`` in [0, 1) of a :class:`ParamSpec`'s range (uniform, or uniform in
+    log for ``log``), or of its choices (equal shares)."""
+    if spec.choices is not None:
+        return spec.choices[min(int(u * len(spec.choices)), len(spec.choices) - 1)]
+    low, high = float(spec.low), float(spec.high)
+    if spec.log:
+        value = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+    else:
+        value = low + u * (high - low)
+    if spec.step:
+        value = low + round((value - low) / spec.step) * spec.step
+    return round(value) if spec.integer else round(value, 6)
+
+
+def runs(design: Design) -> list[tuple[int, int]]:
+    """(config_id, seed): every config with seed 0, then ``repeats`` spread ones with seed 1."""
+    n = len(design.configs)
+    step = max(1, n // design.repeats)
+    repeats = list(range(0, n, step))[: design.repeats]
+    return [(i, 0) for i in range(n)] + [(i, 1) for i in repeats]
 
 
 def read_rows(csv_path: Path) -> list[dict[str, str]]:
@@ -106,13 +166,13 @@ def recorded_runs(csv_path: Path, max_t: int) -> set[tuple[int, int]]:
     return {key for key, n in epochs.items() if n >= max_t}
 
 
-def export_csv(path: Path, csv_path: Path, configs: list[dict[str, str]], max_t: int) -> int:
+def export_csv(path: Path, csv_path: Path, design: Design, max_t: int) -> int:
     """Write the finished trials' curves, keeping the CSV's runs that this run folder does
     not hold (recorded by an earlier session); returns how many runs it holds."""
     from pneumotune.search.results import summarise
 
     trials = summarise(path).trials if (path / "pneumotune.json").is_file() else []
-    by_values = [training_values(c) for c in configs]
+    by_values = design.values
     rows, n_runs = [], 0
     for trial in trials:
         if trial.epochs < max_t:
@@ -127,7 +187,7 @@ def export_csv(path: Path, csv_path: Path, configs: list[dict[str, str]], max_t:
             rows.append(
                 {
                     "config_id": config_id,
-                    **configs[config_id],
+                    **design.configs[config_id],
                     "seed": trial.config["seed"],
                     "epoch": int(r["training_iteration"]),
                     **{m: round(float(r[m]), 6) for m in METRICS},
@@ -142,7 +202,7 @@ def export_csv(path: Path, csv_path: Path, configs: list[dict[str, str]], max_t:
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = csv_path.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
-        fields = ["config_id", *AXES, "seed", "epoch", *METRICS, "epoch_seconds"]
+        fields = ["config_id", *design.columns, "seed", "epoch", *METRICS, "epoch_seconds"]
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
@@ -153,8 +213,8 @@ def export_csv(path: Path, csv_path: Path, configs: list[dict[str, str]], max_t:
 class ExportOnEnd(tune.Callback):
     """The CSV rewritten each time a run finishes, so a killed atlas keeps what it did."""
 
-    def __init__(self, path: Path, csv_path: Path, configs: list, max_t: int, total: int):
-        self.args, self.total = (path, csv_path, configs, max_t), total
+    def __init__(self, path: Path, csv_path: Path, design: Design, max_t: int, total: int):
+        self.args, self.total = (path, csv_path, design, max_t), total
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         n = export_csv(*self.args)
@@ -172,17 +232,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent", type=int, default=2, help="trials at once (default 2)")
     parser.add_argument("--export-only", action="store_true", help="only rewrite the CSV")
     parser.add_argument("--smoke-test", action="store_true", help="4 configs, 2 epochs")
+    parser.add_argument(
+        "--space", default=None, help="sample this experiment's space (e.g. demo), not the grid"
+    )
+    parser.add_argument("--configs", type=int, default=256, help="with --space (default 256)")
+    parser.add_argument("--design-seed", type=int, default=0, help="with --space (default 0)")
     args = parser.parse_args(argv)
     if args.smoke_test:
         args.name, args.max_t, args.images = "smoke", 2, 120
 
     from pneumotune.search.tuner import plan_search
 
-    configs = grid()
+    design = (
+        space_design(args.space, args.configs, args.design_seed) if args.space else grid_design()
+    )
     path = OUT / f"atlas-{args.name}"
     csv_path = (OUT if args.smoke_test else ATLAS_DIR) / f"{args.name}.csv"
     if args.export_only:
-        print(f"{export_csv(path, csv_path, configs, args.max_t)} runs -> {csv_path}")
+        print(f"{export_csv(path, csv_path, design, args.max_t)} runs -> {csv_path}")
         return 0
 
     from common import dataset
@@ -191,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     from pneumotune.search.config import load_experiment
     from pneumotune.search.tuner import run_search
 
-    planned = runs(configs)[: 4 if args.smoke_test else None]
+    planned = runs(design)[: 4 if args.smoke_test else None]
     todo = planned
     resume = (path / "pneumotune.json").is_file()
     if not resume:  # a new session: the committed CSV holds what earlier sessions trained
@@ -201,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"atlas {args.name}: all {len(done)} runs are in {csv_path}")
             return 0
     ds = dataset(args.images, sizes=(args.size,) if args.size not in (64, 128) else (64, 128))
-    base = load_experiment("demo")
+    base = load_experiment(args.space or "demo")
     exp = dataclasses.replace(
         base.resolve_sizes([args.size]),
         space=(),
@@ -213,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         num_samples=len(todo),
         storage=OUT,
     )
-    points = [{**training_values(configs[i]), "seed": seed} for i, seed in todo]
+    points = [{**design.values[i], "seed": seed} for i, seed in todo]
     plan = plan_search(exp, ds, name=path.name, storage=OUT)
 
     ensure_ray(num_cpus=args.concurrent)
@@ -224,9 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         sampler="grid",
         points=points,
         early_stopping=False,
-        callbacks=[ExportOnEnd(path, csv_path, configs, args.max_t, len(planned))],
+        callbacks=[ExportOnEnd(path, csv_path, design, args.max_t, len(planned))],
     )
-    print(f"{export_csv(path, csv_path, configs, args.max_t)} runs -> {csv_path}")
+    print(f"{export_csv(path, csv_path, design, args.max_t)} runs -> {csv_path}")
     return 0
 
 

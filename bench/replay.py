@@ -56,6 +56,9 @@ def strategies() -> dict[str, Strategy]:
             "random", asha=True, grace=ours.grace, reduction=ours.reduction, **same_space
         ),
         "ours": ours,
+        # The same with promotion ASHA: trials below a rung's top pause and resume if later
+        # arrivals rank them in it, instead of stopping (search.promotion).
+        "ours+promotion": dataclasses.replace(ours, mode="promote"),
     }
 
 
@@ -121,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument(
         "--strategies",
-        default="random+fifo;random+asha;tpe+fifo;tpe+asha;ours",
+        default="random+fifo;random+asha;tpe+fifo;tpe+asha;ours;ours+promotion",
         help=f"';'-separated, of {', '.join(strategies())}; NAME:field=value,... changes "
-        "fields of one (sampler, asha, fidelity, tutorial, grace, reduction, startup)",
+        "fields of one (sampler, asha, fidelity, tutorial, grace, reduction, mode, startup)",
     )
     parser.add_argument(
         "--scale",

@@ -21,7 +21,6 @@ unlabelled, never as a negative.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
 import os
@@ -35,10 +34,12 @@ from typing import Any
 import numpy as np
 
 from pneumotune.data import dataset, labels, rle
-from pneumotune.data.dicom import find_dicoms
+from pneumotune.data.dicom import PIXEL_BUDGET, find_dicoms
+from pneumotune.data.ledger import write_ledger
 from pneumotune.data.ray_session import ensure_ray, quiet_ray_data
 from pneumotune.data.split import assign_folds
-from pneumotune.errors import PneumotuneError
+from pneumotune.errors import ConfigError, PneumotuneError
+from pneumotune.text import escaped
 
 SIIM_TRAIN_DIR = "dicom-images-train"
 # Rows per Parquet file and per row group, by the raw pixel bytes of a row (image + mask at
@@ -74,6 +75,9 @@ class ConvertConfig:
     seed: int = 0
     overwrite: bool = False
     files_per_task: int = 64  # files read and decoded by one Ray task
+    # Bytes of pixel data an image may declare (data.dicom): larger ones are ledger rows,
+    # refused in the header pass so that the pixel pass never loads them.
+    pixel_budget: int = PIXEL_BUDGET
 
     def __post_init__(self) -> None:
         if not self.sizes or min(self.sizes) < 16:
@@ -82,6 +86,8 @@ class ConvertConfig:
             raise ValueError(f"rle_dialect must be one of {rle.DIALECTS}, got {self.rle_dialect!r}")
         if self.n_folds < 2:
             raise ValueError(f"n_folds must be >= 2, got {self.n_folds}")
+        if self.pixel_budget <= 0:
+            raise ValueError(f"pixel_budget must be a positive byte count, got {self.pixel_budget}")
 
 
 @dataclass
@@ -116,13 +122,22 @@ class ConvertResult:
 
 
 # ------------------------------------------------------------------ worker functions
-def read_header(path: Path, key: bytes) -> dict[str, Any]:
+def read_header(path: Path, key: bytes, pixel_budget: int = PIXEL_BUDGET) -> dict[str, Any]:
     """One file's header fields, or an ``error`` (never raises for a bad file)."""
     from pneumotune.data.dicom import DicomError, read_meta
 
     row: dict[str, Any] = {"path": str(path), "image_id": path.stem, "error": ""}
+    if not path.name.isprintable():  # control characters, or bytes that are not UTF-8
+        # Ray Data cannot open such a path (it loses a newline) and Parquet cannot store
+        # an id with undecodable bytes: one ledger row, the name written escaped.
+        row["image_id"] = escaped(path.stem)
+        row["error"] = (
+            "file name holds control characters or bytes that are not UTF-8: rename the file"
+        )
+        return row
     try:
-        row.update(dataclasses.asdict(read_meta(path, image_id=path.stem, key=key)))
+        meta = read_meta(path, image_id=path.stem, key=key, pixel_budget=pixel_budget)
+        row.update(dataclasses.asdict(meta))
     except DicomError as exc:
         row["error"] = str(exc)
     except Exception as exc:  # a reader bug must not stop the run: record it
@@ -130,9 +145,11 @@ def read_header(path: Path, key: bytes) -> dict[str, Any]:
     return row
 
 
-def read_header_chunk(paths: list[str], key: bytes) -> list[dict[str, Any]]:
+def read_header_chunk(
+    paths: list[str], key: bytes, pixel_budget: int = PIXEL_BUDGET
+) -> list[dict[str, Any]]:
     """``read_header`` for each file of one Ray task, in order."""
-    return [read_header(Path(p), key) for p in paths]
+    return [read_header(Path(p), key, pixel_budget) for p in paths]
 
 
 def decode_pixels(
@@ -140,6 +157,7 @@ def decode_pixels(
     sizes: tuple[int, ...],
     regions: dict[str, list[tuple[int, str]]],
     dialect: rle.Dialect,
+    pixel_budget: int = PIXEL_BUDGET,
 ) -> dict[str, list]:
     """Ray Data UDF: ``{"bytes", "path"}`` -> resized image and mask bytes per size."""
     import cv2
@@ -158,7 +176,7 @@ def decode_pixels(
         error = label_error = ""
         image = mask = None
         try:
-            image = read_image(bytes(data))
+            image = read_image(bytes(data), pixel_budget=pixel_budget)
         except DicomError as exc:
             error = str(exc)
         except Exception as exc:  # a reader bug must not stop the run: record it
@@ -205,15 +223,15 @@ def convert(
     resize the pixels (pass 2, Ray Data) into Parquet, then the manifest and the ledger.
     """
     t0 = time.perf_counter()
+    key = _pseudonym_key()  # first: a key that is refused must not leave a half-made output
     root, paths = _list_dicoms(cfg.src)
     label_path, table = _load_labels(cfg)
     _prepare_out(cfg.out, cfg.overwrite)
     ray, ray_seconds = _start_ray(address)
-    key = _pseudonym_key()
     ledger = _Ledger(cfg.src)
 
     t_headers = time.perf_counter()
-    headers = _read_header_pass(ray, paths, key, ledger, progress)
+    headers = _read_header_pass(ray, paths, key, cfg.pixel_budget, ledger, progress)
     timings = {"ray_start": ray_seconds, "headers": time.perf_counter() - t_headers}
     status = _join_labels(table, headers, ledger)
     folds = _assign_patient_folds(headers, status, cfg)
@@ -304,7 +322,7 @@ def _start_ray(address: str | None) -> tuple[Any, float]:
 
 
 def _read_header_pass(
-    ray: Any, paths: list[Path], key: bytes, ledger: _Ledger, progress: bool
+    ray: Any, paths: list[Path], key: bytes, budget: int, ledger: _Ledger, progress: bool
 ) -> dict[str, dict[str, Any]]:
     """Pass 1: ``image_id -> header row`` of each readable file; the others to the ledger.
 
@@ -314,7 +332,7 @@ def _read_header_pass(
     """
     headers: dict[str, dict[str, Any]] = {}
     with _bar(progress, len(paths), "headers") as bar:
-        for row in _read_headers(ray, paths, key, bar):
+        for row in _read_headers(ray, paths, key, budget, bar):
             image_id = row["image_id"]
             if row["error"]:
                 ledger.add(row["path"], image_id, "read", row["error"])
@@ -381,7 +399,12 @@ def _pixel_pipeline(
         ).map_batches(
             decode_pixels,
             batch_size=None,
-            fn_kwargs={"sizes": cfg.sizes, "regions": regions, "dialect": cfg.rle_dialect},
+            fn_kwargs={
+                "sizes": cfg.sizes,
+                "regions": regions,
+                "dialect": cfg.rle_dialect,
+                "pixel_budget": cfg.pixel_budget,
+            },
         )
 
 
@@ -504,13 +527,15 @@ def _output_row(
     return out
 
 
-def _read_headers(ray: Any, paths: list[Path], key: bytes, bar: Any) -> Iterator[dict[str, Any]]:
+def _read_headers(
+    ray: Any, paths: list[Path], key: bytes, budget: int, bar: Any
+) -> Iterator[dict[str, Any]]:
     """Every file's header row, in the order of ``paths``, read by Ray tasks."""
     n_tasks = max(2 * _cluster_cpus(ray), -(-len(paths) // HEADER_FILES_PER_TASK))
     size = -(-len(paths) // n_tasks)
     chunks = [[str(p) for p in paths[i : i + size]] for i in range(0, len(paths), size)]
     task = ray.remote(num_cpus=1)(read_header_chunk)
-    refs = [task.remote(chunk, key) for chunk in chunks]
+    refs = [task.remote(chunk, key, budget) for chunk in chunks]
     for chunk, ref in zip(chunks, refs, strict=True):  # tasks start in this order too
         rows = ray.get(ref)
         bar.update(len(chunk))
@@ -572,11 +597,27 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         raise ConvertInputError(f"cannot write to output folder {out}: {exc.strerror}") from None
 
 
+PSEUDONYM_KEY_MIN_BYTES = 16
+
+
 def _pseudonym_key() -> bytes:
     # A fresh random key per run: pseudonyms are unlinkable across conversions unless the
     # user sets PNEUMOTUNE_PSEUDONYM_KEY to make them stable. Folds do not depend on it.
+    # A short key can be found by trying keys against a known patient id (HMAC-SHA256 is
+    # fast), and then every pseudonym is a patient id again: fewer than 16 bytes refused.
     env = os.environ.get("PNEUMOTUNE_PSEUDONYM_KEY")
-    return env.encode() if env else os.urandom(32)
+    if not env:
+        return os.urandom(32)
+    key = env.encode()
+    if len(key) < PSEUDONYM_KEY_MIN_BYTES:
+        raise ConfigError(
+            f"PNEUMOTUNE_PSEUDONYM_KEY is {len(key)} bytes long, fewer than "
+            f"{PSEUDONYM_KEY_MIN_BYTES}: a short key can be guessed, which undoes the "
+            "pseudonyms. Set it to a long random secret, e.g. the output of "
+            "`python -c 'import secrets; print(secrets.token_hex(32))'`, or unset it for a "
+            "fresh random key per run"
+        )
+    return key
 
 
 def _reason_kind(reason: str) -> str:
@@ -586,10 +627,10 @@ def _reason_kind(reason: str) -> str:
 
 
 def _write_ledger(path: Path, ledger: list[dict[str, str]]) -> None:
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=ERROR_COLUMNS)
-        writer.writeheader()
-        writer.writerows(sorted(ledger, key=lambda e: (e["stage"], e["path"], e["image_id"])))
+    # Through data.ledger: paths and image ids are the user's file names and label cells,
+    # and a spreadsheet would run one that starts with "=" (its docstring has the rules).
+    rows = sorted(ledger, key=lambda e: (e["stage"], e["path"], e["image_id"]))
+    write_ledger(path, ERROR_COLUMNS, rows)
 
 
 class _NoBar:

@@ -46,7 +46,7 @@ META_FIELDS: list[pa.Field] = [
     pa.field("image_id", pa.string(), nullable=False),
     pa.field("patient_id", pa.string()),  # HMAC pseudonym, see data.dicom.pseudonymise
     pa.field("sex", pa.string()),
-    pa.field("age", pa.int16()),  # null when missing or invalid (see age_status)
+    pa.field("age", pa.int16()),  # 90 means "90 or over"; null when missing or invalid
     pa.field("age_status", pa.string()),  # ok | missing | invalid
     pa.field("view_position", pa.string()),
     pa.field("pixel_spacing", pa.float32()),  # mm

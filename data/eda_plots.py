@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator, NullLocator
 
+from pneumotune.data.dicom import AGE_TOP_CODE
 from pneumotune.reports.figures import (
     CLASS_COLOURS,
     CLASS_ORDER,
@@ -31,6 +32,7 @@ from pneumotune.reports.figures import (
     new_figure,
     overlay_mask,
 )
+from pneumotune.text import stripped
 
 BOX_COLOUR = "#F0E442"  # yellow: stands out on grey and on the vermillion mask
 SEX_COLOURS = {"M": "#009E73", "F": "#CC79A7", "O": "#E69F00", "unknown": "#DDDDDD"}
@@ -102,14 +104,27 @@ def _pie_percent(share: float) -> str:
     return f"{share:.0f}%" if share >= 3 else ""
 
 
+def plain(text: object) -> str:
+    """``text`` to be drawn as it reads, never as mathtext or control codes.
+
+    Header values and ledger reasons come from the files: matplotlib reads ``$...$`` as
+    mathtext, and a ViewPosition of ``$\\undefinedcmd$`` made the whole report fail; an
+    escaped ``\\$`` is a literal dollar sign in either mode. Control characters (a
+    dataset converted by an older reader may hold them) are dropped.
+    """
+    return stripped(str(text)).replace("$", r"\$")
+
+
 def present_classes(meta: pd.DataFrame) -> list[str]:
     counts = meta["label_state"].value_counts()
     return [c for c in CLASS_ORDER if counts.get(c, 0) > 0]
 
 
 def age_text(row: pd.Series) -> str:
+    """The age in a title, "58 y"; 90 and over are one group, "90+ y" (see fig_age)."""
     if row["age_status"] == "ok" and pd.notna(row["age"]):
-        return f"{int(row['age'])} y"
+        age = int(row["age"])
+        return f"{AGE_TOP_CODE}+ y" if age >= AGE_TOP_CODE else f"{age} y"
     return f"age {row['age_status'] or 'missing'}"
 
 
@@ -146,7 +161,7 @@ def fig_samples(pixels: Pixels, meta: pd.DataFrame, rows: list[int]) -> Figure |
         ax.set_axis_off()
         ax.set_title(
             f"image {k + 1} of the sample\n{age_text(row)} · {sex_of(row['sex'])} · "
-            f"{view_of(row['view_position'])}\n{row['label_state']}",
+            f"{plain(view_of(row['view_position']))}\n{row['label_state']}",
             fontsize=10,
             color=CLASS_COLOURS[row["label_state"]],
         )
@@ -234,10 +249,14 @@ def fig_age(meta: pd.DataFrame) -> Figure | None:
     classes = present_classes(valid)
     if not classes:
         return None
-    ages = [valid.loc[valid["label_state"] == c, "age"].astype(float).to_numpy() for c in classes]
+    # Ages of 90 and over are one group, stored as 90 (data.dicom.AGE_TOP_CODE); a dataset
+    # converted before that may hold older ages: they join the group here too.
+    capped = valid["age"].astype(float).clip(upper=AGE_TOP_CODE)
+    ages = [capped[valid["label_state"] == c].to_numpy() for c in classes]
     colours = [CLASS_COLOURS[c] for c in classes]
-    # Up to 100 years at least; valid ages go to 120 (data.dicom.parse_age).
-    bins = np.arange(0, max(100, float(valid["age"].max())) + AGE_BAND + 1, AGE_BAND)
+    bins = np.arange(0, AGE_TOP_CODE + AGE_BAND + 1, AGE_BAND)  # the last band is "90+"
+    ticks = [*range(0, AGE_TOP_CODE, 10), AGE_TOP_CODE + AGE_BAND / 2]
+    tick_labels = [*map(str, range(0, AGE_TOP_CODE, 10)), f"{AGE_TOP_CODE}+"]
     fig = new_figure(11.0, 3.6)
     ax_count, ax_density = fig.subplots(1, 2)
     ax_count.hist(
@@ -250,6 +269,7 @@ def fig_age(meta: pd.DataFrame) -> Figure | None:
         linewidth=0.5,
     )
     ax_count.set_xlabel("age (years)")
+    ax_count.set_xticks(ticks, tick_labels)
     ax_count.set_ylabel("images")
     ax_count.legend(frameon=False)
     shaped = [i for i, v in enumerate(ages) if len(v) >= MIN_SHAPE_N] or range(len(ages))
@@ -264,6 +284,7 @@ def fig_age(meta: pd.DataFrame) -> Figure | None:
             label=f"{classes[i]} (n={len(ages[i])})",
         )
     ax_density.set_xlabel("age (years)")
+    ax_density.set_xticks(ticks, tick_labels)
     ax_density.set_ylabel(f"% of the class per {AGE_BAND} years")
     ax_density.legend(frameon=False)
     _counts_axis(ax_count)
@@ -336,7 +357,7 @@ def fig_view_position(meta: pd.DataFrame) -> Figure | None:
             label=cls,
         )
         _label_bars(ax_count, bars, [str(int(v)) for v in table[cls]])
-    ax_count.set_xticks(x, table.index)
+    ax_count.set_xticks(x, [plain(v) for v in table.index])
     ax_count.set_ylabel("images")
     ax_count.set_ylim(0, table.to_numpy().max() * 1.18)
     ax_count.legend(frameon=False, ncols=len(classes), loc="lower center", bbox_to_anchor=(0.5, 1))
@@ -348,7 +369,7 @@ def fig_view_position(meta: pd.DataFrame) -> Figure | None:
     _label_bars(
         ax_rate, bars, [f"{r:.1f}% of {int(n)}" for r, n in zip(rate, labelled, strict=True)]
     )
-    ax_rate.set_xticks(x, table.index)
+    ax_rate.set_xticks(x, [plain(v) for v in table.index])
     ax_rate.set_ylabel("% of labelled with pneumothorax")
     ax_rate.set_ylim(0, min(max(float(rate.max()), 1.0) * 1.25, 115))
     _counts_axis(ax_count)
@@ -426,7 +447,7 @@ def fig_errors(errors: pd.DataFrame | None) -> Figure | None:
         return None
     grouped = errors.groupby(["stage", "short"]).size().sort_values(ascending=False)
     shown = grouped.iloc[:MAX_ERROR_REASONS]
-    labels = [textwrap.shorten(f"{s}: {r}", 70, placeholder=" …") for s, r in shown.index]
+    labels = [plain(textwrap.shorten(f"{s}: {r}", 70, placeholder=" …")) for s, r in shown.index]
     colours = [STAGE_COLOURS.get(s, "#777777") for s, _ in shown.index]
     values = list(shown.to_numpy())
     if len(grouped) > len(shown):

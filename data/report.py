@@ -7,11 +7,11 @@ summarised in bounded memory: only the sampled images are kept, and the heat map
 mean radiograph are running sums. The figures are drawn by :mod:`data.eda_plots`; the
 page is assembled by :mod:`pneumotune.reports.page`.
 
-Privacy: the report shows counts, tag values that do not identify anyone (sex, age,
-view position) and pictures. It never prints a patient pseudonym, an image id or a
-file path (sample images are "image 3 of the sample"); :func:`report_dataset` checks
-the page text against every pseudonym and image id before writing it
-(:mod:`pneumotune.reports.privacy`).
+Privacy: the report shows counts, tag values that do not identify anyone (sex, age with
+90 and over as one "90+" group, view position) and pictures. It never prints a patient
+pseudonym, an image id or a file path (sample images are "image 3 of the sample");
+:func:`report_dataset` checks the page text against every pseudonym and image id before
+writing it (:mod:`pneumotune.reports.privacy`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pneumotune.data import dataset
-from pneumotune.data.dicom import MAX_AGE_YEARS
+from pneumotune.data.dicom import AGE_TOP_CODE, MAX_AGE_YEARS
 from pneumotune.data.eda_plots import (
     MIN_SHAPE_N,
     Pixels,
@@ -370,7 +370,9 @@ def age_section(meta: pd.DataFrame) -> Section:
         "No image has a valid PatientAge.",
         caption="Left: images per 5-year age band, stacked by label state. Right: each "
         "class's own age distribution (% of the class per band), to compare shapes across "
-        f"unequal classes; a class with fewer than {MIN_SHAPE_N} ages is left out there.",
+        f"unequal classes; a class with fewer than {MIN_SHAPE_N} ages is left out there. "
+        f"Ages of {AGE_TOP_CODE} and over are one group ({AGE_TOP_CODE}+), as converted: an "
+        "exact age above 89 can identify a person (HIPAA Safe Harbor).",
         paragraphs=[
             f"{plural(no_age, 'image')} without a valid age (missing or invalid): not drawn."
             if no_age

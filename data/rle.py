@@ -12,7 +12,18 @@ transpose of the row-major image array).
 
 An empty mask encodes as ``"-1"``. Masks are ``uint8`` arrays of shape
 ``(H, W)`` holding 0/1. Malformed strings raise :class:`RLEError`, whose message
-is meant for a person reading an error ledger.
+is meant for a person reading an error ledger: one line, quoting at most a few dozen
+characters of the offending value.
+
+Strings come from files anyone may have written, so the parser trusts nothing:
+
+* values are ASCII digits only: Python's ``int()`` also takes other scripts' digits
+  (Arabic-Indic ``"١٢"``) and ``str.isdigit()`` takes ``"²"``;
+* a value is refused by its digit count before ``int()`` sees it: no slow conversion of
+  a 5,000-digit number, no ``ValueError`` from Python's own 4,300-digit limit;
+* no value and no run end may exceed :data:`MAX_PIXELS`, checked on Python ints before
+  anything is cast to int64, so the int64 arithmetic after it cannot wrap around (a
+  wrapped start near 2**63 would pass a bounds check and paint pixels it should not).
 """
 
 from __future__ import annotations
@@ -26,6 +37,11 @@ import numpy as np
 Dialect = Literal["relative", "standard"]
 DIALECTS: tuple[str, ...] = ("relative", "standard")
 EMPTY = "-1"
+# DICOM Rows and Columns are 16-bit, so no image has more pixels than this; no start,
+# length or run end of a valid string can be larger, in either dialect.
+MAX_PIXELS = 65535 * 65535
+MAX_DIGITS = len(str(MAX_PIXELS))  # 10
+_PREVIEW = 24  # characters of a bad value quoted in a message
 
 
 class RLEError(ValueError):
@@ -55,15 +71,21 @@ def parse_runs(rle: str, dialect: Dialect = "relative") -> tuple[np.ndarray, np.
     if not text:
         raise RLEError("empty RLE string (an empty mask is written as -1)")
     tokens = text.split()
+    for token in tokens:
+        _check_token(token)
     if len(tokens) % 2:
         raise RLEError(f"odd number of RLE values ({len(tokens)}): expected start/length pairs")
-    try:
-        values = np.array([int(t) for t in tokens], dtype=np.int64)
-    except ValueError:
-        bad = next(t for t in tokens if not t.lstrip("-").isdigit())
-        raise RLEError(f"non-integer RLE value {bad!r}") from None
-    if (values < 0).any():
-        raise RLEError(f"negative RLE value {int(values[values < 0][0])}")
+    # Every value is now <= MAX_PIXELS (< 2**32) but their sums are not yet bounded: the
+    # relative dialect's last run ends at the plain sum of all values, computed here on
+    # Python ints, so the int64 cumulative sum below cannot overflow.
+    numbers = [int(t) for t in tokens]
+    end = sum(numbers)
+    if dialect == "relative" and end > MAX_PIXELS:
+        raise RLEError(
+            f"RLE runs past the end of any image (last pixel {end - 1:,}; no DICOM image "
+            f"has more than {MAX_PIXELS:,} pixels)"
+        )
+    values = np.array(numbers, dtype=np.int64)
     firsts, lengths = values[0::2], values[1::2]
     if (lengths == 0).any():
         raise RLEError("RLE run of length 0")
@@ -75,12 +97,37 @@ def parse_runs(rle: str, dialect: Dialect = "relative") -> tuple[np.ndarray, np.
         if (firsts == 0).any():
             raise RLEError("standard RLE starts are 1-based; found a start of 0")
         starts = firsts - 1
+        # Values are < 2**32, so these int64 sums are exact.
         if len(starts) > 1 and (starts[1:] < starts[:-1] + lengths[:-1]).any():
             raise RLEError(
                 "standard RLE runs overlap or are out of order "
                 "(is this the SIIM relative dialect? try --rle-dialect relative)"
             )
     return starts, lengths
+
+
+def _check_token(token: str) -> None:
+    """Raise :class:`RLEError` unless ``token`` is ASCII digits worth at most MAX_PIXELS."""
+    if not (token.isascii() and token.isdigit()):
+        body = token[1:]
+        if token.startswith("-") and body.isascii() and body.isdigit():
+            raise RLEError(f"negative RLE value {_preview(token)}")
+        raise RLEError(f"non-integer RLE value {_preview(token)}")
+    # The digit count first: int() of a huge number costs time (and Python refuses more
+    # than 4,300 digits with a ValueError of its own); leading zeros do not count.
+    digits = token.lstrip("0")
+    if len(digits) > MAX_DIGITS or int(digits or "0") > MAX_PIXELS:
+        raise RLEError(
+            f"RLE number too large ({len(digits)} digits: {_preview(token)}); no DICOM "
+            f"image has more than {MAX_PIXELS:,} pixels"
+        )
+
+
+def _preview(token: str) -> str:
+    """``token`` quoted for a one-line message, cut to a few dozen characters."""
+    if len(token) <= _PREVIEW:
+        return repr(token)
+    return f"{token[:_PREVIEW]!r}... ({len(token):,} characters)"
 
 
 def check_bounds(starts: np.ndarray, lengths: np.ndarray, shape: tuple[int, int]) -> None:

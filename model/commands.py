@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumotune import cli_args as A
+from pneumotune.data.commands import add_pixel_budget
 
 
 # --------------------------------------------------------------------------- predict
@@ -38,6 +39,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=A.positive_int, default=16, help="images per model call (default 16)"
     )
+    add_pixel_budget(p, "such a file is a row of <OUT stem>.errors.csv and has no row")
     A.add_backend(p)
     p.set_defaults(func=_run_predict, keras=True)
 
@@ -46,7 +48,12 @@ def _run_predict(args: argparse.Namespace) -> Any:
     from pneumotune.model.predict import predict_folder
 
     return predict_folder(
-        args.model_dir, args.dicom_dir, args.out, batch_size=args.batch_size, progress=True
+        args.model_dir,
+        args.dicom_dir,
+        args.out,
+        batch_size=args.batch_size,
+        progress=True,
+        pixel_budget=args.pixel_budget,
     )
 
 
@@ -59,7 +66,10 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
             "SIIM-ACR leaderboard did: the Dice coefficient of each image of the label file, "
             "averaged; an image with an empty truth scores 1 if the prediction is empty too "
             "and 0 otherwise. Images of the label file missing from the submission count as "
-            "predicted empty. Also prints what an all-empty submission would score."
+            "predicted empty. Also prints what an all-empty submission would score. A row "
+            "that cannot be decoded is listed with its reason in the --errors CSV and the "
+            "rest is scored: a truth image with such a row is left out, an unreadable "
+            "prediction scores 0."
         ),
     )
     p.add_argument("submission", type=Path, help="submission CSV (ImageId,EncodedPixels)")
@@ -80,13 +90,32 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         default="relative",
         help="relative: SIIM (default); standard: absolute 1-based starts",
     )
+    p.add_argument(
+        "--errors",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="ledger of the rows that cannot be decoded (file,line,image_id,reason), written "
+        "even when empty (default: <SUBMISSION stem>.score-errors.csv beside it)",
+    )
+    add_pixel_budget(
+        p, "with --dicoms, such a file's size is not used (its masks are decoded at 1024x1024)"
+    )
     p.set_defaults(func=_run_score)
 
 
 def _run_score(args: argparse.Namespace) -> Any:
     from pneumotune.model.predict import score_submission
 
-    return score_submission(args.submission, args.truth, args.rle_dialect, dicom_dir=args.dicoms)
+    errors = args.errors or args.submission.with_name(f"{args.submission.stem}.score-errors.csv")
+    return score_submission(
+        args.submission,
+        args.truth,
+        args.rle_dialect,
+        dicom_dir=args.dicoms,
+        errors_csv=errors,
+        pixel_budget=args.pixel_budget,
+    )
 
 
 # Registered by pneumotune/cli.py, in this order in `pneumotune --help`.

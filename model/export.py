@@ -59,6 +59,10 @@ SAVED_MODEL_DIR = "saved_model"
 CARD_FILE = "model_card.json"
 CARD_FORMAT = "pneumotune-model-card"
 CARD_VERSION = 1
+# The largest img_size a card may claim: far above any chest X-ray's (SIIM's are 1024 px);
+# a larger claim is not a card pneumotune wrote, and a caller sizes images by it.
+MAX_IMG_SIZE = 8192
+MAX_CARD_BYTES = 16 << 20  # a card is a few KB; read no more than this of one
 # Keys that would carry a person's or an image's identity; refused anywhere in the card.
 FORBIDDEN_KEYS = frozenset(
     {"image_id", "image_ids", "imageid", "patient_id", "patient_ids", "patient_name", "sop_uid"}
@@ -319,15 +323,31 @@ def read_card(model_dir: Path) -> dict[str, Any]:
             f"{model_dir} is not an exported pneumotune model (no {CARD_FILE}); train one with "
             "`pneumotune train --config demo --data DATASET --out MODEL_DIR`"
         )
+    if path.stat().st_size > MAX_CARD_BYTES:
+        raise ModelDirError(f"{path} is larger than a model card ({MAX_CARD_BYTES} bytes at most)")
     try:
-        card = json.loads(path.read_text())
+        card = json.loads(path.read_text(errors="replace"))
     except json.JSONDecodeError as exc:
         raise ModelDirError(f"{path} is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # digits past Python's limit, deep nesting
+        raise ModelDirError(f"{path} is not a model card: {str(exc)[:200]}") from None
+    if not isinstance(card, dict):
+        raise ModelDirError(f"{path} is not a model card: a JSON object was expected")
     if card.get("format") != CARD_FORMAT or card.get("format_version") != CARD_VERSION:
         raise ModelDirError(
             f"{path} is not a version-{CARD_VERSION} pneumotune model card "
-            f"(format {card.get('format')!r}, version {card.get('format_version')!r})"
+            f"(format {str(card.get('format'))[:60]!r}, version "
+            f"{str(card.get('format_version'))[:20]!r})"
         )
+    # Checked here, before anything is sized by it: load_model compares it with the model.
+    size = card.get("img_size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= MAX_IMG_SIZE:
+        raise ModelDirError(
+            f"{path}: img_size must be the model's input side in 16..{MAX_IMG_SIZE} px, got "
+            f"{str(size)[:40]}"
+        )
+    if not isinstance(card.get("files", {}), dict):
+        raise ModelDirError(f"{path}: files must be an object")
     return card
 
 
@@ -342,14 +362,17 @@ def load_model(model_dir: Path, *, use: str = "keras") -> ExportedModel:
         raise ValueError(f"use must be 'keras' or 'saved_model', got {use!r}")
     model_dir = Path(model_dir)
     card = read_card(model_dir)
-    t = card["triplet"]
-    triplet = Triplet(float(t["threshold"]), float(t["min_area"]), t.get("lower"))
+    triplet = _card_triplet(card, model_dir / CARD_FILE)
+    size = card["img_size"]
     if use == "keras":
         path = model_dir / KERAS_FILE
         if not path.is_file():
             raise ModelDirError(f"{model_dir} has a model card but no {KERAS_FILE}")
-        # compile=False: predicting needs no optimizer or loss.
-        model = keras.saving.load_model(path, compile=False)
+        # compile=False: predicting needs no optimizer or loss. safe_mode (Keras' default,
+        # kept explicit): a model directory may come from anyone, and a Lambda layer's
+        # code is the one part of a .keras file that runs; it is refused.
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        side = tuple(model.input_shape[1:])
     else:
         path = model_dir / SAVED_MODEL_DIR
         if not path.is_dir():
@@ -359,4 +382,46 @@ def load_model(model_dir: Path, *, use: str = "keras") -> ExportedModel:
         import tensorflow as tf
 
         model = tf.saved_model.load(str(path))
-    return ExportedModel(model, card, triplet, int(card["img_size"]), use)
+        side = _saved_model_side(model)
+    # The card sizes every image a caller makes for this model: a card that is not this
+    # model's would have it resize to any size (a 4096 px card: GiBs), then fail in Keras.
+    if side != (size, size, 1):
+        raise ModelDirError(
+            f"{model_dir}: the card says img_size {size}, but the model takes "
+            f"{_side_text(side)} inputs: the card is not this model's (export it again)"
+        )
+    return ExportedModel(model, card, triplet, size, use)
+
+
+def _card_triplet(card: dict[str, Any], path: Path) -> Triplet:
+    t = card.get("triplet")
+    try:
+        if not isinstance(t, dict):
+            raise TypeError("not an object")
+        lower = t.get("lower")
+        return Triplet(
+            _card_number(t.get("threshold")),
+            _card_number(t.get("min_area")),
+            None if lower is None else _card_number(lower),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ModelDirError(f"{path}: triplet is not a post-processing triplet ({exc})") from None
+
+
+def _card_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{str(value)[:40]!r} is not a number")
+    return float(value)  # Triplet refuses what is out of range (and inf, NaN)
+
+
+def _saved_model_side(model: Any) -> tuple[Any, ...] | None:
+    """The (S, S, 1) input a SavedModel's ``serve`` endpoint takes, or None if it has none."""
+    try:
+        spec = model.serve.concrete_functions[0].structured_input_signature[0][0]
+        return tuple(spec.shape[1:])
+    except (AttributeError, IndexError, TypeError):
+        return None
+
+
+def _side_text(side: tuple[Any, ...] | None) -> str:
+    return "no image" if not side else "x".join(str(d) for d in side)

@@ -13,7 +13,8 @@ so the same triplet means the same at either size.
 
 The CSV has one row per readable image, ``ImageId,EncodedPixels`` (relative RLE,
 column-major, over the DICOM's own height and width; ``-1`` when empty), ImageId being
-the file stem. Files the reader rejects are written to ``<out stem>.errors.csv``
+the file stem, which must be a DICOM UID (:func:`is_dicom_uid`). Files the reader
+rejects, and files whose stem is not a UID, are written to ``<out stem>.errors.csv``
 (``path,image_id,reason``), counted and reported: never silently skipped.
 
 :func:`score_submission` computes the SIIM-ACR leaderboard score of such a CSV against a
@@ -23,6 +24,7 @@ label CSV (see its docstring for the rules).
 from __future__ import annotations
 
 import csv
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,10 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from pneumotune.data import rle
-from pneumotune.data.dicom import DicomError, find_dicoms, read, read_meta
+from pneumotune.data.dicom import PIXEL_BUDGET, DicomError, find_dicoms, read, read_meta
 from pneumotune.data.labels import LabelFileError, LabelTable, read_labels
+from pneumotune.data.ledger import write_ledger
 from pneumotune.data.resize import resize_image, resize_probabilities
 from pneumotune.errors import PneumotuneError
+from pneumotune.text import escaped
 
 __all__ = [
     "PredictInputError",
@@ -49,6 +53,21 @@ __all__ = [
 SUBMISSION_COLUMNS = ("ImageId", "EncodedPixels")
 ERROR_COLUMNS = ("path", "image_id", "reason")
 SIIM_SHAPE = (1024, 1024)
+# A DICOM UID (PS3.5 9.1): ASCII digits and dots, no empty component, no leading zero in
+# one, at most 64 characters. SIIM's ImageIds are SOPInstanceUIDs and so are those of
+# `pneumotune synth` ("2.25.<uuid as an integer>"). Only such a file stem becomes an
+# ImageId: it is written to the submission as it is (Kaggle matches it byte for byte,
+# so it cannot be escaped), and a UID cannot start a spreadsheet formula.
+UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\Z")
+UID_MAX_CHARS = 64
+# What an EncodedPixels cell may hold: relative RLE (ASCII digits and single spaces) or
+# "-1", the one cell starting with "-" that the SIIM format requires.
+_RLE_CELL = re.compile(r"(-1|[0-9]+( [0-9]+)*)\Z")
+
+
+def is_dicom_uid(text: str) -> bool:
+    """True if ``text`` is a syntactically valid DICOM UID (see :data:`UID`)."""
+    return len(text) <= UID_MAX_CHARS and UID.match(text) is not None
 
 
 class PredictInputError(PneumotuneError, ValueError):
@@ -78,10 +97,11 @@ class PredictResult:
         ]
         if self.errors:
             lines.append(
-                f"  {len(self.errors)} file(s) could not be read and have no row; "
-                f"reasons in {self.errors_csv}:"
+                f"  {len(self.errors)} file(s) could not be read or are not named by a DICOM "
+                f"UID, and have no row; reasons in {self.errors_csv}:"
             )
-            lines += [f"    {path}: {reason}" for path, _, reason in self.errors[:5]]
+            # escaped(): a file name may hold terminal escape sequences.
+            lines += [f"    {escaped(path)}: {reason}" for path, _, reason in self.errors[:5]]
             if len(self.errors) > 5:
                 lines.append(f"    ... and {len(self.errors) - 5} more")
         return "\n".join(lines)
@@ -104,8 +124,12 @@ def predict_folder(
     *,
     batch_size: int = 16,
     progress: bool = False,
+    pixel_budget: int = PIXEL_BUDGET,
 ) -> PredictResult:
     """Write the submission CSV for every DICOM below ``dicom_dir`` (see the module docstring).
+
+    ``pixel_budget``: bytes of pixel data an image may declare (:mod:`data.dicom`); a
+    larger image is an errors-CSV row, refused before it is decoded.
 
     Raises:
         model.export.ModelDirError: ``model_dir`` is not an exported model.
@@ -134,6 +158,9 @@ def predict_folder(
             ids, shapes, small = [], [], []
             for path in chunk:
                 rel, image_id = str(path.relative_to(dicom_dir)), path.stem
+                if not is_dicom_uid(image_id):
+                    errors.append((rel, image_id, _NOT_A_UID))
+                    continue
                 if image_id in seen:
                     reason = (
                         f"duplicate image id: the same file name was read from {seen[image_id]}"
@@ -141,7 +168,7 @@ def predict_folder(
                     errors.append((rel, image_id, reason))
                     continue
                 try:
-                    _, image = read(path, image_id=image_id)
+                    _, image = read(path, image_id=image_id, pixel_budget=pixel_budget)
                 except DicomError as exc:
                     errors.append((rel, image_id, str(exc)))
                     continue
@@ -157,16 +184,12 @@ def predict_folder(
             bar.update(len(chunk))
 
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    with out_csv.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(SUBMISSION_COLUMNS)
-        writer.writerows(rows)
+    _write_submission(out_csv, rows)
     # Written even when empty, so that a stale ledger of an earlier run cannot mislead.
+    # Its paths and ids are the user's file names: data.ledger keeps a spreadsheet from
+    # running one as a formula.
     err_csv = errors_path(out_csv)
-    with err_csv.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(ERROR_COLUMNS)
-        writer.writerows(errors)
+    write_ledger(err_csv, ERROR_COLUMNS, errors)
     return PredictResult(
         out_csv=out_csv,
         errors_csv=err_csv,
@@ -178,7 +201,32 @@ def predict_folder(
     )
 
 
+_NOT_A_UID = (
+    "file name is not a DICOM UID (digits and dots, at most 64 characters): its stem would "
+    "be the submission's ImageId; name the file after its SOPInstanceUID"
+)
+
+
+def _write_submission(path: Path, rows: list[tuple[str, str]]) -> None:
+    """``ImageId,EncodedPixels`` rows, each cell checked, none rewritten.
+
+    Ids were checked when the files were listed and the RLE comes from :func:`rle.encode`;
+    a cell that is neither would be a bug here, so it stops the write with a traceback
+    rather than put something a spreadsheet could run into the file.
+    """
+    for image_id, encoded in rows:
+        if not is_dicom_uid(image_id) or not _RLE_CELL.match(encoded):
+            raise AssertionError(f"unsafe submission cell: {image_id!r}, {encoded[:40]!r}")
+    with path.open("w", newline="", encoding="ascii") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(SUBMISSION_COLUMNS)
+        writer.writerows(rows)
+
+
 # --------------------------------------------------------------------------- score
+
+
+SCORE_ERROR_COLUMNS = ("file", "line", "image_id", "reason")
 
 
 @dataclass(frozen=True)
@@ -190,6 +238,13 @@ class ScoreResult:
     ``empty_baseline`` is what an all-empty submission would score (the share of negative
     images). ``missing`` truth images had no submission row and were scored as predicted
     empty; ``extra`` submission rows name images absent from the truth (ignored).
+
+    Rows that cannot be decoded (malformed RLE, runs past the image, no ImageId, not
+    UTF-8, ...) are the ``problems``: ``(file, line, image_id, reason)``, ``file`` being
+    ``"truth"`` or ``"submission"``, also written to ``errors_csv`` when one was asked
+    for. A truth image with such a row is ``unscored`` (its truth is unknown), so
+    ``images + unscored`` is the number of truth images; an image whose submission row is
+    unreadable scores 0 and is counted in ``unreadable``.
     """
 
     score: float
@@ -200,9 +255,13 @@ class ScoreResult:
     empty_baseline: float
     missing: int
     extra: int
+    unscored: int = 0
+    unreadable: int = 0
+    problems: tuple[tuple[str, int, str, str], ...] = ()
+    errors_csv: Path | None = None
 
     def describe(self) -> str:
-        return (
+        text = (
             f"Kaggle score {self.score:.4f} over {self.images} images "
             f"(all-empty baseline {self.empty_baseline:.4f})\n"
             f"  {self.positive} positive images: mean Dice {self.positive_score:.4f}; "
@@ -211,14 +270,28 @@ class ScoreResult:
             f"  {self.missing} truth image(s) without a submission row (scored as empty), "
             f"{self.extra} submission row(s) for images not in the truth (ignored)"
         )
+        if self.problems:
+            where = f"; all in {self.errors_csv}" if self.errors_csv else ""
+            text += (
+                f"\n  {len(self.problems)} row(s) rejected: {self.unscored} truth image(s) "
+                f"left unscored, {self.unreadable} unreadable prediction(s) scored 0{where}"
+            )
+            text += "".join(
+                f"\n    {file} line {line}: {reason}" for file, line, _, reason in self.problems[:5]
+            )
+        return text
 
 
-def dicom_shapes(dicom_dir: Path) -> dict[str, tuple[int, int]]:
-    """``{file stem: (Rows, Columns)}`` of every readable DICOM header below ``dicom_dir``."""
+def dicom_shapes(dicom_dir: Path, pixel_budget: int = PIXEL_BUDGET) -> dict[str, tuple[int, int]]:
+    """``{file stem: (Rows, Columns)}`` of every readable DICOM header below ``dicom_dir``.
+
+    A header over ``pixel_budget`` is left out like an unreadable one: its masks would be
+    decoded at its size, and 16384x16384 declared in a 1 KB file is 256 MiB per mask.
+    """
     shapes: dict[str, tuple[int, int]] = {}
     for path in find_dicoms(dicom_dir):
         try:
-            meta = read_meta(path, image_id=path.stem)
+            meta = read_meta(path, image_id=path.stem, pixel_budget=pixel_budget)
         except DicomError:
             continue  # unreadable: its truth (if any) is decoded at the default size
         shapes[path.stem] = (meta.height, meta.width)
@@ -227,16 +300,45 @@ def dicom_shapes(dicom_dir: Path) -> dict[str, tuple[int, int]]:
 
 def _read_table(path: Path, what: str, dialect: rle.Dialect) -> LabelTable:
     try:
-        table = read_labels(Path(path), dialect)
+        return read_labels(Path(path), dialect)
     except LabelFileError as exc:
         raise PredictInputError(f"{what}: {exc}") from None
-    if table.bad:
-        first = next(iter(table.bad.values()))[0]
-        raise PredictInputError(
-            f"{what} {path} has {len(table.bad)} image(s) with malformed RLE, e.g. "
-            f"{first.image_id}: {first.reason}"
-        )
-    return table
+
+
+def _table_problems(table: LabelTable, name: str) -> list[tuple[str, int, str, str]]:
+    """The rows :func:`read_labels` could not use, as score ledger rows."""
+    rows = [(name, p.line, "", p.reason) for p in table.orphans]
+    rows += [(name, p.line, i, _LINE.sub("", p.reason)) for i, ps in table.bad.items() for p in ps]
+    return rows
+
+
+_LINE = re.compile(r"^line \d+: ")
+_UNKNOWN_SIZE = (
+    f" (this image's size is unknown, so it was decoded at {SIIM_SHAPE[0]}x{SIIM_SHAPE[1]}; "
+    "pass its DICOM folder with --dicoms to use its own size)"
+)
+
+
+def _mask(
+    table: LabelTable,
+    name: str,
+    image_id: str,
+    shape: tuple[int, int],
+    dialect: rle.Dialect,
+    problems: list[tuple[str, int, str, str]],
+    hint: str,
+) -> np.ndarray | None:
+    """The OR of an image's rows at ``shape``; None (rows that do not fit in ``problems``)
+    if any of its rows is unusable."""
+    rows = table.rows.get(image_id, [])
+    fits = image_id not in table.bad
+    for r in rows:
+        try:
+            rle.check_bounds(*rle.parse_runs(r.rle, dialect), shape)
+        except rle.RLEError as exc:
+            problems.append((name, r.line, image_id, f"{exc}{hint}"))
+            fits = False
+    return rle.merge([r.rle for r in rows], shape, dialect).astype(bool) if fits else None
 
 
 def score_submission(
@@ -246,6 +348,8 @@ def score_submission(
     *,
     shapes: dict[str, tuple[int, int]] | None = None,
     dicom_dir: Path | None = None,
+    errors_csv: Path | None = None,
+    pixel_budget: int = PIXEL_BUDGET,
 ) -> ScoreResult:
     """The SIIM-ACR leaderboard score of ``submission_csv`` against ``truth_csv``.
 
@@ -256,11 +360,19 @@ def score_submission(
     and values with leading spaces work.
 
     Masks are decoded at each image's ``(height, width)``: from ``shapes``, else from the
-    DICOM headers below ``dicom_dir``, else 1024x1024 (the SIIM size).
+    DICOM headers below ``dicom_dir`` (those within ``pixel_budget``, see
+    :func:`dicom_shapes`), else 1024x1024 (the SIIM size).
+
+    A row that cannot be decoded does not stop the scoring (Kaggle would refuse the whole
+    file; a local score should still say how the rest did): it is a ledger row with its
+    reason (``ScoreResult.problems``, and ``errors_csv`` if given, written even when
+    empty). A truth image with such a row is left out of the score, its truth being
+    unknown. An image whose submission row is unreadable scores 0: scoring it as an empty
+    prediction would reward garbage with a 1 on every negative image.
 
     Raises:
-        PredictInputError: a file is missing, has the wrong columns or malformed RLE, or a
-            mask does not fit its image size.
+        PredictInputError: a file is missing or has the wrong columns, or no image of the
+            truth file can be scored.
     """
     truth = _read_table(truth_csv, "truth file", dialect)
     sub = _read_table(submission_csv, "submission", dialect)
@@ -268,26 +380,45 @@ def score_submission(
     if dicom_dir is not None:
         if not Path(dicom_dir).is_dir():
             raise PredictInputError(f"DICOM folder {dicom_dir} does not exist")
-        sizes = {**dicom_shapes(dicom_dir), **sizes}
-    if not truth.rows:
+        sizes = {**dicom_shapes(dicom_dir, pixel_budget), **sizes}
+    truth_ids = list(truth.rows) + [i for i in truth.bad if i not in truth.rows]
+    if not truth_ids:
         raise PredictInputError(f"truth file {truth_csv} has no labelled image")
 
+    problems = _table_problems(truth, "truth") + _table_problems(sub, "submission")
     scores, is_pos = [], []
-    for image_id, truth_rows in truth.rows.items():
+    unscored = unreadable = missing = 0
+    for image_id in truth_ids:
         shape = sizes.get(image_id, SIIM_SHAPE)
-        try:
-            t = rle.merge([r.rle for r in truth_rows], shape, dialect)
-            p = rle.merge([r.rle for r in sub.rows.get(image_id, [])], shape, dialect)
-        except rle.RLEError as exc:
-            raise PredictInputError(
-                f"image {image_id}: a mask does not fit {shape[0]}x{shape[1]} ({exc}); pass the "
-                "DICOM folder (--dicoms) so that each image's own size is used"
-            ) from None
-        t, p = t.astype(bool), p.astype(bool)
-        total = int(t.sum() + p.sum())
-        scores.append(1.0 if total == 0 else 2.0 * np.count_nonzero(t & p) / total)
+        hint = "" if image_id in sizes else _UNKNOWN_SIZE
+        t = _mask(truth, "truth", image_id, shape, dialect, problems, hint)
+        p = _mask(sub, "submission", image_id, shape, dialect, problems, hint)
+        if t is None:
+            unscored += 1
+            continue
+        missing += image_id not in sub.rows and image_id not in sub.bad
+        if p is None:
+            unreadable += 1
+            scores.append(0.0)
+        else:
+            total = np.count_nonzero(t) + np.count_nonzero(p)
+            scores.append(1.0 if total == 0 else 2.0 * np.count_nonzero(t & p) / total)
         is_pos.append(bool(t.any()))
 
+    problems.sort(key=lambda e: (e[0] != "truth", e[1]))
+    if errors_csv is not None:
+        try:
+            write_ledger(Path(errors_csv), SCORE_ERROR_COLUMNS, problems)
+        except OSError as exc:
+            raise PredictInputError(
+                f"cannot write the score ledger {errors_csv}: {exc.strerror or exc} "
+                "(name another file with --errors)"
+            ) from None
+    if not scores:
+        raise PredictInputError(
+            f"no image of the truth file {truth_csv} could be scored: every one has a row "
+            f"that cannot be decoded, e.g. line {problems[0][1]}: {problems[0][3]}"
+        )
     scores_a, pos = np.asarray(scores), np.asarray(is_pos)
     return ScoreResult(
         score=float(scores_a.mean()),
@@ -296,6 +427,10 @@ def score_submission(
         positive_score=float(scores_a[pos].mean()) if pos.any() else float("nan"),
         negative_score=float(scores_a[~pos].mean()) if (~pos).any() else float("nan"),
         empty_baseline=float((~pos).mean()),
-        missing=sum(1 for i in truth.rows if i not in sub.rows),
-        extra=sum(1 for i in sub.rows if i not in truth.rows),
+        missing=missing,
+        extra=len(sub.image_ids() - set(truth_ids)),
+        unscored=unscored,
+        unreadable=unreadable,
+        problems=tuple(problems),
+        errors_csv=Path(errors_csv) if errors_csv is not None else None,
     )

@@ -30,30 +30,80 @@ cycling, as Keras' class does).
 
 :class:`StepTable` holds any of them as a table of its rates, one per step, in a variable:
 on TensorFlow the training uses it, so that a traced train step serves the next run's
-schedule too (:mod:`model.warm`).
+schedule too (:mod:`model.warm`). Loading one from a saved model allocates and computes
+``total_steps`` rates, a number the file states: it is checked first against
+:data:`MAX_TABLE_STEPS`, or against the run the model belongs to when the loader knows it
+(:func:`steps_at_most`), and a larger one is a :class:`ScheduleError`.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
+from pneumotune.errors import PneumotuneError
+
 __all__ = [
+    "MAX_TABLE_STEPS",
     "SCHEDULES",
     "LinearWarmup",
     "OneCycle",
+    "ScheduleError",
     "StepTable",
     "make_schedule",
     "schedule_params",
+    "steps_at_most",
 ]
 
 Schedule = keras.optimizers.schedules.LearningRateSchedule
+
+# The most steps a saved StepTable may hold: 16.8M, a 64 MiB table (about 6 minutes to fill
+# on one core). SIIM's 12k images at batch 1 for 100 epochs are 1.2M steps.
+MAX_TABLE_STEPS = 2**24
+# (limit, what it is) while a loader that knows the run is loading its model.
+_step_limit: ContextVar[tuple[int, str] | None] = ContextVar("pneumotune_step_limit", default=None)
+
+
+class ScheduleError(PneumotuneError, ValueError):
+    """A saved learning-rate schedule that cannot be its run's (e.g. more steps than the
+    run has): the model file is not what it claims."""
+
+
+@contextmanager
+def steps_at_most(limit: int, run: str) -> Iterator[None]:
+    """While loading a saved model of a known run: a :class:`StepTable` in it may hold at
+    most ``limit`` steps (``run`` says what the limit is, e.g. "10 epochs x 4 steps"), not
+    just :data:`MAX_TABLE_STEPS`."""
+    token = _step_limit.set((int(limit), run))
+    try:
+        yield
+    finally:
+        _step_limit.reset(token)
+
+
+def _checked_total_steps(value: Any) -> int:
+    """A saved table's ``total_steps``, before anything is allocated for it."""
+    whole = isinstance(value, int) or (
+        isinstance(value, float) and math.isfinite(value) and value.is_integer()
+    )
+    if isinstance(value, bool) or not whole:
+        raise ScheduleError(f"a saved learning-rate table has total_steps {value!r}, not a count")
+    steps = int(value)
+    limit, run = _step_limit.get() or (MAX_TABLE_STEPS, "the most any run here takes")
+    if not 1 <= steps <= limit:
+        raise ScheduleError(
+            f"a saved learning-rate table claims {steps} steps; its run has at most {limit} "
+            f"({run}): the model file is not that run's"
+        )
+    return steps
 
 
 @keras.saving.register_keras_serializable(package="pneumotune")
@@ -201,12 +251,14 @@ class StepTable(Schedule):
 
     @classmethod
     def from_config(cls, config: dict) -> Schedule | float:
+        # The table is allocated and filled from the file's total_steps: checked first.
+        total_steps = _checked_total_steps(config.get("total_steps"))
         schedule = config["schedule"]
         if isinstance(schedule, dict):
             schedule = keras.saving.deserialize_keras_object(schedule)
         if keras.backend.backend() != "tensorflow":
             return schedule  # a checkpoint trained on TensorFlow, resumed on another backend
-        return cls(schedule, config["total_steps"], name=config.get("name", "StepTable"))
+        return cls(schedule, total_steps, name=config.get("name", "StepTable"))
 
 
 def _rates(schedule: Schedule | float, n: int) -> np.ndarray:

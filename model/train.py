@@ -56,6 +56,7 @@ from pneumotune.model.pipeline import BatchSource, TrainBatches, make_batches, s
 from pneumotune.model.resunet import build_resunet
 from pneumotune.model.sampling import epoch_indices, positive_share
 from pneumotune.model.schedules import Schedule, StepTable, make_schedule
+from pneumotune.model.seed_states import set_seed_states
 
 __all__ = ["FitResult", "TrainingDiverged", "fit", "steps_per_epoch"]
 
@@ -394,6 +395,7 @@ def fit(
     on_epoch_end: EpochHook | None = None,
     initial_epoch: int = 0,
     resume_from: Path | None = None,
+    seed_states: list[list[int]] | None = None,
     verbose: bool = False,
     metric: str = "val_iou",
     strategy: Any | None = None,
@@ -424,6 +426,11 @@ def fit(
         resume_from: a ``.keras`` file saved by ``on_epoch_end`` after epoch
             ``initial_epoch``; its optimizer continues the learning-rate schedule from its
             ``iterations``. ``None`` builds a new model.
+        seed_states: the dropout layers' random states after epoch ``initial_epoch``
+            (:func:`model.seed_states.seed_states`, saved with the checkpoint), put back
+            into the ``resume_from`` model: ``model.save`` leaves them out, and without
+            them a resumed run with dropout draws other masks than the uninterrupted run.
+            ``None``: the loaded file's (a new layer's) states.
         verbose: show Keras' progress bar.
         metric: one of :data:`model.config.METRICS`, for :attr:`FitResult.best_epoch`.
         strategy: a ``tf.distribute.MultiWorkerMirroredStrategy`` when this process is
@@ -477,6 +484,8 @@ def fit(
                     f"{resume_from} was built for {model.input_shape[1:3]} images, "
                     f"the config says img_size={cfg.img_size}"
                 )
+            if seed_states is not None:
+                set_seed_states(model, seed_states)
             done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
             if done != initial_epoch * steps:
                 warnings.warn(

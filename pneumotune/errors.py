@@ -23,3 +23,7 @@ class UsageError(PneumotuneError, ValueError):
 
 class ConfigError(PneumotuneError, ValueError):
     """A configuration that cannot be used; the message names the file (or option) and key."""
+
+
+class ClusterError(PneumotuneError):
+    """The Ray cluster a command was told to join cannot be reached or joined."""

@@ -2,8 +2,11 @@
 
 A checkpoint folder holds ``model.keras`` (the model with its optimizer state, so the
 learning-rate schedule goes on from the same step on resume) and ``state.json``
-(``{"epoch": N}``, the 1-based epoch it ended). Tune and Ray Train store such folders
-per trial; export, retrain and the search report read ``model.keras`` from them.
+(``{"epoch": N, "seed_states": [...]}``: the 1-based epoch it ended and the dropout
+layers' random states, which ``model.keras`` leaves out (:mod:`model.seed_states`), so
+that a resumed trial trains bit for bit as the uninterrupted one would). Tune and Ray
+Train store such folders per trial; export, retrain and the search report read
+``model.keras`` from them.
 """
 
 from __future__ import annotations
@@ -23,9 +26,13 @@ STATE_FILE = "state.json"
 
 
 def write_checkpoint(model: Any, directory: Path, epoch: int) -> None:
-    """A trial's checkpoint, one-worker or multi-worker: the model and the epoch it ended."""
+    """A trial's checkpoint, one-worker or multi-worker: the model, the epoch it ended and
+    its dropout random states."""
+    from pneumotune.model.seed_states import seed_states
+
     model.save(directory / MODEL_FILE)
-    (directory / STATE_FILE).write_text(json.dumps({"epoch": epoch}))
+    state = {"epoch": epoch, "seed_states": seed_states(model)}
+    (directory / STATE_FILE).write_text(json.dumps(state))
 
 
 def read_epoch(directory: Path) -> int:
@@ -33,25 +40,99 @@ def read_epoch(directory: Path) -> int:
     return int(json.loads((directory / STATE_FILE).read_text())["epoch"])
 
 
+def read_seed_states(directory: Path) -> list[list[int]] | None:
+    """The dropout random states a checkpoint folder saved; None in one written before
+    they were saved (its resume draws other dropout masks, as it always did)."""
+    return json.loads((directory / STATE_FILE).read_text()).get("seed_states")
+
+
+def load_checkpoint_model(root: Path, checkpoint: Path, config: dict[str, Any], images: int) -> Any:
+    """The Keras model (compiled, with its optimizer) of ``checkpoint``, a trial's
+    checkpoint folder in the search folder ``root``, for export and retraining.
+
+    ``config`` is the trial's (flat), ``images`` the dataset's labelled images. The search
+    folder may be someone else's: the file must lie in ``root`` (not a link elsewhere),
+    Keras loads it in safe mode (no Lambda code runs), its learning-rate table may not
+    hold more steps than ``config`` on ``images`` images takes (it is allocated from the
+    file's count), and its input must be the config's ``img_size``. Each failure is a
+    :class:`search.results.ResultsError` saying which file and why.
+    """
+    import zipfile
+
+    import keras
+
+    from pneumotune.model import train as _registers_custom_objects  # noqa: F401
+    from pneumotune.model.pipeline import steps_per_epoch
+    from pneumotune.model.schedules import ScheduleError, steps_at_most
+    from pneumotune.search.results import ResultsError, inside
+
+    cfg = trial_config(config, checkpoint)
+    path = checkpoint / MODEL_FILE
+    if inside(root, path) is None:
+        raise ResultsError(f"{path} leads outside the search folder {root}: not loaded")
+    n = cfg.epoch_images or images  # the most images an epoch of this run trains on
+    steps = steps_per_epoch(n, cfg.batch_size)
+    run = f"{cfg.epochs} epochs x {steps} steps of batch {cfg.batch_size} over {n} images"
+    try:
+        with steps_at_most(cfg.epochs * steps, run):
+            model = keras.saving.load_model(path, safe_mode=True)
+    except ScheduleError as exc:
+        raise ResultsError(f"{path}: {exc}") from None
+    except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as exc:
+        # A file that is not a model pneumotune saved (or a Lambda layer, which safe mode
+        # refuses): the first line of Keras' reason is enough to act on.
+        why = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ResultsError(f"{path} cannot be loaded: {type(exc).__name__}: {why}") from None
+    side = tuple(model.input_shape[1:])
+    if side != (cfg.img_size, cfg.img_size, 1):
+        raise ResultsError(
+            f"{path} takes {side} inputs, but its trial's config says img_size {cfg.img_size}: "
+            "the checkpoint is not that trial's"
+        )
+    return model
+
+
+def trial_config(config: dict[str, Any], checkpoint: Path) -> Any:
+    """A trial's flat config (from its results folder) as a ``TrainConfig``;
+    :class:`search.results.ResultsError` when it is not one."""
+    from pneumotune.model.config import TrainConfig
+    from pneumotune.search.results import ResultsError
+    from pneumotune.text import escaped
+
+    try:
+        return TrainConfig.from_flat(config)
+    except (TypeError, ValueError) as exc:  # ConfigError included; TypeError: "16" < 1
+        raise ResultsError(
+            f"the config of the trial at {checkpoint.parent} is not a training config: "
+            f"{escaped(exc, 300)}"
+        ) from None
+
+
 def unpack_checkpoint(checkpoint: Any, scratch: Path) -> int:
-    """Copy a Tune/Train checkpoint's model to ``scratch / MODEL_FILE`` (the checkpoint's
-    own directory may be temporary) and return the epoch it ended."""
+    """Copy a Tune/Train checkpoint's files to ``scratch`` (the checkpoint's own directory
+    may be temporary) and return the epoch it ended."""
     with checkpoint.as_directory() as d:
         shutil.copy(Path(d) / MODEL_FILE, scratch / MODEL_FILE)
+        shutil.copy(Path(d) / STATE_FILE, scratch / STATE_FILE)
         return read_epoch(Path(d))
 
 
 @contextmanager
 def resume_from(checkpoint: Any) -> Iterator[dict[str, Any]]:
     """``fit``'s resume arguments for ``checkpoint`` (``initial_epoch``, ``resume_from``:
-    a local copy of its model, deleted on exit), or a fresh start's when it is None."""
+    a local copy of its model, deleted on exit, and its ``seed_states``), or a fresh
+    start's when it is None."""
     if checkpoint is None:
-        yield {"initial_epoch": 0, "resume_from": None}
+        yield {"initial_epoch": 0, "resume_from": None, "seed_states": None}
         return
     scratch = Path(tempfile.mkdtemp(prefix="pneumotune-resume-"))
     try:
         epoch = unpack_checkpoint(checkpoint, scratch)
-        yield {"initial_epoch": epoch, "resume_from": scratch / MODEL_FILE}
+        yield {
+            "initial_epoch": epoch,
+            "resume_from": scratch / MODEL_FILE,
+            "seed_states": read_seed_states(scratch),
+        }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -14,7 +14,7 @@ The same file drives `pneumotune search` (the whole search) and `pneumotune trai
     seed: 0
     startup_trials: 2                 # random trials before TPE models (default num_samples//4)
     resources: {cpu: 1, gpu: 0, workers_per_trial: 1}
-    asha: {grace_period: 1, reduction_factor: 2}
+    asha: {grace_period: 1, reduction_factor: 2}  # mode: stop (default) | promote
     fixed: {batch_size: 16, depth: 3}
     space:
       img_size: stored                # the sizes stored in the dataset
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,10 +86,35 @@ class Resources:
     workers_per_trial: int = 1  # > 1: the trial runs Ray Train's TensorflowTrainer
 
 
+# How ASHA treats a trial below the top 1/reduction_factor at a rung. stop: Ray's
+# ASHAScheduler ends it at once, judged against the trials that reached the rung before it.
+# promote: search.promotion pauses it with its checkpoint and resumes it if later arrivals
+# rank it in the rung's top after all (the promotion variant of ASHA).
+ASHA_MODES = ("stop", "promote")
+
+
 @dataclass(frozen=True)
 class AshaSettings:
     grace_period: int = 1  # epochs every trial gets before it can be stopped
     reduction_factor: float = 2.0  # keep the top 1/reduction_factor at each rung
+    mode: str = "stop"  # one of ASHA_MODES
+
+
+# An experiment's name becomes a folder under the storage path, a Ray job name and a
+# dashboard label: letters, digits, '.', '_', '-', starting with a letter or digit (so
+# neither "../x", "/abs", ".hidden" nor a control character can get in).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(name: object, where: str) -> str:
+    """``name`` if it is a safe experiment name, else a :class:`ConfigError` saying why."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"{where}: experiment name {str(name)!r} is not allowed: use 1-100 letters, "
+            "digits, '.', '_' or '-', starting with a letter or digit (it names a folder "
+            "under the storage path)"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -235,6 +261,10 @@ def parse_experiment(raw: dict[str, Any], source: Path | None = None) -> Experim
         for parent, _ in spec.when:
             if cfg.param(parent) is None and parent not in fixed:
                 problems.append(f"{spec.name}: 'when' names {parent!r}, which is not a parameter")
+    try:
+        check_name(cfg.name, "name")
+    except ConfigError as exc:
+        problems.append(str(exc))
     if not isinstance(cfg.warm_trials, bool) or not isinstance(cfg.enqueue_tutorial, bool):
         problems.append("warm_trials and enqueue_tutorial must be true or false")
     if cfg.metric not in METRICS:
@@ -251,6 +281,8 @@ def parse_experiment(raw: dict[str, Any], source: Path | None = None) -> Experim
         )
     if cfg.asha.reduction_factor <= 1:
         problems.append(f"asha.reduction_factor must be > 1, got {cfg.asha.reduction_factor}")
+    if cfg.asha.mode not in ASHA_MODES:
+        problems.append(f"asha.mode must be one of {list(ASHA_MODES)}, got {cfg.asha.mode!r}")
     if cfg.resources.cpu <= 0 or cfg.resources.gpu < 0 or cfg.resources.workers_per_trial < 1:
         problems.append("resources: cpu must be > 0, gpu >= 0, workers_per_trial >= 1")
     if cfg.resources.gpu > 1 and cfg.resources.gpu != int(cfg.resources.gpu):

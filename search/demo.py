@@ -23,6 +23,10 @@ DEMO_SIZES = (64,)
 DEMO_TRIALS = 6
 DEMO_IMAGES = 240  # 192 to train and 48 to validate (fold 0 of 5)
 TRAIN_SEED, TEST_SEED = 0, 1
+# What a demo writes under --out; --fresh deletes a folder that holds nothing else.
+DEMO_ENTRIES = frozenset(
+    {"raw", "test", "dataset", "results", "model", "submission.csv", "submission.errors.csv"}
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,28 @@ class DemoResult:
         return "\n".join([head, *self.lines])
 
 
+def clear_demo_folder(out: Path) -> None:
+    """Delete ``out`` for ``--fresh``, only when it is a folder a demo wrote.
+
+    ``--out`` pointed at a home or data folder by mistake must lose nothing: anything
+    the demo does not write there (or a link, which could lead anywhere) refuses, as
+    `convert --overwrite` refuses a folder that is not a dataset."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise UsageError(f"--fresh: {out} is not a folder a demo wrote; choose another --out")
+    entries = sorted(out.iterdir())
+    foreign = [p.name for p in entries if p.name not in DEMO_ENTRIES or p.is_symlink()]
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise UsageError(
+            f"--fresh would delete {out}, which holds what a demo does not write ("
+            f"{', '.join(foreign[:3])}{more}): "
+            "choose another --out, or delete the folder yourself"
+        )
+    shutil.rmtree(out)
+
+
 def _stage(title: str) -> None:
     print(f"\n== {title} ==", flush=True)
 
@@ -76,8 +102,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
     t0 = time.perf_counter()
     out = cfg.out.absolute()
-    if cfg.fresh and out.exists():
-        shutil.rmtree(out)
+    if cfg.fresh:
+        clear_demo_folder(out)
     raw, test, ds = out / "raw", out / "test", out / "dataset"
     result = DemoResult(out)
 

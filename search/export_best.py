@@ -118,17 +118,15 @@ def tune_and_export(
 
 def export_best(results_dir: Path, out_dir: Path, data_dir: Path | None = None) -> Exported:
     """Export the best trial of a search (finished, or still running: its best so far)."""
-    import keras
-
-    from pneumotune.data.dataset import load_fold
-    from pneumotune.model import train as _registers_custom_objects  # noqa: F401  (ComboLoss, schedules)
-    from pneumotune.search.checkpoint import MODEL_FILE
+    from pneumotune.data.dataset import load_fold, read_manifest
+    from pneumotune.search.checkpoint import load_checkpoint_model, trial_config
 
     summary = summarise(Path(results_dir))
     best, checkpoint = summary.best_trial_checkpoint()
     data_dir = Path(data_dir or summary.data_dir or "")
-    cfg = TrainConfig.from_flat(best.config)
-    model = keras.saving.load_model(checkpoint / MODEL_FILE)
+    cfg = trial_config(best.config, checkpoint)
+    labelled = labelled_images(read_manifest(data_dir))
+    model = load_checkpoint_model(summary.path, checkpoint, best.config, labelled)
     val = load_fold(data_dir, cfg.img_size, cfg.val_fold)
     epoch_row = next(
         (r for r in best.history if r.get("checkpoint_dir_name") == checkpoint.name), {}
@@ -145,3 +143,14 @@ def export_best(results_dir: Path, out_dir: Path, data_dir: Path | None = None) 
         "gain_over_tutorial": summary.gain_over_tutorial(),
     }
     return tune_and_export(model, cfg, val.pair, out_dir, data_dir, metrics, extra)
+
+
+def labelled_images(manifest: dict[str, Any]) -> int:
+    """The dataset's labelled images (what bounds a run's steps per epoch)."""
+    from pneumotune.data.dataset import DatasetError
+
+    counts = manifest.get("counts") if isinstance(manifest, dict) else None
+    value = counts.get("labelled") if isinstance(counts, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DatasetError(f"the dataset's manifest has no count of labelled images: {value!r}")
+    return value

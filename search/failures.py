@@ -57,7 +57,8 @@ _RAISED_MARKERS = (
     "out of memory",  # CUDA / PyTorch
     "RESOURCE_EXHAUSTED",
 )
-_HEADER = re.compile(r"^Failure # (\d+) \(occurred at ([^)]*)\)\s*$", re.MULTILINE)
+# At most 9 digits: a longer count is not Tune's (and int() refuses past 4300 digits).
+_HEADER = re.compile(r"^Failure # (\d{1,9}) \(occurred at ([^)]*)\)\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,10 @@ def last_exception_line(text: str) -> str:
 def memory_advice(config: dict[str, Any]) -> str:
     """What to change so that a trial fits in memory, with this trial's values: "lower
     batch_size or img_size (this trial: ...), or run fewer trials per node: ..."."""
-    mine = [f"{k} {config[k]}" for k in ("batch_size", "img_size") if k in config]
+    from pneumotune.text import escaped
+
+    # The config may come from a results folder: any value, printed to a terminal.
+    mine = [f"{k} {escaped(config[k], 20)}" for k in ("batch_size", "img_size") if k in config]
     values = f" (this trial: {', '.join(mine)})" if mine else ""
     return (
         f"lower batch_size or img_size{values}, or run fewer trials per node: more "

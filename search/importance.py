@@ -209,6 +209,9 @@ def inferred_distribution(values: list[Any]) -> Any:
     return FloatDistribution(float(low), float(high), log=log)
 
 
+MAX_EXPERIMENT_BYTES = 1 << 20  # a YAML of a few dozen lines; never a dataset
+
+
 def load_specs(plan: dict[str, Any]) -> tuple[dict[str, ParamSpec], str]:
     """The searched :class:`ParamSpec` s from the experiment YAML named in ``plan``.
 
@@ -220,12 +223,15 @@ def load_specs(plan: dict[str, Any]) -> tuple[dict[str, ParamSpec], str]:
     source = plan.get("experiment_source")
     if not source:
         return {}, "the search recorded no experiment YAML"
-    if not Path(source).is_file():
-        return {}, f"the experiment YAML {Path(source).name} is not there any more"
+    path = Path(str(source))
+    # The path comes from the search folder, which may be someone else's: a file that
+    # is no experiment is said to be one, and nothing of its text reaches the report.
+    if not path.is_file() or path.stat().st_size > MAX_EXPERIMENT_BYTES:
+        return {}, f"the experiment YAML {path.name} is not there any more"
     try:
-        exp = load_experiment(Path(source))
-    except ConfigError as exc:
-        return {}, f"the experiment YAML cannot be read any more ({exc})"
+        exp = load_experiment(path)
+    except (ConfigError, UnicodeDecodeError, OSError):
+        return {}, f"the experiment YAML {path.name} is no longer a valid experiment file"
     return {p.name: p for p in exp.space}, ""
 
 

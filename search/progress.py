@@ -4,8 +4,9 @@ Tune's own console output prints a table of every parameter each time a trial st
 with fifteen searched parameters that buries the numbers a user watches. These lines
 say what happened: which trial started (its key parameters), each epoch's metric, and
 how each trial ended (completed, stopped by ASHA, failed and why; a trial killed for
-memory with the memory it held and what to change). The full table is one command
-away: `pneumotune status RESULTS`.
+memory with the memory it held and what to change), and, with promotion ASHA, which
+trial waits at a rung and which resumes. The full table is one command away:
+`pneumotune status RESULTS`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class ProgressLines(tune.Callback):
         self.out = out  # None: sys.stdout at print time (the callback is pickled with the run)
         self.best: dict[str, float] = {}
         self.t0 = time.monotonic()
+        self.paused: set[str] = set()  # trials promotion ASHA paused (search.promotion)
 
     def setup(self, **info: Any) -> None:
         """At the start of every search and resumed search (in the driver): a trial that
@@ -46,10 +48,28 @@ class ProgressLines(tune.Callback):
         )
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        paused = self.__dict__.setdefault("paused", set())  # a search pickled before it
+        if trial.trial_id in paused:
+            paused.discard(trial.trial_id)
+            epochs = (trial.last_result or {}).get("training_iteration", 0)
+            self._print(f"trial {trial.trial_id} promoted: resumes after epoch {epochs}")
+            return
         params = ", ".join(
             f"{k}={_short(trial.config[k])}" for k in KEY_PARAMS if k in trial.config
         )
         self._print(f"trial {trial.trial_id} started: {params}")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        # Tune has no pause event: a trial newly PAUSED was paused at a rung.
+        paused = self.__dict__.setdefault("paused", set())
+        for t in trials:
+            if t.status == "PAUSED" and t.trial_id not in paused:
+                paused.add(t.trial_id)
+                epochs = (t.last_result or {}).get("training_iteration", 0)
+                self._print(
+                    f"trial {t.trial_id} paused after epoch {epochs}/{self.max_t}: waits at "
+                    "its rung, resumes if later trials rank it in the rung's top"
+                )
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
@@ -92,16 +112,32 @@ def _failure(trial: Any) -> tuple[str, str]:
 
     from pneumotune.memory import MEMORY_METRIC
     from pneumotune.search.failures import MEMORY_OUTCOMES, classify, parse_error_file, reason
+    from pneumotune.search.results import (
+        ERROR_TAIL_BYTES,
+        Unreadable,
+        number,
+        read_text,
+    )
+    from pneumotune.text import escaped
 
     path = trial.error_file
     if not (path and Path(path).is_file()):
         return "failed", "no error file"
-    failures = parse_error_file(Path(path).read_text(errors="replace"))
+    # The error file's name is in the trial's state, which a resumed search read from its
+    # folder: only a file in the trial's own folder is read (an absolute or "../" name, or
+    # a link, could name any file, whose text would then be printed).
+    try:
+        text = read_text(Path(trial.local_path), Path(path), ERROR_TAIL_BYTES, tail=True)
+    except Unreadable:
+        return "failed", "its error file is not a file in the trial's folder: not read"
+    except OSError:
+        return "failed", "no error file"
+    failures = parse_error_file(text)
     text = failures[-1].text if failures else ""
-    outcome, why = classify(text), reason(text)
+    outcome, why = classify(text), escaped(reason(text), 300)
     last = trial.last_result or {}
-    held = last.get(MEMORY_METRIC)
-    if outcome in MEMORY_OUTCOMES and isinstance(held, int | float):
+    held = number(last.get(MEMORY_METRIC))
+    if outcome in MEMORY_OUTCOMES and held is not None:
         why += f"; held {held:.0f} MB at epoch {last.get('training_iteration')}"
     return outcome, why
 

@@ -9,7 +9,11 @@ trainable that trains nothing: given a config of the grid it reports that config
 recorded curve, each epoch after its recorded seconds x ``scale``, so that concurrent
 trials end, and ASHA decides, in the order the real run would. A config recorded with
 several seeds replays its first seed's curve (the others measure the noise; a replay's
-numbers do not change while an atlas gains repeats).
+numbers do not change while an atlas gains repeats). With promotion ASHA
+(``Strategy.mode="promote"``: the product's :class:`search.promotion.PromotionScheduler`)
+the replayed trial reports a checkpoint (its epoch) each epoch and a paused trial resumes
+from it, as a real trial resumes from its model; the restore's cost is not replayed (the
+budget counts epochs, not seconds).
 
 The measure of a search is its regret: the atlas's best val_iou (over all configs and
 epochs) minus the best val_iou it saw within its budget of ``budget x max_t``
@@ -23,6 +27,7 @@ import csv
 import io
 import math
 import statistics
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -117,12 +122,30 @@ def spearman_by_epoch(atlas: Atlas) -> dict[int, float]:
 # --------------------------------------------------------------------------- replay
 
 
-def replay_trial(config: dict[str, Any], curves: dict, axes: tuple[str, ...], scale: float):
-    """A Tune function trainable: the recorded curve of ``config``'s atlas cell."""
+def replay_trial(
+    config: dict[str, Any],
+    curves: dict,
+    axes: tuple[str, ...],
+    scale: float,
+    checkpoints: bool = False,
+):
+    """A Tune function trainable: the recorded curve of ``config``'s atlas cell, from the
+    epoch after its checkpoint's when Tune resumes it. ``checkpoints``: report one (the
+    epoch) each epoch, for a scheduler that pauses trials (a stopping one needs none)."""
     curve = curves[tuple(str(config[a]) for a in axes)][0]
-    for epoch, (value, seconds) in enumerate(curve, 1):
+    start = 0
+    if (checkpoint := tune.get_checkpoint()) is not None:
+        with checkpoint.as_directory() as d:
+            start = int((Path(d) / "epoch").read_text())
+    for epoch, (value, seconds) in enumerate(curve[start:], start + 1):
         time.sleep(seconds * scale)
-        tune.report({METRIC: value, "epoch": epoch, "epoch_seconds": seconds})
+        metrics = {METRIC: value, "epoch": epoch, "epoch_seconds": seconds, "resumed_from": start}
+        if not checkpoints:
+            tune.report(metrics)
+            continue
+        with tempfile.TemporaryDirectory(prefix="pneumotune-replay-ckpt-") as d:
+            (Path(d) / "epoch").write_text(str(epoch))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 @dataclass(frozen=True)
@@ -133,6 +156,7 @@ class Strategy:
     tutorial: bool = False  # the tutorial's point first, as the product does
     grace: int | None = None  # None: the shipped demo.yaml's
     reduction: float | None = None
+    mode: str = "stop"  # ASHA's: stop (Ray's ASHAScheduler) | promote (search.promotion)
     startup: int | None = None  # TPE start-up trials; None: the experiment's rule
     # Axes held at one level, not searched: the product's space may lack an atlas level
     # (demo.yaml always schedules the positive share, so it never trains "natural").
@@ -148,7 +172,11 @@ def run_one(atlas: Atlas, strategy: Strategy, seed: int, budget: int, scale: flo
     epochs = budget * atlas.max_t
     fixed = dict(strategy.fixed)
     space = tuple(ParamSpec(a, choices=atlas.levels[a]) for a in atlas.axes if a not in fixed)
-    asha = AshaSettings(grace_period=strategy.grace or 1, reduction_factor=strategy.reduction or 2)
+    asha = AshaSettings(
+        grace_period=strategy.grace or 1,
+        reduction_factor=strategy.reduction or 2,
+        mode=strategy.mode,
+    )
     exp = ExperimentConfig(
         name="replay",
         epochs=atlas.max_t,
@@ -177,8 +205,11 @@ def run_one(atlas: Atlas, strategy: Strategy, seed: int, budget: int, scale: flo
                 cell = tuple(str(trial.config[a]) for a in atlas.axes)
                 recorded.append((float(result[METRIC]), cell))
 
+    paused = strategy.asha and strategy.mode == "promote"  # its trials resume from checkpoints
     trainable = tune.with_resources(
-        tune.with_parameters(replay_trial, curves=atlas.curves, axes=atlas.axes, scale=scale),
+        tune.with_parameters(
+            replay_trial, curves=atlas.curves, axes=atlas.axes, scale=scale, checkpoints=paused
+        ),
         {"cpu": 0.5},
     )
     tuner = build_tuner(

@@ -16,7 +16,6 @@ replaced, and the page text is checked against them before it is written
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -40,10 +39,12 @@ from pneumotune.search.report_plots import (
     fig_predictions,
 )
 from pneumotune.search.results import (
-    PLAN_FILE,
+    PAUSED,
     SEARCH_ENDED,
+    ResultsError,
     SearchSummary,
     TrialRecord,
+    read_plan,
     summarise,
 )
 from pneumotune.search.watch import is_finished
@@ -56,6 +57,7 @@ OUTCOME_ORDER = (
     *FAILURE_OUTCOMES,
     SEARCH_ENDED,
     "running",
+    PAUSED,
     "pending",
 )
 
@@ -96,7 +98,7 @@ def report_search(
     t0 = time.perf_counter()
     root = Path(results_dir)
     summary = summarise(root)
-    plan = json.loads((root / PLAN_FILE).read_text())
+    plan = read_plan(root)
     specs, specs_missing = load_specs(plan)
     forbidden = dataset_identifiers(summary.data_dir)
     sections = [
@@ -162,9 +164,11 @@ def _intro(summary: SearchSummary, plan: dict[str, Any], running: bool) -> list[
     if running:
         to_start = max(0, int(plan.get("num_samples") or 0) - len(summary.trials))
         to_start += counts.get("pending", 0)
+        # Promotion ASHA's paused trials wait at a rung and may resume.
+        paused = f"{counts[PAUSED]} paused at a rung, " if counts.get(PAUSED) else ""
         lines.append(
             f"The search is still running ({counts.get('running', 0)} trials running, "
-            f"{to_start} still to start): this page shows what exists so far; run "
+            f"{paused}{to_start} still to start): this page shows what exists so far; run "
             "`pneumotune report` again for a newer one."
         )
     lines.append("No patient identifiers: validation images are numbered within this page only.")
@@ -489,19 +493,24 @@ def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> P
         return Predictions(
             [], f"The search's dataset ({data_dir.name or 'not recorded'}) is not there any more."
         )
-    import keras
-
-    from pneumotune.data.dataset import load_fold
+    from pneumotune.data.dataset import DatasetError, load_fold, read_manifest
     from pneumotune.model import metrics as M
     from pneumotune.model.train import predict_probs
+    from pneumotune.search.checkpoint import load_checkpoint_model, trial_config
+    from pneumotune.search.export_best import labelled_images
 
-    size = int(best.config["img_size"])
-    fold = int(best.config.get("val_fold", 0))
-    threshold = float(best.config.get("threshold", 0.5))
+    # The folder may be someone else's: the checkpoint must lie in it and match its
+    # trial (export's checks), before its config sizes anything read here.
+    try:
+        labelled = labelled_images(read_manifest(data_dir))
+        model = load_checkpoint_model(summary.path, checkpoint, best.config, labelled)
+        cfg = trial_config(best.config, checkpoint)
+    except (ResultsError, DatasetError) as exc:
+        return Predictions([], f"The best checkpoint cannot be shown: {exc}")
+    size, fold, threshold = cfg.img_size, cfg.val_fold, cfg.threshold
     val = load_fold(data_dir, size, fold).rows()
     positive = val.positive
     rows = choose_rows(np.random.default_rng(seed), positive, samples)
-    model = keras.saving.load_model(checkpoint / MODEL_FILE, compile=False)
     images, truths = val.take(rows)
     probs = predict_probs(model, images)
     dice = M.per_image_dice(truths, probs, threshold)

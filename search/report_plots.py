@@ -32,9 +32,15 @@ OUTCOME_COLOURS: dict[str, str] = {
     "stopped by ASHA": "#E69F00",  # orange
     "failed": "#D55E00",  # vermillion
     "running": "#009E73",  # green
+    "paused": "#56B4E9",  # sky blue: promotion ASHA's, waiting at a rung
     "pending": "#999999",  # grey
 }
-OUTCOME_MARKERS: dict[str, str] = {"stopped by ASHA": "x", "failed": "X", "running": "o"}
+OUTCOME_MARKERS: dict[str, str] = {
+    "stopped by ASHA": "x",
+    "failed": "X",
+    "running": "o",
+    "paused": "o",
+}
 TUTORIAL_COLOUR = "#000000"
 BEST_COLOUR = "#CC79A7"  # reddish purple: the best trial's star and line
 PREDICTION_COLOUR = "#0072B2"
@@ -152,6 +158,7 @@ def _outcome_legend(summary: SearchSummary) -> list[Line2D]:
             "stopped by ASHA": "stopped by ASHA (x: last epoch run)",
             "failed": "failed (X: last epoch reported)",
             "running": "running (o: latest epoch)",
+            "paused": "paused at a rung (o: latest epoch)",
         }.get(outcome, outcome)
         handles.append(
             Line2D(

@@ -109,7 +109,7 @@ def retrain_best(
     from pneumotune.data.dataset import split_fold
     from pneumotune.data.node_cache import SharedDataset
     from pneumotune.model.config import format_epoch
-    from pneumotune.search.checkpoint import MODEL_FILE
+    from pneumotune.search.checkpoint import MODEL_FILE, load_checkpoint_model, trial_config
     from pneumotune.search.distributed import (
         run_forwarding_epochs,
         run_name,
@@ -122,6 +122,7 @@ def retrain_best(
     results_dir, out_dir = Path(results_dir).absolute(), Path(out_dir)
     summary = summarise(results_dir)
     best, checkpoint = summary.best_trial_checkpoint()
+    trial_config(best.config, checkpoint)  # a ResultsError when the folder's is not one
     cfg = TrainConfig.from_flat({**best.config, **({"epochs": epochs} if epochs else {})})
     data_dir = Path(data_dir or summary.data_dir or "")
     data = SharedDataset.of(data_dir)
@@ -129,7 +130,8 @@ def retrain_best(
     _, val = split_fold(arrays, cfg.val_fold)
 
     # The triplet, out of sample: the search's best model on the fold it never trained on.
-    search_model = keras.saving.load_model(checkpoint / MODEL_FILE)
+    # Its config (not cfg: epochs may be overridden) bounds what its file may allocate.
+    search_model = load_checkpoint_model(results_dir, checkpoint, best.config, len(arrays))
     tuned = tune_on_validation(search_model, cfg, *val.pair)
     del search_model
 

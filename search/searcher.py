@@ -9,8 +9,15 @@ per epoch), and TPE ranks PRUNED trials below every trial that reached ``max_t``
 last epoch they reached and their score there — a rung-2 score is compared with rung-2
 scores only.
 
+With promotion ASHA (:mod:`search.promotion`) a paused trial is told nothing: it stays
+RUNNING for Optuna, and when it is promoted it goes on reporting its epochs into the
+same Optuna trial. A trial still paused when the search ends is ended by the scheduler
+through Tune's ``stop_trial``, which calls ``on_trial_complete`` without a result: it is
+then told as PRUNED, its last intermediate value (its rung's score) as its value.
+
 Concurrent proposals: TPE's ``constant_liar`` (set by the tuner) treats the running
-trials as bad results, so that two trials proposed at once do not repeat each other.
+trials as bad results, so that two trials proposed at once do not repeat each other (a
+paused trial counts as running until it resumes or ends).
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ class FidelityOptunaSearch(OptunaSearch):
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
         if error or not result or trial_id in self._completed_trials:
+            # No result: a paused (promotion ASHA) or pending trial stopped; Ray's
+            # OptunaSearch tells it as PRUNED at its last intermediate value, if any.
             super().on_trial_complete(trial_id, result, error)
             return
         epochs = result.get("training_iteration")

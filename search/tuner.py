@@ -1,7 +1,9 @@
 """Build, run and resume the Ray Tune search: OptunaSearch (TPE) + ASHA on one metric.
 
 * OptunaSearch samples the define-by-run space (search/space.py) with a seeded TPE
-  sampler; Optuna's own pruning is off (NopPruner, Ray's default): ASHA stops trials.
+  sampler; Optuna's own pruning is off (NopPruner, Ray's default): ASHA stops trials
+  (``asha.mode: stop``, Ray's ASHAScheduler) or pauses them at rungs and resumes the ones
+  later arrivals rank in the top (``asha.mode: promote``, :mod:`search.promotion`).
 * ASHA's time unit is the epoch: the trainable reports once per epoch.
 * The tutorial's settings are enqueued as the first point, so every search can say
   how far it got beyond the tutorial.
@@ -11,12 +13,17 @@
   holds a copy of the data, and a dataset larger than memory still trains.
 * The experiment directory is Ray Tune's own layout under ``<storage>/<name>``, so
   ``Tuner.restore`` and Ray's tools read it; ``search.json`` is added at the end.
+* Resuming unpickles that folder (see :func:`check_resumable`), so it resumes only a
+  folder that no one else can have written.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shlex
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -24,8 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from pneumotune.errors import ConfigError, UsageError
-from pneumotune.search.config import ExperimentConfig
-from pneumotune.search.results import PLAN_FILE, SearchSummary, summarise
+from pneumotune.search.config import ExperimentConfig, check_name
+from pneumotune.search.results import (
+    PLAN_FILE,
+    ResultsError,
+    SearchSummary,
+    read_plan,
+    summarise,
+)
 
 JOURNAL_FILE = "optuna.journal"
 
@@ -61,6 +74,8 @@ def plan_search(
     from pneumotune.data.dataset import read_manifest
     from pneumotune.search.space import tutorial_point
 
+    if name is not None:
+        check_name(name, "--name")  # before anything is read: it names the results folder
     data_dir = Path(data_dir or exp.data or "")
     if not str(data_dir) or str(data_dir) == ".":
         raise UsageError("no dataset: pass --data DATASET or set `data:` in the experiment")
@@ -153,8 +168,10 @@ def build_tuner(
     """A fresh Tuner for ``plan`` (``trainable`` already wrapped with data and resources).
 
     The searcher is :class:`pneumotune.search.searcher.FidelityOptunaSearch` (trials
-    ASHA stopped are PRUNED for Optuna); ``fidelity=False`` is Ray's stock OptunaSearch
-    (they are COMPLETE with their last score). ``sampler="random"``, ``"gp"`` (Optuna's
+    ASHA stopped, or left paused at the end, are PRUNED for Optuna); the experiment's
+    ``asha.mode`` picks Ray's ASHAScheduler or :class:`search.promotion.PromotionScheduler`
+    (which limits concurrency through its own limiter); ``fidelity=False`` is Ray's stock
+    OptunaSearch (they are COMPLETE with their last score). ``sampler="random"``, ``"gp"`` (Optuna's
     GPSampler) and ``early_stopping=False`` (FIFO) exist for baselines (bench/search.py,
     bench/replay.py); ``sampler="grid"`` runs exactly ``points`` (each merged over the
     fixed values, in order, once each: bench/atlas.py); ``stop`` is a Tune stopper (e.g.
@@ -174,6 +191,7 @@ def build_tuner(
     from pneumotune.search.progress import ProgressLines
     from pneumotune.search.searcher import FidelityOptunaSearch
     from pneumotune.search.space import base_values, make_space
+    from pneumotune.search.trial_logs import KeepTrialLogs
 
     exp = plan.experiment
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines
@@ -220,16 +238,26 @@ def build_tuner(
         )
     else:
         raise ValueError(f"sampler must be one of {[*sorted(samplers), 'grid']}, got {sampler!r}")
-    scheduler = (
-        ASHAScheduler(
-            time_attr="training_iteration",  # one report per epoch
-            max_t=exp.epochs,
-            grace_period=exp.asha.grace_period,
-            reduction_factor=exp.asha.reduction_factor,
-        )
-        if early_stopping
-        else FIFOScheduler()
-    )
+    max_concurrent: int | None = exp.max_concurrent
+    asha = {
+        "time_attr": "training_iteration",  # one report per epoch
+        "max_t": exp.epochs,
+        "grace_period": exp.asha.grace_period,
+        "reduction_factor": exp.asha.reduction_factor,
+    }
+    if not early_stopping:
+        scheduler = FIFOScheduler()
+    elif exp.asha.mode == "promote":
+        from pneumotune.search.promotion import PauseAwareLimiter, PromotionScheduler
+
+        if sampler == "grid":
+            raise ValueError("asha mode 'promote' needs a Searcher (tpe, random, gp), not grid")
+        # Tune's own limit (max_concurrent_trials) would count paused trials as running.
+        searcher = PauseAwareLimiter(searcher, max_concurrent=exp.max_concurrent)
+        max_concurrent = None
+        scheduler = PromotionScheduler(**asha)
+    else:
+        scheduler = ASHAScheduler(**asha)
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -239,7 +267,7 @@ def build_tuner(
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=exp.num_samples,
-            max_concurrent_trials=exp.max_concurrent,
+            max_concurrent_trials=max_concurrent,
             reuse_actors=reuse_actors,
             # Short folder names: Tune's default packs every parameter into the name.
             trial_dirname_creator=trial_dirname,
@@ -258,6 +286,7 @@ def build_tuner(
             callbacks=[
                 ProgressLines(exp.metric, exp.mode, exp.epochs),
                 RepairCheckpoints(),  # a killed search's state may name a deleted checkpoint
+                KeepTrialLogs(),  # a resumed or retried trial keeps its earlier results
                 search_metrics_callback(plan.name, exp.epochs),  # trial counts by state
                 *(callbacks or []),
             ],
@@ -317,21 +346,140 @@ class PreviousSearch:
 
 
 def latest_experiment(storage: Path, experiment: str, name: str | None = None) -> PreviousSearch:
-    """The search to resume: ``name`` under ``storage``, else the newest of ``experiment``."""
+    """The search to resume: ``name`` under ``storage``, else the newest of ``experiment``
+    among the folders this user owns (another user's cannot be resumed: see
+    :func:`check_resumable`, which the chosen folder then passes or fails).
+
+    A folder counts when its ``pneumotune.json`` is pneumotune's and names the folder
+    itself (the name becomes the path that is resumed); others are passed over."""
     storage = Path(storage).expanduser().absolute()
-    found = sorted(
-        (p for p in storage.glob("*/" + PLAN_FILE)),
-        key=lambda p: p.stat().st_mtime,
-    )
-    plans = [json.loads(p.read_text()) for p in found]
     if name is not None:
-        plans = [p for p in plans if p["name"] == name]
-    else:
-        plans = [p for p in plans if p["name"].startswith(f"{experiment}-")]
-    if not plans:
-        what = f"named {name!r}" if name else f"of experiment {experiment!r}"
+        check_name(name, "--name")
+    candidates = []
+    for plan_file in storage.glob("*/" + PLAN_FILE):
+        folder = plan_file.parent
+        if name is not None and folder.name != name:
+            continue
+        if name is None and not folder.name.startswith(f"{experiment}-"):
+            continue
+        try:
+            plan = read_plan(folder)
+            mtime = plan_file.stat().st_mtime
+            owned = folder.stat().st_uid == os.geteuid()
+        except (ResultsError, OSError):
+            continue
+        if plan["name"] == folder.name and (owned or name is not None):
+            candidates.append((mtime, folder.name, plan))
+    if not candidates:
+        what = f"named {name!r}" if name else f"of experiment {experiment!r} of yours"
         raise UsageError(f"no search {what} to resume under {storage}")
-    return PreviousSearch(plans[-1]["name"], Path(plans[-1]["data_dir"]))
+    _, found, plan = max(candidates)
+    check_resumable(storage / found)  # before Ray starts: the error comes at once
+    if not plan.get("data_dir"):
+        raise UsageError(f"{storage / found / PLAN_FILE} records no dataset: pass --data")
+    return PreviousSearch(found, Path(plan["data_dir"]))
+
+
+def check_resumable(folder: Path) -> None:
+    """Refuse (:class:`UsageError`, the reason and the fix) to resume a folder that
+    someone else can have written.
+
+    Resuming runs what the folder holds: Ray's ``Tuner.restore`` unpickles ``tuner.pkl``,
+    the newest ``experiment_state-*.json`` (cloudpickle inside JSON: every trial's
+    storage, checkpoint records, its stopper and name creators), ``searcher-state-*.pkl``
+    (OptunaSearch pickles itself and the study), ``search_gen_state-*.json`` (a pickle
+    despite its name) and ``callback-states-*.pkl``; Tune copies every top-level
+    ``*.json`` and ``*.pkl`` to its staging folder to do so; the result grid of the
+    resumed run unpickles each failed trial's ``error.pkl``, and each resumed trial loads
+    its checkpoint's ``model.keras`` (``params.pkl`` is written, not read, by Ray 2.60).
+    A planted pickle is code that runs as the user who resumes. So every entry in the
+    folder, the folder itself included, must be owned by this user and writable by no one
+    else (group or others), and a symbolic link in it must lead to a file in it (which is
+    then checked too). A link to the folder itself is followed: the folder it leads to is
+    what is checked.
+
+    The folder's parent is not checked: on the cluster's shared volume it is group-
+    writable by design, and a folder swapped in there would be another user's, which
+    this check refuses; it is run again just before Ray reads the folder.
+    """
+    root = Path(folder).expanduser()
+    try:
+        real = root.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise UsageError(f"nothing to resume at {root} (no such folder)") from None
+    me = os.geteuid()
+    refusal = f"refusing to resume {root}"
+    why = "resume unpickles this folder, so it must be yours and not writable by others"
+    quoted = shlex.quote(str(root))
+
+    def check(path: Path) -> None:
+        info = path.lstat()
+        shown = str(path.relative_to(real)) if path != real else "the folder"
+        if info.st_uid != me:
+            raise UsageError(
+                f"{refusal}: {shown} is owned by {_user(info.st_uid)}, not by you "
+                f"({_user(me)}); {why}: resume it as its owner, or, if you trust every file "
+                f"in it, take it over (sudo chown -R {_user(me, name_only=True)} {quoted})"
+            )
+        if stat.S_ISLNK(info.st_mode):
+            try:
+                target = path.resolve(strict=True)
+            except (OSError, RuntimeError):
+                target = None
+            if target is None or not target.is_relative_to(real):
+                where = "a link that leads nowhere" if target is None else f"a link to {target}"
+                raise UsageError(
+                    f"{refusal}: {shown} is {where}, outside the folder; {why}: replace the "
+                    "link with the file it stands for, or delete it"
+                )
+            return  # its target is in the folder: the walk checks it
+        writable = [who for who, bit in (("group", 0o020), ("others", 0o002)) if info.st_mode & bit]
+        if writable[:1] == ["group"] and _private_group(info.st_gid, me):
+            writable = writable[1:]  # umask 002 with a group of one's own: still only yours
+        if writable:
+            raise UsageError(
+                f"{refusal}: {shown} is writable by {' and '.join(writable)} (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}); {why}: chmod -R go-w {quoted}"
+            )
+
+    def unlisted(exc: OSError) -> None:  # os.walk would skip a folder it cannot list
+        raise UsageError(f"{refusal}: cannot list {exc.filename} ({exc.strerror})")
+
+    check(real)
+    # Links are not followed: check() looks at them.
+    for top, dirs, files in os.walk(real, onerror=unlisted):
+        dirs.sort()
+        for entry in sorted([*dirs, *files]):
+            check(Path(top) / entry)
+
+
+@functools.cache
+def _private_group(gid: int, uid: int) -> bool:
+    """Whether ``gid`` is ``uid``'s own group (the user-private-group scheme of Debian,
+    Ubuntu and Fedora, whose default umask 002 makes every file group-writable): the
+    user's primary group, named after the user, with no other member."""
+    import grp
+    import pwd
+
+    try:
+        user, group = pwd.getpwuid(uid), grp.getgrgid(gid)
+    except KeyError:
+        return False
+    if user.pw_gid != gid or group.gr_name != user.pw_name:
+        return False
+    if set(group.gr_mem) - {user.pw_name}:
+        return False
+    return not any(p.pw_gid == gid and p.pw_uid != uid for p in pwd.getpwall())
+
+
+def _user(uid: int, name_only: bool = False) -> str:
+    import pwd
+
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid with no account here (a container's, another machine's)
+        return str(uid) if name_only else f"uid {uid}"
+    return name if name_only else f"{name} (uid {uid})"
 
 
 def run_search(
@@ -355,6 +503,8 @@ def run_search(
     from pneumotune.data.dataset import read_manifest
     from pneumotune.search.preflight import check_memory, nodes_now
 
+    if resume:
+        check_resumable(plan.path)  # before anything else reads the folder
     quiet_tune_output()
     if memory_check and trainable is None:
         rows = int(read_manifest(plan.data_dir)["counts"]["labelled"])
@@ -365,6 +515,7 @@ def run_search(
     if resume:
         if not tune.Tuner.can_restore(str(plan.path)):
             raise UsageError(f"nothing to resume at {plan.path} (no Tune experiment state there)")
+        check_resumable(plan.path)  # again, as late as can be: Ray unpickles it next
         tuner = tune.Tuner.restore(str(plan.path), trainable=wrapped, resume_errored=False)
     else:
         if plan.path.exists() and any(plan.path.iterdir()):

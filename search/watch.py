@@ -9,7 +9,6 @@ log holds one copy per change, not one per interval.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from rich.text import Text
 
 from pneumotune.errors import UsageError
 from pneumotune.search.results import (
-    PLAN_FILE,
+    PAUSED,
     SEARCH_ENDED,
     SearchSummary,
     TrialRecord,
@@ -29,11 +28,13 @@ from pneumotune.search.results import (
     memory_cell,
     summarise,
 )
+from pneumotune.text import escaped
 
 OUTCOME_STYLES = {
     "completed": "blue",
     "stopped by ASHA": "yellow",
     "running": "green",
+    PAUSED: "cyan",
     "pending": "dim",
     SEARCH_ENDED: "yellow",
 }
@@ -48,16 +49,16 @@ def is_finished(summary: SearchSummary) -> bool:
     More trials come while fewer than ``num_samples`` exist, unless the search wrote
     ``search.json`` (it does at its end, also when a stopper ended it early).
     """
-    if any(t.outcome in ("running", "pending") for t in summary.trials):
+    if any(t.outcome in ("running", PAUSED, "pending") for t in summary.trials):
         return False
     if (summary.path / "search.json").is_file():
         return True
-    plan = json.loads((summary.path / PLAN_FILE).read_text())
-    return len(summary.trials) >= int(plan.get("num_samples") or 0)
+    return len(summary.trials) >= summary.num_samples  # pneumotune.json's, checked
 
 
 def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    # A config value from the folder: any text, any length.
+    return f"{value:.3g}" if isinstance(value, float) else escaped(value, 40)
 
 
 def _best(t: TrialRecord, summary: SearchSummary) -> str:
@@ -133,6 +134,7 @@ def render(summary: SearchSummary, width: int = 200) -> RenderableType:
     lines = [
         Text(line, style="red") for t in summary.trials if t.failed for line in failure_lines(t)
     ]
+    lines += [Text(f"Not read: {note}", style="yellow") for note in summary.notes]
     state = "finished" if is_finished(summary) else "running"
     lines.append(Text(f"{state}; read at {time.strftime('%H:%M:%S')}", style="dim"))
     return Group(trial_table(summary, width), *lines)

@@ -845,3 +845,84 @@ def test_rays_memory_monitor_leaves_the_page_cache_out(tmp_path):
     current.write_text("10000\n")
     used = get_cgroup_used_memory(str(stat), str(current), "inactive_file", "active_file")
     assert used == 10000 - 5000 - 2000
+
+
+# --------------------------------------------------------------------------- NFS, RunInstances
+
+
+def _exports(path: Path) -> list[str]:
+    """The client specs of the /etc/exports line the head writes."""
+    commands = yaml.safe_load(path.read_text())["initialization_commands"]
+    lines = [re.search(r"echo '(/mnt/pneumotune [^']*)'", c) for c in commands]
+    (line,) = [m.group(1) for m in lines if m]
+    return line.split()[1:]
+
+
+@pytest.mark.parametrize("path", LAUNCHER, ids=lambda p: p.name)
+def test_the_nfs_export_reaches_the_clusters_own_subnets_only(path):
+    """NFS (sec=sys) believes any uid a client claims: the export list must name the
+    cluster's subnets, not every private address (10/8 and 172.16/12 before)."""
+    readme = (CLUSTER / "README.md").read_text()
+    clients = _exports(path)
+    for client in clients:
+        network, options = re.fullmatch(r"([^(]+)\(([^)]*)\)", client).groups()
+        assert "root_squash" in options.split(",") and "no_root_squash" not in options
+        assert "insecure" not in options.split(","), client
+        if path.name.startswith("aws"):
+            # Filled by the README's sed with the three subnets' CIDR blocks.
+            assert re.fullmatch(r"REPLACE_ME_CIDR_[ABC]", network), client
+            assert f"s|{network}|$(cidr $SUBNET_{network[-1]})|g" in readme
+        else:
+            # The subnetwork the README creates, and the firewall admits, for the nodes.
+            assert network == "10.42.0.0/24"
+            assert "--range=10.42.0.0/24" in readme and "--source-ranges=10.42.0.0/24" in readme
+    if path.name.startswith("aws"):
+        assert sorted(c.split("(")[0] for c in clients) == [
+            "REPLACE_ME_CIDR_A", "REPLACE_ME_CIDR_B", "REPLACE_ME_CIDR_C"
+        ]  # fmt: skip
+
+
+def test_aws_head_launches_only_into_the_clusters_region_subnets_and_group():
+    config = _aws()
+    launches = [
+        s
+        for s in _aws_policy()["Statement"]
+        if s["Effect"] == "Allow" and "ec2:RunInstances" in _statement_actions(s)
+    ]
+    resources = [
+        r
+        for s in launches
+        for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])
+    ]
+    # Every resource names the region; none is a wildcard over resource types.
+    assert all(r.startswith("arn:aws:ec2:REPLACE_ME_REGION:") for r in resources), resources
+    assert "*" not in resources
+    node_configs = [spec["node_config"] for spec in config["available_node_types"].values()]
+    kinds: dict[str, set[str]] = {}
+    for arn in resources:
+        kind, _, name = arn.split(":", 5)[5].partition("/")
+        kinds.setdefault(kind, set()).add(name)
+    # RunInstances needs an allow on each resource it touches: a subnet, group or image
+    # not listed here cannot be launched into or with.
+    assert kinds["subnet"] == {s for n in node_configs for s in n["SubnetIds"]}
+    assert kinds["security-group"] == {g for n in node_configs for g in n["SecurityGroupIds"]}
+    assert kinds["image"] == {n["ImageId"] for n in node_configs}
+    assert kinds["key-pair"] == {config["provider"]["key_pair"]["key_name"]}
+    region = next(s for s in launches if "Condition" in s)["Condition"]["StringEquals"]
+    assert region == {"aws:RequestedRegion": "REPLACE_ME_REGION"}
+    # The README fills every placeholder of the policy, the region with the YAML's.
+    readme = (CLUSTER / "README.md").read_text()
+    sed = readme[readme.index('sed -e "s/REPLACE_ME_BUCKET') :].split(
+        "> /tmp/pneumotune-head-policy.json"
+    )[0]
+    for token in set(re.findall(r"[a-z]*-?REPLACE_ME\w*", AWS_HEAD_POLICY.read_text())):
+        assert f"s/{token}/" in sed, token
+    assert f"export AWS_REGION={config['provider']['region']}" in readme
+
+
+def test_kuberay_loader_leaves_the_volume_writable_by_its_owner_only():
+    """`search --resume` refuses a results folder that group or others can write."""
+    script = (CLUSTER / "kuberay-data.yaml").read_text()
+    chmods = re.findall(r"chmod -R (\S+)", script)
+    assert chmods and all(m.endswith("go-w") for m in chmods), chmods
+    assert "g+rwX" not in script and "g+w" not in script

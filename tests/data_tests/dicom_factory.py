@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 from typing import Any
 
 import cv2
@@ -293,6 +294,80 @@ def png() -> bytes:
 
 def text() -> bytes:
     return b"ImageId, EncodedPixels\n1.2.276.0.7230010.3.1.4.8323329.1000, -1\n" * 20
+
+
+# --------------------------------------------------------------------------- hostile forms
+# Small files that make a naive reader allocate hundreds of MiB, and cut files that a
+# lenient decoder turns into an image. Each is a real file pydicom reads.
+
+BOMB_SIDE = 16384  # 16384 x 16384 x 1 byte = 256 MiB
+
+
+def with_sof_size(frame: bytes, rows: int, cols: int, components: int | None = None) -> bytes:
+    """A JPEG frame whose frame header (SOF0) declares another size (and component count)."""
+    at = frame.index(b"\xff\xc0") + 5  # past marker, length and precision
+    patched = bytearray(frame)
+    patched[at : at + 4] = struct.pack(">HH", rows, cols)
+    if components is not None:
+        patched[at + 4] = components
+    return bytes(patched)
+
+
+def jpeg_bomb(side: int = BOMB_SIDE, header: tuple[int, int] | None = None) -> bytes:
+    """~1.2 KB: a JPEG Baseline file whose one frame declares ``side`` x ``side`` pixels.
+
+    The scan holds a 16x16 image; libjpeg allocates the declared size and fills the rest.
+    The DICOM header says the same size, or ``header`` (a frame that lies about itself).
+    """
+    small = smooth_image((16, 16))
+    rows, cols = header or (side, side)
+    frame = with_sof_size(jpeg_frame(small, quality=50), side, side)
+    return jpeg_baseline(small, frame=frame, Rows=rows, Columns=cols)
+
+
+def rle_bomb(side: int = BOMB_SIDE) -> bytes:
+    """~1 KB: an RLE Lossless file of a small image whose header says ``side`` x ``side``."""
+    ds = read_back(compressed(smooth_image((16, 16)), RLELossless))
+    ds.Rows = ds.Columns = side
+    return to_bytes(ds)
+
+
+def deflate_bomb(pixel_bytes: int = BOMB_SIDE**2, shape: tuple[int, int] | None = None) -> bytes:
+    """A deflated file whose Pixel Data is ``pixel_bytes`` zero bytes (~1000:1: 256 MiB
+    of zeros are 260 KB). The header declares ``shape`` (default: a square that holds the
+    pixels), so a small ``shape`` makes a file whose pixel data is far larger than its
+    image. Written as a stream, without ever holding the inflated bytes.
+    """
+    side = int(pixel_bytes**0.5)
+    rows, cols = shape or (side, side)
+    ds = dataset(smooth_image((8, 8)), transfer_syntax=DeflatedExplicitVRLittleEndian)
+    ds.Rows, ds.Columns = rows, cols
+    del ds.PixelData
+    head = to_bytes(ds)
+    (group_length,) = struct.unpack("<I", head[140:144])
+    meta_end = 144 + group_length
+    body = zlib.decompress(head[meta_end:], -zlib.MAX_WBITS)
+    element = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, pixel_bytes)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [head[:meta_end], packer.compress(body + element), packer.flush(zlib.Z_FULL_FLUSH)]
+    # After a full flush a deflate block refers to nothing before it: the block of 4 MiB
+    # of zeros is compressed once and repeated (seconds less than compressing 256 MiB).
+    full, rest = divmod(pixel_bytes, 2**22)
+    if full:
+        block = packer.compress(bytes(2**22)) + packer.flush(zlib.Z_FULL_FLUSH)
+        parts += [block] * full
+    parts += [packer.compress(bytes(rest)), packer.flush()]
+    return b"".join(parts)
+
+
+def truncated_jpeg_frame(pixels: np.ndarray, keep: float = 1 / 3) -> bytes:
+    """A JPEG frame cut to ``keep`` of its scan data and closed with an EOI marker (FFD9):
+    libjpeg decodes it with a warning only, the rest of the image grey."""
+    frame = jpeg_frame(pixels)
+    sos = frame.index(b"\xff\xda")
+    scan = sos + 2 + struct.unpack(">H", frame[sos + 2 : sos + 4])[0]
+    data = frame[scan:-2]
+    return frame[:scan] + data[: int(len(data) * keep)] + b"\xff\xd9"
 
 
 def modality_lut_tags(slope: float, intercept: float) -> dict[str, Any]:

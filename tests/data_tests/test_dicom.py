@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -76,31 +80,45 @@ def test_8bit_jpeg_baseline_is_byte_identical_to_opencv():
     np.testing.assert_array_equal(dicom.read_image(data), expected)
 
 
+def _fast_path(data: bytes) -> np.ndarray | None:
+    """What the JPEG Baseline fast path makes of a file (None: it hands over to pydicom)."""
+    ds = fac.read_back(data)
+    uid = pydicom.uid.UID(dicom.JPEG_BASELINE)
+    frame = dicom._checked_frame(ds, uid, ds.Rows, ds.Columns, dicom.PIXEL_BUDGET)
+    return dicom._decode_jpeg_baseline(*frame)
+
+
 def test_fast_path_matches_pydicoms_decoder():
     img = fac.smooth_image((256, 256), seed=9)
     data = fac.jpeg_baseline(img, quality=90)
-    ds = fac.read_back(data)
-    fast = dicom._decode_jpeg_baseline(ds, 256, 256)
-    assert fast is not None, "the OpenCV fast path was not taken"
+    fast = _fast_path(data)
+    assert fast is not None, "the libjpeg-turbo fast path was not taken"
     np.testing.assert_array_equal(dicom.read_image(data), fast)
-    assert _diff(fast, ds.pixel_array).max() <= 2
+    assert _diff(fast, fac.read_back(data).pixel_array).max() <= 2
 
 
 @pytest.mark.parametrize(("fragments", "has_bot"), [(1, True), (1, False), (3, True), (3, False)])
 def test_fast_path_reads_fragmented_frames_with_or_without_offset_table(fragments, has_bot):
-    data = fac.jpeg_baseline(IMG8, fragments=fragments, has_bot=has_bot)
-    fast = dicom._decode_jpeg_baseline(fac.read_back(data), *IMG8.shape)
+    fast = _fast_path(fac.jpeg_baseline(IMG8, fragments=fragments, has_bot=has_bot))
     assert fast is not None
     np.testing.assert_array_equal(fast, dicom.read_image(fac.jpeg_baseline(IMG8)))
 
 
-def test_frame_opencv_declines_falls_back_to_pydicom():
-    # Without its end-of-image marker OpenCV might grey-fill a cut-off frame silently, so
-    # the fast path declines; pydicom's decoder is used instead and, here, recovers it.
+def test_complete_frame_without_its_end_marker_is_read_by_the_fast_path():
+    # Only the EOI marker (FFD9) is missing: the scan is whole, so the image is too.
     frame = fac.jpeg_frame(IMG8)[:-2]
-    data = fac.jpeg_baseline(IMG8, frame=frame)
-    assert dicom._decode_jpeg_baseline(fac.read_back(data), *IMG8.shape) is None
-    assert _diff(dicom.read_image(data), IMG8).max() <= 6
+    fast = _fast_path(fac.jpeg_baseline(IMG8, frame=frame))
+    np.testing.assert_array_equal(fast, dicom.read_image(JPEG_SIIM))
+
+
+def test_frames_the_fast_path_does_not_take_go_to_pydicom():
+    # Four components (CMYK / YCCK): not a frame the 8-bit fast path decodes.
+    cmyk = fac.jpeg_frame(IMG8)
+    header = cmyk.index(b"\xff\xc0")
+    cmyk = cmyk[: header + 9] + b"\x04" + cmyk[header + 10 :]
+    assert _fast_path(fac.jpeg_baseline(IMG8, frame=cmyk)) is None
+    with pytest.raises(dicom.DicomError, match="JPEG Baseline"):
+        dicom.read_image(fac.jpeg_baseline(IMG8, frame=cmyk))
 
 
 def test_sources_bytes_str_and_path_agree(tmp_path):
@@ -345,7 +363,10 @@ def test_image_id_argument_wins_over_sop_instance_uid():
         ("58", 58, "ok"),  # SIIM's plain number
         ("058Y", 58, "ok"),  # DICOM AS form
         ("7", 7, "ok"),
-        ("120", 120, "ok"),
+        ("089Y", 89, "ok"),
+        ("90", 90, "ok"),  # 90 and over are one group, stored as 90 (HIPAA Safe Harbor)
+        ("097Y", 90, "ok"),
+        ("120", 90, "ok"),
         ("006M", 0, "ok"),  # months / weeks / days count as whole years
         ("030M", 2, "ok"),
         ("010W", 0, "ok"),
@@ -469,3 +490,315 @@ def test_damaged_files_give_an_image_or_a_dicom_error(seed):
                 continue
             assert image.dtype == np.uint8
             assert image.shape == (meta.height, meta.width)
+
+
+# --------------------------------------------------------------------------- hostile files
+# Bombs: small files that declare (or inflate to) hundreds of MiB. Each is refused, with
+# its reason, before a decoder or zlib allocates the pixels (peak memory: see
+# test_bombs_keep_peak_memory_small, which measures it in a fresh process).
+
+BOMB_REASON = (
+    "image over the pixel budget (16384x16384x1 x 1 bytes = 256 MiB > 64 MiB; "
+    "raise --pixel-budget-mb to accept it)"
+)
+
+
+@pytest.fixture(scope="module")
+def bombs() -> dict[str, bytes]:
+    return {
+        "jpeg": fac.jpeg_bomb(),
+        "rle": fac.rle_bomb(),
+        "deflated": fac.deflate_bomb(),
+    }
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "rle", "deflated"])
+def test_bombs_are_refused_before_decoding(bombs, kind):
+    data = bombs[kind]
+    assert len(data) < 300_000  # 1.2 KB, 1 KB and 260 KB
+    for read in (dicom.read_meta, dicom.read_image, dicom.read):
+        with pytest.raises(dicom.DicomError) as info:
+            read(data)
+        assert str(info.value) == BOMB_REASON
+
+
+def test_jpeg_frame_that_claims_more_than_its_header_is_refused_undecoded():
+    data = fac.jpeg_bomb(header=(60, 84))
+    assert dicom.read_meta(data).height == 60  # the header alone is fine
+    with pytest.raises(dicom.DicomError) as info:
+        dicom.read_image(data)
+    assert str(info.value) == "JPEG frame size differs from the header (16384x16384 vs 60x84)"
+
+
+def test_frame_components_count_against_the_budget():
+    frame = fac.with_sof_size(fac.jpeg_frame(IMG8), 60, 84, components=255)
+    data = fac.jpeg_baseline(IMG8, frame=frame)
+    with pytest.raises(dicom.DicomError, match=r"over the pixel budget \(60x84x255 x 1 bytes"):
+        dicom.read_image(data, pixel_budget=60 * 84 * 3)
+
+
+def test_jpeg_2000_and_jpeg_ls_frames_are_checked_too():
+    for uid in (fac.LOSSLESS["j2k-lossless"], fac.LOSSLESS["jpeg-ls"]):
+        ds = fac.read_back(fac.compressed(IMG8, uid))
+        ds.Rows = 30  # the codestream still says 60 rows
+        with pytest.raises(dicom.DicomError, match=r"frame size differs from the header \(60x84"):
+            dicom.read_image(fac.to_bytes(ds))
+
+
+def test_deflated_pixel_data_far_larger_than_its_image_is_refused():
+    data = fac.deflate_bomb(2**28, shape=(60, 84))  # 256 MiB of pixel data, 5 KB of image
+    assert dicom.read_meta(data).height == 60  # the header pass inflates the header only
+    with pytest.raises(dicom.DicomError, match="deflated data set larger than its image"):
+        dicom.read_image(data)
+
+
+def test_pixel_budget_is_a_keyword_that_can_be_raised():
+    exact = IMG8.size  # 60x84 8-bit
+    np.testing.assert_array_equal(dicom.read_image(NATIVE_SIIM, pixel_budget=exact), IMG8)
+    with pytest.raises(dicom.DicomError, match="image over the pixel budget"):
+        dicom.read_image(NATIVE_SIIM, pixel_budget=exact - 1)
+    # A larger budget lets the header through (nothing is decoded here).
+    assert dicom.read_meta(fac.jpeg_bomb(), pixel_budget=2**28).height == fac.BOMB_SIDE
+
+
+def test_file_larger_than_the_budget_allows_is_not_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(dicom, "NON_PIXEL_ALLOWANCE", 0)
+    path = tmp_path / "x.dcm"
+    path.write_bytes(NATIVE_SIIM)
+    for source in (path, NATIVE_SIIM):
+        with pytest.raises(dicom.DicomError, match="file over the pixel budget") as info:
+            dicom.read_meta(source, pixel_budget=len(NATIVE_SIIM) - 1)
+        assert "raise --pixel-budget-mb" in str(info.value)
+
+
+def test_a_budget_of_the_wrong_type_is_the_callers_mistake():
+    for budget in ("64", 1.5, True, None):
+        with pytest.raises(TypeError, match="pixel_budget must be an int"):
+            dicom.read_image(NATIVE_SIIM, pixel_budget=budget)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="positive") as info:
+        dicom.read_meta(NATIVE_SIIM, pixel_budget=0)
+    assert not isinstance(info.value, dicom.DicomError)
+
+
+def test_cli_default_budget_is_the_readers():
+    from pneumotune.data.commands import PIXEL_BUDGET_MB
+
+    assert PIXEL_BUDGET_MB * 2**20 == dicom.PIXEL_BUDGET
+    assert dicom.PIXEL_BUDGET >= 64 * 1024 * 1024  # SIIM's 1024x1024x1 many times over
+
+
+def test_pixel_budget_option_of_convert_predict_and_score(capsys):
+    from pneumotune import cli, cli_args
+    from pneumotune.data.convert import ConvertConfig
+
+    parser = cli.build_parser()
+    for argv in (["convert", "src", "out"], ["predict", "model", "dicoms"], ["score", "s", "t"]):
+        assert parser.parse_args(argv).pixel_budget == dicom.PIXEL_BUDGET
+        assert parser.parse_args([*argv, "--pixel-budget-mb", "0.5"]).pixel_budget == 2**19
+        for bad in ("0", "-1", "nan", "lots"):
+            with pytest.raises(SystemExit):
+                parser.parse_args([*argv, "--pixel-budget-mb", bad])
+    assert "--pixel-budget-mb MIB" in capsys.readouterr().err
+    args = parser.parse_args(["convert", "src", "out", "--pixel-budget-mb", "256"])
+    cfg = cli_args.config_from(args, ConvertConfig, n_folds="folds")
+    assert cfg.pixel_budget == 256 * 2**20
+
+
+def test_score_with_dicoms_uses_the_budget(tmp_path):
+    # `pneumotune score --dicoms`: masks are decoded at each header's size, so a header
+    # over the budget is not used (16384x16384 would be 256 MiB per mask).
+    from pneumotune.model.predict import dicom_shapes, score_submission
+
+    (tmp_path / "ok.dcm").write_bytes(NATIVE_SIIM)
+    (tmp_path / "bomb.dcm").write_bytes(fac.jpeg_bomb())
+    assert dicom_shapes(tmp_path) == {"ok": (60, 84)}
+    assert dicom_shapes(tmp_path, pixel_budget=2**28)["bomb"] == (16384, 16384)
+    truth = tmp_path / "truth.csv"
+    truth.write_text("ImageId,EncodedPixels\nok,1 10\nbomb,1 10\n")
+    result = score_submission(truth, truth, dicom_dir=tmp_path, pixel_budget=IMG8.size)
+    assert result.score == 1.0 and result.images == 2
+
+
+_PEAK_SCRIPT = """
+import resource, sys, warnings
+warnings.simplefilter("ignore")
+from pneumotune.data import dicom
+
+def peak():  # bytes; Linux reports ru_maxrss in KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+for path in sys.argv[1].split(","):  # warm up: every codec loaded, its buffers made
+    dicom.read_image(path)
+base = peak()
+for path in sys.argv[2].split(","):
+    try:
+        dicom.read_meta(path)  # some headers are fine: the frame or the data set lies
+    except dicom.DicomError:
+        pass
+    try:
+        dicom.read_image(path)
+    except dicom.DicomError:
+        print(path, peak() - base, flush=True)
+    else:
+        sys.exit(f"{path} was decoded")
+"""
+
+
+def test_bombs_keep_peak_memory_small(tmp_path, bombs):
+    # In a fresh process: ru_maxrss is the peak resident size since it started, so what
+    # it gains while the bombs are read is the most any of them allocated at once.
+    # Unchecked, each would take 256 MiB or more (the deflated one with a small header:
+    # 256 MiB inflated by pydicom before any check).
+    warm = {
+        "jpeg": JPEG_SIIM,
+        "rle": LOSSLESS_8BIT["rle"],
+        "deflated": LOSSLESS_8BIT["deflated"],
+        "jpeg-ls": LOSSLESS_8BIT["jpeg-ls"],
+    }
+    hostile = {
+        **bombs,
+        "jpeg-lying": fac.jpeg_bomb(header=(60, 84)),
+        "deflated-small-header": fac.deflate_bomb(2**28, shape=(60, 84)),
+    }
+    paths = {}
+    for name, data in [*warm.items(), *(("bomb-" + k, v) for k, v in hostile.items())]:
+        paths[name] = tmp_path / f"{name}.dcm"
+        paths[name].write_bytes(data)
+    warm_paths = ",".join(str(paths[k]) for k in warm)
+    bomb_paths = ",".join(str(paths["bomb-" + k]) for k in hostile)
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, warm_paths, bomb_paths],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line.split() for line in done.stdout.splitlines()]
+    growth = {Path(path).stem: int(grown) for path, grown in lines}
+    assert set(growth) == {"bomb-" + k for k in hostile}
+    # The deflated file with a small header is inflated up to its 16 MiB allowance.
+    assert max(growth.values()) < 48 * 2**20, growth
+
+
+def test_truncated_jpeg_frame_is_refused():
+    # A third of the scan, closed with EOI: libjpeg fills the rest with grey, warns on
+    # stderr, and OpenCV returned the image.
+    img = fac.smooth_image((256, 256), seed=4)
+    data = fac.jpeg_baseline(img, frame=fac.truncated_jpeg_frame(img))
+    with pytest.raises(dicom.DicomError) as info:
+        dicom.read_image(data)
+    assert str(info.value) == (
+        "cannot decode JPEG Baseline (Process 1) pixel data: the JPEG data is truncated or "
+        "corrupt (Corrupt JPEG data: premature end of data segment)"
+    )
+    assert dicom.read_meta(data).height == 256  # the header is fine: a decode-stage row
+
+
+def test_truncated_frames_are_refused_on_the_pydicom_paths_too():
+    img = fac.smooth_image((128, 128), seed=5)
+    # JPEG Extended with an 8-bit frame: decoded by pydicom's plugins, which accept a cut
+    # scan; libjpeg-turbo reads it first.
+    for frame in (fac.jpeg_frame(img), fac.truncated_jpeg_frame(img)):
+        ds = fac.read_back(fac.jpeg_baseline(img, frame=frame))
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGExtended12Bit
+        data = fac.to_bytes(ds)
+        if frame == fac.jpeg_frame(img):
+            assert _diff(dicom.read_image(data), img).max() <= 6
+        else:
+            with pytest.raises(dicom.DicomError, match="truncated or corrupt"):
+                dicom.read_image(data)
+    # JPEG-LS cut and closed with EOI: pylibjpeg decodes it to garbage, CharLS refuses it.
+    ds = fac.read_back(fac.compressed(img, fac.LOSSLESS["jpeg-ls"]))
+    frame = encaps.get_frame(ds.PixelData, 0, number_of_frames=1)
+    ds.PixelData = encaps.encapsulate([frame[: len(frame) // 3] + b"\xff\xd9"])
+    with pytest.raises(dicom.DicomError, match="cannot decode JPEG-LS"):
+        dicom.read_image(fac.to_bytes(ds))
+
+
+def test_siim_sized_files_written_by_synth_decode(tmp_path):
+    # data.synth writes SIIM's form at SIIM's size with OpenCV: the strict decoder must
+    # take its frames as OpenCV does (byte for byte).
+    from pneumotune.data.synth import SynthConfig, write_dataset
+
+    write_dataset(tmp_path / "raw", SynthConfig(n_images=2, size=1024, seed=3), workers=1)
+    paths = dicom.find_dicoms(tmp_path / "raw")
+    assert len(paths) == 2
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        frame = encaps.get_frame(ds.PixelData, 0, number_of_frames=1)
+        expected = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(dicom.read_image(path), expected)
+
+
+def test_large_deflated_file_converts_from_a_header_prefix(tmp_path, monkeypatch):
+    # Over 64 KiB deflated: the header pass reads a prefix of the file and inflates what
+    # it can; a cut anywhere gives the same header as the whole file.
+    noise = np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8)
+    data = fac.deflated(noise)
+    assert len(data) > 4 * dicom.HEADER_PREFIX
+    path = tmp_path / "big.dcm"
+    path.write_bytes(data)
+    whole = dicom.read_meta(data)
+    assert (whole.height, whole.width) == (512, 512)
+    assert dicom.read_meta(path) == whole
+    np.testing.assert_array_equal(dicom.read_image(path), noise)
+    for prefix in (1, 131, 200, 300, 400, 600, 1000, 2000, 4096, 30_000):
+        monkeypatch.setattr(dicom, "HEADER_PREFIX", prefix)
+        assert dicom.read_meta(path) == whole, prefix
+
+
+def test_deflated_files_cut_or_corrupt_are_refused():
+    data = LOSSLESS_8BIT["deflated"]
+    for cut in (data[: len(data) - 10], data[: len(data) // 2]):
+        with pytest.raises(dicom.DicomError, match="truncated file"):
+            dicom.read_image(cut)
+    start = data.index(b"1.2.840.10008.1.2.1.99") + 40
+    corrupt = data[:start] + bytes(b ^ 0xFF for b in data[start : start + 40]) + data[start + 40 :]
+    with pytest.raises(dicom.DicomError):
+        dicom.read_image(corrupt)
+
+
+def test_deflated_file_not_recognised_as_such_is_refused_not_inflated():
+    # A 70 KB file meta puts the transfer syntax past where the reader looks for it:
+    # pydicom would then inflate the data set itself, unbounded. It is refused instead.
+    ds = fac.dataset(IMG8, transfer_syntax=pydicom.uid.DeflatedExplicitVRLittleEndian)
+    ds.file_meta.FileMetaInformationVersion = bytes(70_000)
+    data = fac.to_bytes(ds)
+    for read in (dicom.read_meta, dicom.read_image):
+        with pytest.raises(dicom.DicomError, match="deflated data set whose file meta"):
+            read(data)
+
+
+# --------------------------------------------------------------------------- header text
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # pydicom, writing the file
+def test_header_values_keep_printable_characters_only():
+    data = fac.native(
+        IMG8,
+        ViewPosition="P\x1b[2JA",
+        Modality="C\x07R",
+        BodyPartExamined="CHEST\x00\x7f",
+        SOPInstanceUID="1.2.3\x1b]0;owned\x07",
+    )
+    meta = dicom.read_meta(data)
+    assert meta.view_position == "P[2JA"
+    assert meta.modality == "CR"
+    assert meta.body_part == "CHEST"
+    assert meta.image_id == "1.2.3]0;owned"
+    for value in dataclasses.astuple(meta):
+        assert not isinstance(value, str) or value.isprintable()
+
+
+def test_mathtext_in_a_header_value_is_kept_as_text():
+    meta = dicom.read_meta(fac.native(IMG8, ViewPosition="$\\undefinedcmd$"))
+    assert meta.view_position == "$\\undefinedcmd$"  # plotted as text by data.eda_plots
+
+
+def test_reasons_hold_no_control_characters():
+    data = fac.native(IMG8, photometric="MONO\x1b[31mCHROME9\r\n")
+    with pytest.raises(dicom.DicomError) as info:
+        dicom.read_image(data)
+    assert "unsupported photometric interpretation MONO[31MCHROME9" in str(info.value)
+    assert str(info.value).isprintable()
+    assert str(dicom.DicomError("a\x1b[2J\nb\u202ec")) == "a[2J bc"

@@ -1,14 +1,21 @@
-"""The EDA report on a small real dataset: factory DICOMs -> data.convert (real Ray) -> report.
+"""The EDA report on a small real dataset: factory DICOMs -> `pneumotune convert` (real Ray)
+-> report.
 
 The dataset has positives (one and two regions), negatives, one unlabelled image, an
-invalid and a missing age, a missing sex, patients with two images, two files that are
-not readable (a text file, a DICOM whose JPEG frame is garbage) and one malformed label
-row, so that every section has something to draw and the error ledger has every stage.
+invalid and a missing age, an age over 89, a missing sex, patients with two images, two
+files that are not readable (a text file, a DICOM whose JPEG frame is garbage) and one
+malformed label row, so that every section has something to draw and the error ledger
+has every stage. And hostile input: header text that matplotlib would read as mathtext
+or a terminal as escape sequences, decompression bombs, a truncated JPEG frame, and a
+valid deflated file over 64 KiB; every bad file is one ledger row, never a traceback.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import csv
+import io
 import re
 from pathlib import Path
 
@@ -18,14 +25,29 @@ import pandas as pd
 import pytest
 
 from pneumotune import cli
+from pneumotune.data import convert as convert_module
 from pneumotune.data import dataset, eda_plots, report, rle
 from pneumotune.data.convert import ConvertConfig, convert
+from pneumotune.errors import ConfigError
 from pneumotune.reports import figures
 from pneumotune.reports.page import Section, write_report
 from tests.data_tests import dicom_factory as fac
 
 N_IMAGES = 14
 SIDE = 128
+MATHTEXT_VIEW = "$\\undefinedcmd$"  # matplotlib's mathtext parser fails on it
+ESCAPE_VIEW = "P\x1b[2JA"  # ESC [2J clears a terminal
+DEFLATED_UID = "1.2.276.0.7230010.3.1.4.8323329.4200.1517875165.878200"
+# (file name, what its errors.csv reason says), all refused under --pixel-budget-mb 32
+HOSTILE = {
+    "jpeg-bomb.dcm": "image over the pixel budget (16384x16384x1 x 1 bytes = 256 MiB > 32 MiB",
+    "rle-bomb.dcm": "image over the pixel budget (16384x16384x1 x 1 bytes",
+    "deflate-bomb.dcm": "image over the pixel budget (16384x16384x1 x 1 bytes",
+    "deflate-bomb-small-header.dcm": "deflated data set larger than its image",
+    "jpeg-lying.dcm": "JPEG frame size differs from the header (16384x16384 vs 60x84)",
+    "truncated.dcm": "the JPEG data is truncated or corrupt (Corrupt JPEG data: premature end",
+    "escape.dcm": "unsupported photometric interpretation MONO[31MCHROME3",
+}
 
 
 def _uid(i: int) -> str:
@@ -62,8 +84,8 @@ def _write_source(src: Path) -> None:
             "PatientID": _patient_id(i),
             "PatientName": _patient_name(i),
             "PatientSex": None if i == 5 else "MF"[i % 2],
-            "PatientAge": {4: "150", 7: None}.get(i, str(20 + 4 * i)),
-            "ViewPosition": "AP" if i % 4 == 0 else "PA",
+            "PatientAge": {4: "150", 7: None, 10: "097Y"}.get(i, str(20 + 4 * i)),
+            "ViewPosition": {2: MATHTEXT_VIEW, 6: ESCAPE_VIEW}.get(i, "AP" if i % 4 == 0 else "PA"),
             "SOPInstanceUID": _uid(i),
         }
         folder = train / f"1.2.3.{i}" / f"1.2.3.{i}.1"
@@ -86,15 +108,48 @@ def _write_source(src: Path) -> None:
         SOPInstanceUID=_uid(90),
     )
     (bad / f"{_uid(90)}.dcm").write_bytes(garbage_frame)
+    _write_hostile(train / "hostile")
+    # A valid deflated file well over the 64 KiB header prefix: converted, labelled negative.
+    noise = np.random.default_rng(0).integers(0, 256, (2 * SIDE, 4 * SIDE), dtype=np.uint8)
+    deflated = fac.deflated(noise, PatientID=_patient_id(0), SOPInstanceUID=DEFLATED_UID)
+    assert len(deflated) > 2 * 64 * 1024
+    (train / f"{DEFLATED_UID}.dcm").write_bytes(deflated)
+    rows.append(f"{DEFLATED_UID}, -1")
     (src / "train-rle.csv").write_text("\n".join(rows) + "\n")
 
 
+def _write_hostile(folder: Path) -> None:
+    folder.mkdir()
+    small = fac.smooth_image((60, 84))
+    files = {
+        "jpeg-bomb.dcm": fac.jpeg_bomb(),
+        "rle-bomb.dcm": fac.rle_bomb(),
+        "deflate-bomb.dcm": fac.deflate_bomb(),
+        "deflate-bomb-small-header.dcm": fac.deflate_bomb(2**28, shape=(60, 84)),
+        "jpeg-lying.dcm": fac.jpeg_bomb(header=(60, 84)),
+        "truncated.dcm": fac.jpeg_baseline(small, frame=fac.truncated_jpeg_frame(small)),
+        "escape.dcm": fac.native(small, photometric="MONO\x1b[31mCHROME3\x07"),
+    }
+    assert set(files) == set(HOSTILE)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+
+
 @pytest.fixture(scope="module")
-def converted(ray_local, tmp_path_factory) -> Path:
+def conversion(ray_local, tmp_path_factory) -> tuple[Path, str]:
+    """The dataset written by `pneumotune convert`, and what the command printed."""
     root = tmp_path_factory.mktemp("report")
     _write_source(root / "src")
-    convert(ConvertConfig(root / "src", root / "ds", sizes=(64,)), progress=False)
-    return root / "ds"
+    args = ["convert", str(root / "src"), str(root / "ds"), "--sizes", "64"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main([*args, "--pixel-budget-mb", "32"]) == 0
+    return root / "ds", printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def converted(conversion) -> Path:
+    return conversion[0]
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +243,9 @@ def test_no_patient_or_image_identifier_anywhere(page, inputs):
 
 def test_counts_and_data_quality_are_reported(page):
     overview = _section_html(page, "overview")
-    assert re.search(r"files_seen</td><td class=\"num\">16<", overview)
-    assert re.search(r"converted</td><td class=\"num\">14<", overview)
+    files = N_IMAGES + 2 + len(HOSTILE) + 1  # + text, garbage frame, hostile, deflated
+    assert re.search(rf"files_seen</td><td class=\"num\">{files}<", overview)
+    assert re.search(rf"converted</td><td class=\"num\">{N_IMAGES + 1}<", overview)
     quality = _section_html(page, "quality")
     assert re.search(r"unlabelled images</td><td class=\"num\">1<", quality)
     assert re.search(r"age invalid[^<]*</td><td class=\"num\">1<", quality)
@@ -334,3 +390,83 @@ def test_cli_report_on_a_folder_that_is_not_a_dataset(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not a pneumotune dataset" in err and "manifest.json" in err
     assert "pneumotune convert" in err
+
+
+# --------------------------------------------------------------------------- hostile input
+def _ledger(converted: Path) -> list[dict[str, str]]:
+    with (converted / dataset.ERRORS).open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_every_hostile_file_is_one_ledger_row(converted):
+    rows = _ledger(converted)
+    by_file = {Path(r["path"]).name: r for r in rows}
+    for name, reason in HOSTILE.items():
+        assert sum(Path(r["path"]).name == name for r in rows) == 1, name
+        assert reason in by_file[name]["reason"], (name, by_file[name]["reason"])
+    # Over the budget by the header alone: refused by the header pass, never loaded by
+    # the pixel pass; the others are refused by the decoder, before it allocates.
+    for name in ("jpeg-bomb.dcm", "rle-bomb.dcm", "deflate-bomb.dcm"):
+        assert by_file[name]["stage"] == "read"
+    for name in ("deflate-bomb-small-header.dcm", "jpeg-lying.dcm", "truncated.dcm"):
+        assert by_file[name]["stage"] == "decode"
+    assert f"{DEFLATED_UID}.dcm" not in by_file  # the valid deflated file over 64 KiB
+    for row in rows:
+        assert all(value.isprintable() for value in row.values()), row
+
+
+def test_convert_summary_holds_no_control_characters(conversion):
+    _, printed = conversion
+    assert "Converted 15 of 24 DICOM files" in printed
+    assert "image over the pixel budget" in printed  # among the top reasons
+    assert all(line.isprintable() for line in printed.splitlines()), printed
+
+
+def test_header_text_is_plotted_as_text(inputs):
+    _, meta, pixels, _ = inputs
+    assert MATHTEXT_VIEW in set(meta["view_position"])
+    assert "P[2JA" in set(meta["view_position"])  # the escape character is gone
+    fig = eda_plots.fig_view_position(meta)
+    labels = {t.get_text() for t in fig.axes[0].get_xticklabels()}
+    assert eda_plots.plain(MATHTEXT_VIEW) in labels
+    assert figures.png_bytes(fig)  # mathtext would fail here, when drawn
+    row = int(np.flatnonzero(meta["view_position"] == MATHTEXT_VIEW)[0])
+    assert figures.png_bytes(eda_plots.fig_samples(pixels, meta, [row]))
+    errors = pd.DataFrame(
+        {"stage": ["decode"], "short": ["bad tag $\\undefinedcmd$ (x)"], "reason": [""]}
+    )
+    assert figures.png_bytes(eda_plots.fig_errors(errors))
+
+
+def test_plain_escapes_mathtext_and_drops_control_characters():
+    assert eda_plots.plain("$\\alpha$") == "\\$\\alpha\\$"
+    assert eda_plots.plain("P\x1b[2JA\x07") == "P[2JA"
+    assert eda_plots.plain("PA") == "PA"
+
+
+def test_ages_over_89_are_one_group(inputs, page):
+    _, meta, _, _ = inputs
+    assert meta["age"].max() == 90  # "097Y", stored as 90: "90 or over"
+    row = meta.loc[meta["age"] == 90].iloc[0]
+    assert eda_plots.age_text(row) == "90+ y"
+    fig = eda_plots.fig_age(meta)
+    assert "90+" in {t.get_text() for t in fig.axes[0].get_xticklabels()}
+    assert "Ages of 90 and over are one group (90+)" in _section_html(page, "age")
+    old = meta.assign(age=meta["age"].where(meta["age"] != 90, 97))  # an older dataset
+    assert "90+" in {t.get_text() for t in eda_plots.fig_age(old).axes[0].get_xticklabels()}
+
+
+def test_a_short_pseudonym_key_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.dcm").write_bytes(fac.jpeg_baseline(fac.smooth_image((60, 84))))
+    monkeypatch.setenv("PNEUMOTUNE_PSEUDONYM_KEY", "hunter2")
+    assert cli.main(["convert", str(src), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "PNEUMOTUNE_PSEUDONYM_KEY is 7 bytes long, fewer than 16" in err
+    assert "token_hex" in err  # how to make a good one
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError):
+        convert(ConvertConfig(src, tmp_path / "out2"))
+    monkeypatch.setenv("PNEUMOTUNE_PSEUDONYM_KEY", "0123456789abcdef")  # 16 bytes: taken
+    assert convert_module._pseudonym_key() == b"0123456789abcdef"

@@ -121,3 +121,46 @@ def test_runs_past_the_image_raise(text, dialect):
 def test_unknown_dialect_is_a_value_error():
     with pytest.raises(ValueError, match="unknown RLE dialect"):
         rle.decode("0 1", (2, 2), "absolute")  # type: ignore[arg-type]
+
+
+# Hostile numbers: each once gave an OverflowError or StopIteration traceback, or (the
+# last ones) passed the bounds check after wrapping around in int64 and painted pixels.
+HOSTILE = [
+    ("11111111111111111111 2", "relative", r"RLE number too large \(20 digits"),
+    ("1" * 5000 + " 2", "relative", r"too large \(5000 digits: '1{24}'\.\.\. \(5,000 characters"),
+    ("1 " + "9" * 5000, "standard", r"too large \(5000 digits"),
+    ("\u00b2 1", "relative", "non-integer RLE value '\u00b2'"),  # "²": str.isdigit() is True
+    ("\u0661\u0662 3", "relative", "non-integer RLE value"),  # Arabic-Indic 12: int() takes it
+    ("\uff11 1", "relative", "non-integer RLE value"),  # full-width 1
+    ("+1 2", "relative", "non-integer RLE value '\\+1'"),
+    ("1\x002 3", "relative", r"non-integer RLE value '1\\x002'"),
+    ("=1+2", "relative", "non-integer RLE value '=1\\+2'"),
+    (f"{2**63 - 1} 2", "relative", r"too large \(19 digits"),
+    # 2**63-1 twice wraps the running end to 0 in int64, so the third run started at 5.
+    (f"{2**63 - 1} 1 {2**63 - 1} 1 5 1", "relative", "too large"),
+    (f"{rle.MAX_PIXELS + 1} 1", "standard", "too large"),
+    # Every value fits, their sum does not: the run would end past any DICOM image.
+    (" ".join([str(rle.MAX_PIXELS)] * 4), "relative", "past the end of any image"),
+    ("-" + "1" * 100 + " 1", "relative", r"negative RLE value '-1{23}'\.\.\. \(101 characters"),
+]
+
+
+@pytest.mark.parametrize(("text", "dialect", "fragment"), HOSTILE)
+def test_hostile_numbers_are_one_line_rle_errors(text, dialect, fragment):
+    with pytest.raises(rle.RLEError, match=fragment) as info:
+        rle.decode(text, (8, 8), dialect)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 200
+
+
+def test_leading_zeros_do_not_count_as_digits():
+    np.testing.assert_array_equal(
+        rle.decode("0" * 30 + "3 1", (2, 2)), np.array([[0, 0], [0, 1]], np.uint8)
+    )
+
+
+def test_largest_values_still_parse_and_are_checked_against_the_image():
+    starts, lengths = rle.parse_runs(f"{rle.MAX_PIXELS - 1} 1")
+    assert (int(starts[0]), int(lengths[0])) == (rle.MAX_PIXELS - 1, 1)
+    with pytest.raises(rle.RLEError, match="runs past the end of a 8x8 image"):
+        rle.check_bounds(starts, lengths, (8, 8))

@@ -204,3 +204,46 @@ def test_not_a_model_dir_says_what_is_missing(tmp_path, exported):
         load_model(tmp_path)
     with pytest.raises(ValueError, match="uint8"):
         load_model(exported["dir"]).predict_probs(images().astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        # A card from another model: every image would be made at 4096 px (GiBs), then
+        # Keras would fail on them.
+        ({"img_size": 4096}, "the card says img_size 4096, but the model takes 32x32x1 inputs"),
+        ({"img_size": 10**6}, "img_size must be the model's input side in 16..8192 px"),
+        ({"img_size": "32"}, "img_size must be the model's input side"),
+        ({"img_size": True}, "img_size must be the model's input side"),
+        ({"triplet": {"threshold": "high", "min_area": 0}}, "triplet is not a post-processing"),
+        ({"triplet": {"threshold": 2.0, "min_area": 0}}, "threshold must be in [0, 1)"),
+        ({"triplet": None}, "triplet is not a post-processing triplet (not an object)"),
+        ({"files": []}, "files must be an object"),
+    ],
+)
+@pytest.mark.parametrize("use", ["keras", pytest.param("saved_model", marks=tf_only)])
+def test_a_card_that_is_not_its_models_is_refused(exported, tmp_path, change, said, use):
+    import shutil
+
+    copy = shutil.copytree(exported["dir"], tmp_path / "model")
+    card = json.loads((copy / CARD_FILE).read_text())
+    (copy / CARD_FILE).write_text(json.dumps({**card, **change}))
+    with pytest.raises(ModelDirError) as refused:
+        load_model(copy, use=use)
+    assert said in str(refused.value)
+
+
+def test_a_hostile_card_file_is_refused_in_one_line(exported, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(exported["dir"], tmp_path / "model")
+    for text, said in [
+        ("[" * 100_000 + "]" * 100_000, "is not a model card"),
+        ('{"img_size": ' + "9" * 5000 + "}", "is not a model card"),
+        (json.dumps(["a list"]), "a JSON object was expected"),
+        (" " * (17 << 20), "larger than a model card"),
+    ]:
+        (copy / CARD_FILE).write_text(text)
+        with pytest.raises(ModelDirError) as refused:
+            load_model(copy)
+        assert said in str(refused.value)

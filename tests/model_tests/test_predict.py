@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pneumotune.cli import main
 from pneumotune.data import rle
 from pneumotune.data.dicom import read
+from pneumotune.data.ledger import formula_risk
 from pneumotune.data.resize import resize_image, resize_probabilities
 from pneumotune.model.config import TrainConfig
 from pneumotune.model.export import ModelDirError, export_model, load_model
@@ -18,6 +20,7 @@ from pneumotune.model.postprocess import Triplet, apply_triplet
 from pneumotune.model.predict import (
     PredictInputError,
     find_dicoms,
+    is_dicom_uid,
     predict_folder,
     score_submission,
 )
@@ -93,7 +96,7 @@ def test_one_row_per_readable_image_and_the_corrupt_one_in_the_ledger(predicted)
         ("bad/1.2.826.0.1.9.dcm", "1.2.826.0.1.9")
     ]
     assert errors[0]["reason"]  # the reader's sentence
-    assert "could not be read" in predicted.describe()
+    assert "could not be read or are not named by a DICOM UID" in predicted.describe()
 
 
 def test_rle_decodes_to_the_thresholded_prediction_at_the_dicom_size(predicted, model_dir, dicoms):
@@ -189,11 +192,180 @@ def test_default_size_is_1024_and_dicom_sizes_are_used_when_given(tmp_path, dico
     truth = write(tmp_path / "t.csv", [(image_id, runs)])
     sub = write(tmp_path / "s.csv", [(image_id, runs)])
     assert score_submission(sub, truth).score == 1.0
-    with pytest.raises(PredictInputError, match="does not fit 60x84"):
+    # At the DICOM's own size neither mask fits: nothing left to score.
+    with pytest.raises(PredictInputError, match=r"could be scored.*runs past the end of a 60x84"):
         score_submission(sub, truth, dicom_dir=dicoms)
 
 
-def test_malformed_rows_are_refused(tmp_path, truth):
-    sub = write(tmp_path / "s.csv", [("pos_a", "0 4 7")])
-    with pytest.raises(PredictInputError, match="malformed RLE"):
-        score_submission(sub, truth)
+def test_malformed_rows_are_ledger_rows_and_the_rest_is_scored(tmp_path, truth):
+    sub = write(tmp_path / "s.csv", [("pos_a", "0 4 7"), ("pos_b", "0 2 2 4")])
+    result = score_submission(sub, truth, shapes=dict.fromkeys(["pos_a", "pos_b"], SHAPE))
+    # pos_a unreadable: 0, not the 1 an empty prediction of a negative would get
+    assert result.unreadable == 1 and result.unscored == 0
+    assert result.score == pytest.approx((0 + 1 + 1 + 1) / 4)  # the negatives missing: empty
+    reason = "malformed RLE: odd number of RLE values (3): expected start/length pairs"
+    assert result.problems == (("submission", 2, "pos_a", reason),)
+
+
+def test_score_command_puts_every_hostile_cell_in_its_ledger(tmp_path, truth, capsys):
+    """`pneumotune score` on hostile cells: exit 0, a ledger row each, counts reconcile."""
+    truth_rows = [*TRUTH, ("t_big", " 11111111111111111111 2"), ("t_sup", " \u00b2 1")]
+    truth = write(tmp_path / "truth.csv", truth_rows, header="ImageId, EncodedPixels")
+    sub = write(
+        tmp_path / "sub.csv",
+        [
+            ("pos_a", "0 4"),
+            ("pos_b", "1" * 5000 + " 2"),
+            ("neg_a", "\u0661\u0662 3"),
+            # wraps around in int64 to a run at pixel 5, which fits the 4x4 image
+            ("neg_b", f"{2**63 - 1} 1 {2**63 - 1} 1 5 1"),
+            ("t_big", "-1"),
+            ('=HYPERLINK("http://example.invalid")', "=1+2"),
+        ],
+    )
+    ledger_csv = tmp_path / "ledger.csv"
+    # No --dicoms: every image is decoded at 1024x1024, which these masks fit.
+    assert main(["score", str(sub), str(truth), "--errors", str(ledger_csv)]) == 0
+    out = capsys.readouterr().out
+
+    rows = read_csv(ledger_csv)
+    assert [(r["file"], r["line"], r["image_id"]) for r in rows] == [
+        ("truth", "7", "t_big"),
+        ("truth", "8", "t_sup"),
+        ("submission", "3", "pos_b"),
+        ("submission", "4", "neg_a"),
+        ("submission", "5", "neg_b"),
+        ("submission", "7", '\'=HYPERLINK("http://example.invalid")'),
+    ]
+    reasons = [r["reason"] for r in rows]
+    assert "RLE number too large (20 digits" in reasons[0]
+    assert "non-integer RLE value '\u00b2'" in reasons[1]
+    assert "RLE number too large (5000 digits" in reasons[2]
+    assert "non-integer RLE value '\u0661\u0662'" in reasons[3]
+    assert "RLE number too large (19 digits" in reasons[4]
+    assert "non-integer RLE value '=1+2'" in reasons[5]
+    assert not any(formula_risk(c) for r in rows for c in r.values())
+    # 6 truth images: 4 scored (pos_a 1; pos_b, neg_a, neg_b unreadable: 0) + 2 unscored.
+    result = score_submission(sub, truth)
+    assert (result.images, result.unscored, result.unreadable) == (4, 2, 3)
+    assert result.score == pytest.approx(0.25)
+    assert "6 row(s) rejected: 2 truth image(s) left unscored, 3 unreadable" in out
+
+
+def test_score_writes_its_ledger_beside_the_submission_by_default(tmp_path, truth):
+    sub = write(tmp_path / "my-sub.csv", [("pos_a", "0 4")])
+    assert main(["score", str(sub), str(truth)]) == 0
+    ledger_csv = tmp_path / "my-sub.score-errors.csv"
+    assert ledger_csv.read_text().splitlines() == ["file,line,image_id,reason"]
+
+
+# --------------------------------------------------------------------------- hostile names
+
+
+@pytest.fixture(scope="module")
+def named(tmp_path_factory) -> Path:
+    """DICOMs whose file names are, or are not, DICOM UIDs (the stem is the ImageId)."""
+    root = tmp_path_factory.mktemp("named")
+    stems = [
+        "1.2.826.0.1.20",  # a UID: predicted
+        "2.25." + str(2**128 - 1),  # synth's form, 44 characters: predicted
+        "=1+2",  # a formula
+        "-2+3",
+        "@SUM(A1)",
+        "01.2.3",  # a leading zero
+        "1..2",  # an empty component
+        "1.2.3." + "4" * 60,  # longer than 64 characters
+        "ID_0011fe81e",
+    ]
+    for i, stem in enumerate(stems):
+        pixels = dicom_factory.smooth_image((40, 40), seed=i)
+        data = dicom_factory.jpeg_baseline(pixels, SOPInstanceUID="1.2.826.0.1.9" + str(i))
+        (root / f"{stem}.dcm").write_bytes(data)
+    return root
+
+
+def test_only_uid_file_names_become_image_ids(model_dir, named, tmp_path):
+    result = predict_folder(model_dir, named, tmp_path / "submission.csv")
+    rows = read_csv(result.out_csv)
+    assert sorted(r["ImageId"] for r in rows) == ["1.2.826.0.1.20", "2.25." + str(2**128 - 1)]
+    assert (result.files, result.predicted, len(result.errors)) == (9, 2, 7)
+    errors = read_csv(result.errors_csv)
+    assert {e["image_id"] for e in errors} == {
+        "'=1+2",
+        "'-2+3",
+        "'@SUM(A1)",
+        "01.2.3",
+        "1..2",
+        "1.2.3." + "4" * 60,
+        "ID_0011fe81e",
+    }
+    assert all("not a DICOM UID" in e["reason"] for e in errors)
+    assert not any(formula_risk(c) for e in errors for c in e.values())
+    # The submission itself: no cell a spreadsheet could run, "-1" being SIIM's empty mask.
+    for r in rows:
+        assert not formula_risk(r["ImageId"]) and not formula_risk(r["EncodedPixels"])
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("1.2.840.10008.1.2", True),
+        ("0", True),
+        ("1.0.2", True),
+        ("2.25." + str(2**128 - 1), True),
+        ("1.2." + "3" * 60, True),  # 64 characters
+        ("1.2." + "3" * 61, False),  # 65
+        ("1.02", False),
+        ("1.2.", False),
+        (".1", False),
+        ("1.\u0662", False),  # a non-ASCII digit
+        ("1.2\n", False),
+        ("-1", False),
+        ("", False),
+    ],
+)
+def test_is_dicom_uid(text, ok):
+    assert is_dicom_uid(text) is ok
+
+
+# --------------------------------------------------------------------------- hostile DICOMs
+
+HOSTILE = {  # UID-named, so that each reaches the reader (not the name check)
+    "1.2.826.0.9.1": lambda: dicom_factory.jpeg_bomb(),  # 1.2 KB, 16384x16384
+    "1.2.826.0.9.2": lambda: dicom_factory.rle_bomb(),
+    "1.2.826.0.9.3": lambda: dicom_factory.deflate_bomb(),  # 260 KB -> 256 MiB
+    "1.2.826.0.9.4": lambda: dicom_factory.jpeg_baseline(
+        dicom_factory.smooth_image((64, 64)),
+        frame=dicom_factory.truncated_jpeg_frame(dicom_factory.smooth_image((64, 64))),
+    ),
+    "1.2.826.0.9.5": lambda: dicom_factory.png(),
+    "1.2.826.0.9.6": lambda: b"",
+}
+
+
+@pytest.mark.slow
+def test_predict_and_score_over_hostile_dicoms_exit_0_with_a_ledger_row_each(
+    model_dir, dicoms, tmp_path, capsys
+):
+    """What a user's folder from the wild does to `predict` and `score --dicoms`: each
+    bad file is a row of the ledger, the good ones are predicted. (Their memory is
+    measured by bench/hostile.py, in processes of their own.)"""
+    folder = tmp_path / "wild"
+    for image_id, make in HOSTILE.items():
+        (folder / "x").mkdir(parents=True, exist_ok=True)
+        (folder / "x" / f"{image_id}.dcm").write_bytes(make())
+    for good in dicoms.rglob("*.dcm"):
+        (folder / good.name).write_bytes(good.read_bytes())
+    sub = tmp_path / "submission.csv"
+    assert main(["predict", str(model_dir), str(folder), "--out", str(sub)]) == 0
+    errors = read_csv(tmp_path / "submission.errors.csv")
+    reasons = {row["image_id"]: row["reason"] for row in errors}
+    assert set(HOSTILE) <= set(reasons), reasons
+    assert all("pixel budget" in reasons[f"1.2.826.0.9.{i}"] for i in (1, 2, 3))
+    assert "truncated" in reasons["1.2.826.0.9.4"].lower()
+    predicted = {row["ImageId"] for row in read_csv(sub)}
+    assert predicted and not predicted & set(HOSTILE)
+    truth = write(tmp_path / "truth.csv", [(i, "-1") for i in sorted(predicted | set(HOSTILE))])
+    assert main(["score", str(sub), str(truth), "--dicoms", str(folder)]) == 0
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err

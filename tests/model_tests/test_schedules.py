@@ -257,3 +257,60 @@ def test_step_table_survives_a_saved_optimizer(tmp_path):
     np.testing.assert_allclose(
         _values(loaded._learning_rate, STEPS), _values(schedule, STEPS), rtol=2e-5
     )
+
+
+def _saved_table(path, total_steps) -> None:
+    """A saved model whose optimizer's StepTable states ``total_steps`` in its config.json:
+    the count that sizes the table when the model is loaded."""
+    import json
+    import zipfile
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    table = schedules.StepTable(make_schedule("cosine", BASE, TOTAL), TOTAL)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=table), loss="mse")
+    model.save(path)
+    with zipfile.ZipFile(path) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    config = json.loads(files["config.json"])
+    rate = config["compile_config"]["optimizer"]["config"]["learning_rate"]
+    assert rate["class_name"] == "StepTable"
+    rate["config"]["total_steps"] = total_steps
+    files["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+
+
+@tf_only
+def test_a_saved_table_is_sized_only_after_its_count_is_checked(tmp_path):
+    import time
+
+    path = tmp_path / "m.keras"
+    # 4e9 steps: 16 GB of table and hours of filling, were it allocated. Refused at once.
+    _saved_table(path, 4_000_000_000)
+    t0 = time.perf_counter()
+    with pytest.raises(schedules.ScheduleError, match="claims 4000000000 steps; its run has at"):
+        keras.models.load_model(path)
+    assert time.perf_counter() - t0 < 10
+    for bad in ("many", 1.5, True, None, 0, -3):
+        _saved_table(path, bad)
+        with pytest.raises(schedules.ScheduleError):
+            keras.models.load_model(path)
+    # A loader that knows the run bounds it by the run: epochs x steps per epoch.
+    _saved_table(path, TOTAL)
+    with (
+        schedules.steps_at_most(TOTAL - 1, "9 epochs x 11 steps"),
+        pytest.raises(
+            schedules.ScheduleError,
+            match=rf"claims {TOTAL} steps; its run has at most {TOTAL - 1} \(9 epochs x 11 steps\)",
+        ),
+    ):
+        keras.models.load_model(path)
+    with schedules.steps_at_most(TOTAL, "10 epochs x 10 steps"):
+        loaded = keras.models.load_model(path).optimizer._learning_rate
+    assert loaded.total_steps == TOTAL
+    # The bound was the loader's only: a later load is back to the global one.
+    _saved_table(path, schedules.MAX_TABLE_STEPS + 1)
+    with pytest.raises(schedules.ScheduleError, match=f"at most {schedules.MAX_TABLE_STEPS} "):
+        keras.models.load_model(path)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pneumotune.search.config import ConfigError, load_experiment, parse_experiment
+from pneumotune.search.config import ConfigError, check_name, load_experiment, parse_experiment
 
 GOOD = {
     "name": "t",
@@ -78,6 +78,12 @@ def test_shipped_experiments_load_by_name(name):
         ({"resources": {"gpu": 1.5}}, "whole number"),
         ({"fixed": {"depth": 3, "batch_size": 0}}, "batch_size must be >= 1"),
         ({"warm_trials": "yes"}, "warm_trials and enqueue_tutorial must be true or false"),
+        # The name becomes a folder under the storage path: nothing that leaves it.
+        ({"name": "../../etc"}, "experiment name '../../etc' is not allowed"),
+        ({"name": "/tmp/x"}, "experiment name '/tmp/x' is not allowed"),
+        ({"name": ".hidden"}, "is not allowed"),
+        ({"name": "a\x1b[2Jb"}, "is not allowed"),
+        ({"name": 7}, "experiment name '7' is not allowed"),
     ],
 )
 def test_bad_top_level_values(tmp_path, change, fragment):
@@ -133,3 +139,14 @@ def _escape(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+@pytest.mark.parametrize("name", ["demo", "siim-512_v2.1", "A" * 100])
+def test_safe_names_pass(name):
+    assert check_name(name, "--name") == name
+
+
+@pytest.mark.parametrize("name", ["", "..", "a/b", "A" * 101, "ünïcode", "a b"])
+def test_unsafe_names_are_refused(name):
+    with pytest.raises(ConfigError, match="--name: experiment name"):
+        check_name(name, "--name")
