@@ -640,9 +640,18 @@ class SmacPeer(ConfigSpacePeer):
 
         self.TrialValue = TrialValue
         self.n_trials = n_trials
+        self.exhausted = False
 
-    def suggest(self, now: float, worker: int) -> Job:
-        info = self.smac.ask()
+    def suggest(self, now: float, worker: int) -> Job | None:
+        from smac.main.exceptions import ConfigurationSpaceExhaustedException
+
+        if self.exhausted:
+            return None
+        try:
+            info = self.smac.ask()
+        except (ConfigurationSpaceExhaustedException, StopIteration):  # the grid is used up
+            self.exhausted = True  # (its generator raises the one, then the other)
+            return None
         epochs = fidelity_epochs(info.budget, self.max_t)
         return Job(self.config_of(info.config), 0, epochs, {"info": info, "t0": now})
 
