@@ -34,8 +34,9 @@ A search whose library stops suggesting before the budget is spent (its searcher
 tried every config of the 48-config grid and does not repeat one, or a fixed plan is
 done) ends there with the epochs it used: "ended early" counts those seeds.
 
-The benchmark is an interface (:class:`Benchmark`: a space of :class:`Param` and the curve
-of a config). :class:`AtlasBenchmark` is the grid atlas: one categorical axis per CSV axis
+The benchmark is an interface (:class:`Benchmark`: a space of the product's own
+:class:`ParamSpec`, as an experiment YAML or bench/atlas.py's space design gives it, and
+the curve of a config). :class:`AtlasBenchmark` is the grid atlas: one categorical axis per CSV axis
 column, its levels as recorded (``lr`` too is categorical, as in the product's replay
 space). A surrogate of a continuous-space atlas plugs in with float/int params: every
 peer translates float (optionally log), int and categorical params to its library's space.
@@ -134,6 +135,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np
 
+from pneumotune.search.config import ParamSpec
 from pneumotune.search.replay import METRIC, Atlas, load_atlas, summarise
 
 BENCH = Path(__file__).parent
@@ -142,27 +144,11 @@ WORKERS = 2
 # --------------------------------------------------------------------------- benchmarks
 
 
-@dataclass(frozen=True)
-class Param:
-    """One searched parameter: categorical (``choices``), or float/int in [low, high]."""
-
-    name: str
-    choices: tuple[Any, ...] | None = None
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    integer: bool = False
-
-    @property
-    def categorical(self) -> bool:
-        return self.choices is not None
-
-
 class Benchmark(Protocol):
     """What a replay needs of a benchmark: a space and the curve of any config in it."""
 
     name: str
-    params: tuple[Param, ...]
+    params: tuple[ParamSpec, ...]
     max_t: int
     best: float  # the regret's reference: the best val_iou of the benchmark
 
@@ -192,12 +178,12 @@ class AtlasBenchmark:
     atlas: Atlas
     name: str = "atlas"
     fixed: tuple[tuple[str, str], ...] = ()
-    params: tuple[Param, ...] = field(init=False)
+    params: tuple[ParamSpec, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         held = dict(self.fixed)
         self.params = tuple(
-            Param(a, choices=self.atlas.levels[a]) for a in self.atlas.axes if a not in held
+            ParamSpec(a, choices=self.atlas.levels[a]) for a in self.atlas.axes if a not in held
         )
 
     @property
@@ -228,16 +214,16 @@ class AtlasBenchmark:
         return out
 
 
-def random_config(params: Sequence[Param], rng: np.random.Generator) -> dict[str, Any]:
+def random_config(params: Sequence[ParamSpec], rng: np.random.Generator) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for p in params:
-        if p.categorical:
+        if p.choices is not None:
             out[p.name] = p.choices[int(rng.integers(len(p.choices)))]  # type: ignore[index]
         elif p.log:
             out[p.name] = float(np.exp(rng.uniform(np.log(p.low), np.log(p.high))))
         else:
             out[p.name] = float(rng.uniform(p.low, p.high))
-        if p.integer and not p.categorical:
+        if p.integer and not p.choices is not None:
             out[p.name] = round(out[p.name])
     return out
 
@@ -369,7 +355,7 @@ class OptunaPeer(Peer):
         trial = self.study.ask()
         config = {}
         for p in self.params:
-            if p.categorical:
+            if p.choices is not None:
                 config[p.name] = trial.suggest_categorical(p.name, list(p.choices))
             elif p.integer:
                 config[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log)
@@ -396,7 +382,7 @@ class KerasTunerHyperband(Peer):
 
         hp = kt.HyperParameters()
         for p in bench.params:
-            if p.categorical:
+            if p.choices is not None:
                 hp.Choice(p.name, list(p.choices))
             elif p.integer:
                 hp.Int(p.name, int(p.low), int(p.high), sampling="log" if p.log else "linear")
@@ -476,7 +462,7 @@ class SyneTunePeer(Peer):
 
         space: dict[str, Any] = {}
         for p in bench.params:
-            if p.categorical:
+            if p.choices is not None:
                 space[p.name] = choice(list(p.choices))
             elif p.integer:
                 space[p.name] = (lograndint if p.log else randint)(int(p.low), int(p.high))
@@ -550,7 +536,7 @@ class ConfigSpacePeer(Peer):
 
         self.cs = ConfigurationSpace(seed=seed)
         for p in bench.params:
-            if p.categorical:
+            if p.choices is not None:
                 self.cs.add(Categorical(p.name, list(p.choices)))
             elif p.integer:
                 self.cs.add(Integer(p.name, (int(p.low), int(p.high)), log=p.log))
