@@ -184,12 +184,14 @@ def protect_token(environ: Mapping[str, str], create: bool) -> str | None:
         info = path.stat()
     except OSError:
         return None  # no token file (yet): nothing readable by others
-    folders = [path.parent] if default else []
-    for target, private in ((path, 0o600), *((folder, 0o700) for folder in folders)):
-        mode = stat.S_IMODE(target.stat().st_mode)
-        if mode & 0o077 and target.stat().st_uid == os.getuid():
+    targets = [(path, info, 0o600)]
+    if default:  # ~/.ray: ours to close; a folder the user named is not
+        targets.append((path.parent, path.parent.stat(), 0o700))
+    for target, owned, private in targets:
+        mode = stat.S_IMODE(owned.st_mode)
+        if mode & 0o077 and owned.st_uid == os.getuid():
             target.chmod(mode & private)
-    mode = stat.S_IMODE(path.stat().st_mode)
+    mode = stat.S_IMODE(info.st_mode)  # a file of ours is 0600 by now: only others' warn
     if mode & 0o044 and info.st_uid != os.getuid():
         return (
             f"warning: Ray's token file {path} is readable by others (mode {mode:04o}) and "
