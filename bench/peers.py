@@ -34,12 +34,15 @@ A search whose library stops suggesting before the budget is spent (its searcher
 tried every config of the 48-config grid and does not repeat one, or a fixed plan is
 done) ends there with the epochs it used: "ended early" counts those seeds.
 
-The benchmark is an interface (:class:`Benchmark`: a space of the product's own
-:class:`ParamSpec`, as an experiment YAML or bench/atlas.py's space design gives it, and
-the curve of a config). :class:`AtlasBenchmark` is the grid atlas: one categorical axis per CSV axis
-column, its levels as recorded (``lr`` too is categorical, as in the product's replay
-space). A surrogate of a continuous-space atlas plugs in with float/int params: every
-peer translates float (optionally log), int and categorical params to its library's space.
+The benchmark is pneumotune.search.replay's interface (``Benchmark``: a space of the
+product's own ``ParamSpec`` and the curve of a config), the same the product's replay
+runs on. ``AtlasBenchmark`` is the grid atlas: one categorical axis per CSV axis column,
+its levels as recorded (``lr`` too is categorical, as in the product's replay space).
+``--surrogate`` replays bench/surrogate.py's model of the continuous-space atlas instead:
+demo.yaml's space with float (optionally log) and categorical params, which every peer
+translates to its library's space. A conditional param (demo.yaml's ``step_gamma``, only
+for ``schedule: step``) is searched by the peers unconditionally; the surrogate ignores it
+unless the schedule is ``step``, as the trainable does.
 
 Resource = epochs, min 1, max max_t (24). The peers and their settings (library defaults
 unless said; "rf" is the reduction factor):
@@ -121,11 +124,11 @@ import tempfile
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 # Tiny GP / RF fits: BLAS threads only add overhead (and the machine runs other work).
@@ -136,82 +139,18 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import numpy as np
 
 from pneumotune.search.config import ParamSpec
-from pneumotune.search.replay import METRIC, Atlas, load_atlas, summarise
+from pneumotune.search.replay import (
+    METRIC,
+    AtlasBenchmark,
+    Benchmark,
+    load_atlas,
+    summarise,
+)
 
 BENCH = Path(__file__).parent
 WORKERS = 2
 
 # --------------------------------------------------------------------------- benchmarks
-
-
-class Benchmark(Protocol):
-    """What a replay needs of a benchmark: a space and the curve of any config in it."""
-
-    name: str
-    params: tuple[ParamSpec, ...]
-    max_t: int
-    best: float  # the regret's reference: the best val_iou of the benchmark
-
-    def curve(self, config: Mapping[str, Any]) -> Sequence[tuple[float, float]]:
-        """``(val_iou, epoch_seconds)`` of epochs 1..max_t of ``config``."""
-        ...
-
-    def key(self, config: Mapping[str, Any]) -> Hashable:
-        """The cell a run records for ``config`` (what :meth:`final` takes)."""
-        ...
-
-    def final(self, key: Hashable) -> float:
-        """The full-length score of a config (its best epoch)."""
-        ...
-
-    def grid(self) -> list[dict[str, Any]] | None:
-        """Every config of a finite space, or None for a continuous one."""
-        ...
-
-
-@dataclass
-class AtlasBenchmark:
-    """The grid atlas: categorical axes and recorded curves (seed 0's, as the replay).
-    ``fixed``: axes held at one level, not searched (bench/replay.py's ``Strategy.fixed``:
-    the product's space); the regret's reference stays the whole atlas's best."""
-
-    atlas: Atlas
-    name: str = "atlas"
-    fixed: tuple[tuple[str, str], ...] = ()
-    params: tuple[ParamSpec, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        held = dict(self.fixed)
-        self.params = tuple(
-            ParamSpec(a, choices=self.atlas.levels[a]) for a in self.atlas.axes if a not in held
-        )
-
-    @property
-    def max_t(self) -> int:
-        return self.atlas.max_t
-
-    @property
-    def best(self) -> float:
-        return self.atlas.best
-
-    def key(self, config: Mapping[str, Any]) -> tuple[str, ...]:
-        held = dict(self.fixed)
-        return tuple(str(held[a] if a in held else config[a]) for a in self.atlas.axes)
-
-    def curve(self, config: Mapping[str, Any]) -> list[tuple[float, float]]:
-        return self.atlas.curves[self.key(config)][0]
-
-    def final(self, key: Hashable) -> float:
-        return self.atlas.final(key)  # type: ignore[arg-type]
-
-    def grid(self) -> list[dict[str, Any]]:
-        held = dict(self.fixed)
-        out = []
-        for k in self.atlas.curves:
-            config = dict(zip(self.atlas.axes, k, strict=True))
-            if all(config[a] == level for a, level in held.items()):
-                out.append({a: v for a, v in config.items() if a not in held})
-        return out
 
 
 def random_config(params: Sequence[ParamSpec], rng: np.random.Generator) -> dict[str, Any]:
@@ -851,6 +790,13 @@ def main(argv: list[str] | None = None) -> int:
         help="fewer seeds for slow peers: NAME runs the first N of the seeds",
     )
     parser.add_argument(
+        "--surrogate",
+        default=None,
+        metavar="SPACE_ATLAS_CSV[:N]",
+        help="replay on bench/surrogate.py's model of this continuous-space atlas (demo.yaml's "
+        "space) instead of --atlas; --space does not apply",
+    )
+    parser.add_argument(
         "--space",
         nargs="+",
         default=["grid"],
@@ -897,14 +843,29 @@ def main(argv: list[str] | None = None) -> int:
     # bench/replay.py: the same atlas facts in the JSON, the same product space
     from replay import TUTORIAL, atlas_facts, shipped_strategy
 
-    atlas = load_atlas(args.atlas, TUTORIAL)
-    spaces = {"grid": (), "product": shipped_strategy().fixed}
-    epochs = args.budget * atlas.max_t
+    if args.surrogate:  # one space: demo.yaml's own, rows without a /space suffix
+        from surrogate import load_surrogate
+
+        surrogate = load_surrogate(args.surrogate)
+        benches: dict[str, Benchmark] = {"grid": surrogate}
+        spaces: dict[str, tuple] = {"grid": ()}
+        facts, label = surrogate.facts(), surrogate.name
+        args.space = ["grid"]
+    else:
+        atlas = load_atlas(args.atlas, TUTORIAL)
+        spaces = {"grid": (), "product": shipped_strategy().fixed}
+        benches = {
+            space: AtlasBenchmark(atlas, name=args.atlas.name, fixed=fixed)
+            for space, fixed in spaces.items()
+        }
+        facts, label = atlas_facts(atlas, args.atlas), args.atlas.name
+    any_bench = benches["grid"]
+    epochs = args.budget * any_bench.max_t
     if not args.from_json:
         print(
-            f"atlas {args.atlas.name}: {len(atlas.curves)} configs x {atlas.max_t} epochs, best "
-            f"{METRIC} {atlas.best:.4f}; budget {args.budget} x {atlas.max_t} trial-epochs, "
-            f"{WORKERS} workers, seeds {seeds[0]}..{seeds[-1]}",
+            f"{label}: {facts['configs']} configs x {any_bench.max_t} epochs, best "
+            f"{METRIC} {any_bench.best:.4f}; budget {args.budget} x {any_bench.max_t} "
+            f"trial-epochs, {WORKERS} workers, seeds {seeds[0]}..{seeds[-1]}",
             flush=True,
         )
     results: dict[str, Any] = {}
@@ -913,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
         names, spaces_seen = [], {}
         for path in args.from_json:
             earlier = json.loads(path.read_text())
-            if earlier["budget"] != args.budget or earlier["atlas"]["path"] != args.atlas.name:
+            if earlier["budget"] != args.budget or earlier["atlas"]["path"] != facts["path"]:
                 parser.error(f"--from-json {path}: another atlas or budget")
             if seeds and [seeds[0], seeds[-1]] != earlier["seeds"] and results:
                 parser.error(f"--from-json {path}: other seeds than {seeds[0]}-{seeds[-1]}")
@@ -931,7 +892,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="pneumotune-peers-"))
     try:
         for space in args.space if names else ():
-            bench = AtlasBenchmark(atlas, name=args.atlas.name, fixed=spaces[space])
+            bench = benches[space]
             for name in names:
                 row = name if space == "grid" else f"{name}/space"
                 its_seeds = seeds[: fewer.get(name, len(seeds))]
@@ -939,7 +900,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[row]["fixed"] = dict(spaces[space])
                 print(f"  {row:16} {json.dumps(results[row])}", flush=True)
                 if args.smoke_test:
-                    failures += smoke_failures(row, runs, epochs, atlas, dict(spaces[space]))
+                    failures += smoke_failures(row, runs, epochs, bench)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -947,11 +908,12 @@ def main(argv: list[str] | None = None) -> int:
     for spec in [] if args.smoke_test else args.ours:
         if spec == "none":
             continue
-        path = BENCH / "atlas" / f"replay-b{args.budget}.json" if spec == "auto" else Path(spec)
-        ours.update(our_rows(path, args.budget, args.atlas.name))
+        auto = f"replay-{'surrogate-' if args.surrogate else ''}b{args.budget}.json"
+        path = BENCH / "atlas" / auto if spec == "auto" else Path(spec)
+        ours.update(our_rows(path, args.budget, facts["path"]))
     title = (
-        f"{args.atlas.name}, budget {args.budget} x {atlas.max_t} trial-epochs, {WORKERS} "
-        f"workers, seeds {seeds[0]}-{seeds[-1]}: regret = atlas best {atlas.best:.4f} - best "
+        f"{label}, budget {args.budget} x {any_bench.max_t} trial-epochs, {WORKERS} "
+        f"workers, seeds {seeds[0]}-{seeds[-1]}: regret = best {any_bench.best:.4f} - best "
         f"val_iou seen"
     )
     print_table({**results, **ours}, title)
@@ -960,7 +922,7 @@ def main(argv: list[str] | None = None) -> int:
             "budget": args.budget,
             "seeds": [seeds[0], seeds[-1]],
             "workers": WORKERS,
-            "atlas": atlas_facts(atlas, args.atlas),
+            "atlas": facts,
             "versions": versions(),
             "spaces": {space: dict(spaces[space]) for space in args.space},
             "peers": results,
@@ -998,22 +960,23 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failures else 0
 
 
-def smoke_failures(
-    row: str, runs: Sequence[Run], epochs: int, atlas: Atlas, fixed: Mapping[str, str]
-) -> list[str]:
+def smoke_failures(row: str, runs: Sequence[Run], epochs: int, bench: Benchmark) -> list[str]:
     out = []
+    cells = {bench.key(c): c for c in bench.grid() or ()}  # a grid: key -> config
     for run in runs:
         if not run.exhausted and len(run.seen) != epochs:
             out.append(f"{row}: {len(run.seen)} epochs, not {epochs}")
         if run.exhausted and not run.planned:
             out.append(f"{row}: stopped suggesting at {len(run.seen)} epochs")
         for value, cell in run.seen:
-            if cell not in atlas.curves:
-                out.append(f"{row}: {cell} is not an atlas config")
-            elif value not in [v for v, _ in atlas.curves[cell][0]]:
+            if cells and cell not in cells:
+                out.append(f"{row}: {cell} is not a config of the space searched")
+                continue
+            config = cells.get(cell) or dict(
+                zip((p.name for p in bench.params), cell, strict=True)  # type: ignore[arg-type]
+            )
+            if value not in [v for v, _ in bench.curve(config)]:
                 out.append(f"{row}: {value} is not on {cell}'s curve")
-            elif any(cell[atlas.axes.index(a)] != level for a, level in fixed.items()):
-                out.append(f"{row}: {cell} is outside the space")
     return out
 
 

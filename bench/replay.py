@@ -118,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--atlas", type=Path, default=Path(__file__).parent / "atlas" / "synth64.csv"
     )
+    parser.add_argument(
+        "--surrogate",
+        default=None,
+        metavar="SPACE_ATLAS_CSV[:N]",
+        help="replay on bench/surrogate.py's model of this continuous-space atlas (demo.yaml's "
+        "own space: strategies' fixed axes do not apply) instead of --atlas",
+    )
     parser.add_argument("--seeds", type=int, default=20, help="searches per strategy")
     parser.add_argument("--seed-offset", type=int, default=0, help="first seed (default 0)")
     parser.add_argument("--budget", type=int, default=4, help="full trainings (default 4)")
@@ -147,10 +154,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    atlas = load_atlas(args.atlas, TUTORIAL)
+    if args.surrogate:
+        from surrogate import load_surrogate
+
+        bench: Any = load_surrogate(args.surrogate)
+        chosen = {n: dataclasses.replace(st, fixed=()) for n, st in chosen.items()}
+        facts, label = bench.facts(), bench.name
+    else:
+        bench = load_atlas(args.atlas, TUTORIAL)
+        facts, label = atlas_facts(bench, args.atlas), args.atlas.name
     print(
-        f"atlas {args.atlas.name}: {len(atlas.curves)} configs x {atlas.max_t} epochs, best "
-        f"{METRIC} {atlas.best:.4f}; budget {args.budget} x {atlas.max_t} trial-epochs, "
+        f"{label}: {facts['configs']} configs x {bench.max_t} epochs, best "
+        f"{METRIC} {bench.best:.4f}; budget {args.budget} x {bench.max_t} trial-epochs, "
         f"seeds {args.seed_offset}..{args.seed_offset + args.seeds - 1}",
         flush=True,
     )
@@ -162,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             runs = []
             for seed in range(args.seed_offset, args.seed_offset + args.seeds):
-                runs.append(run_one(atlas, strategy, seed, args.budget, args.scale, workdir))
+                runs.append(run_one(bench, strategy, seed, args.budget, args.scale, workdir))
                 shutil.rmtree(workdir / f"s{seed}", ignore_errors=True)
-            results[name] = summarise(atlas, runs)
+            results[name] = summarise(bench, runs)
             results[name]["seconds"] = round(time.perf_counter() - t0, 1)
             print(f"  {name:14} {json.dumps(results[name])}", flush=True)
     finally:
@@ -175,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         out = {
             "budget": args.budget,
             "seeds": [args.seed_offset, args.seed_offset + args.seeds - 1],
-            "atlas": atlas_facts(atlas, args.atlas),
+            "atlas": facts,
             "strategies": results,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)

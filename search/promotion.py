@@ -31,14 +31,24 @@ How this sits in Tune's loop (Ray 2.60, ``ray/tune/execution/tune_controller.py`
   hooks, which ``HyperBandForBOHB`` uses the same way). Ray's stock ``ConcurrencyLimiter``
   counts a paused trial as running: with every slot paused it would suggest nothing more
   and the search would wait for ever, so the scheduler refuses it.
+* The searcher: the limiter passes ``on_pause``/``on_unpause`` on to the searcher it
+  wraps (as Ray's ``ConcurrencyLimiter`` does), so that
+  :class:`search.searcher.FidelityOptunaSearch` tells Optuna a paused trial as PRUNED at
+  its rung at once, and moves a promoted one to a new Optuna trial with its parameters
+  and earlier epochs (see that module: left RUNNING, paused trials would keep TPE in its
+  random start-up for the whole search).
 * The end: the controller ends an experiment when every trial is ``TERMINATED`` or
   ``ERROR`` and the searcher has no more to give; a ``PAUSED`` trial is neither. Once the
   searcher is finished, nothing runs or waits to start and no paused trial is promotable,
-  no rung can change any more, so the scheduler ends the paused trials with the
-  controller's ``stop_trial`` (as ``HyperBandScheduler`` ends its paused trials when a
-  bracket is done). Tune then tells the searcher they completed without a result: Optuna
-  records them PRUNED at their last epoch, and the results folder shows them as
-  stopped by ASHA (``TERMINATED`` before ``max_t``).
+  no rung can change any more. The first arrival at each rung always waits, so a finite
+  search may then have trained no trial to ``max_t`` — the trial a user exports. Until
+  one has, the scheduler promotes the leader (:meth:`Rungs.leader`: the best paused
+  trial of the highest rung that has one) and lets it run on, rung by rung if need be.
+  Once a trial has reached ``max_t`` (or none is paused), it ends the paused trials with
+  the controller's ``stop_trial`` (as ``HyperBandScheduler`` ends its paused trials when
+  a bracket is done). Tune then tells the searcher they completed without a result:
+  Optuna has them PRUNED at their rung since their pause (they are not told again), and
+  the results folder shows them as stopped by ASHA (``TERMINATED`` before ``max_t``).
 
 The controller methods used, ``search_alg``, ``get_trials`` and ``stop_trial``, are in
 the list Tune lets a scheduler call; one private call makes Tune's experiment state file
@@ -85,6 +95,13 @@ def nothing_can_change(searcher_finished: bool, statuses: list[str], to_resume: 
     none running or coming no paused trial can become promotable any more."""
     busy = any(s in (Trial.RUNNING, Trial.PENDING) for s in statuses)
     return searcher_finished and not busy and not to_resume and Trial.PAUSED in statuses
+
+
+def last_promotion(reached_max_t: bool, rungs: Rungs) -> str | None:
+    """Once nothing can change a rung: the paused trial to promote so that the search
+    trains one trial to ``max_t`` (the leader, while none has), or None: end the paused
+    trials."""
+    return None if reached_max_t else rungs.leader()
 
 
 class Rungs:
@@ -141,6 +158,15 @@ class Rungs:
             ]
         return out
 
+    def leader(self) -> str | None:
+        """The best paused trial of the highest rung that has one (ties: the earlier
+        recorded), promotable or not; None if no trial is paused."""
+        for rung in reversed(range(len(self.levels))):
+            waiting = [t for t in self.records[rung] if self.paused.get(t) == rung]
+            if waiting:
+                return max(waiting, key=self.records[rung].__getitem__)  # first of equals
+        return None
+
     def promote(self, trial_id: str) -> None:
         """``trial_id`` leaves its rung to go on: it no longer waits there."""
         rung = self.paused.pop(trial_id)
@@ -163,7 +189,9 @@ class PauseAwareLimiter(ConcurrencyLimiter):
     """Ray's ``ConcurrencyLimiter`` whose limit counts the trials that hold a slot: a
     paused trial gives its slot up (``on_pause``) and a promoted one takes one back
     (``on_unpause``), both told by :class:`PromotionScheduler`. A paused trial that is
-    ended later still reaches the searcher's ``on_trial_complete``."""
+    ended later still reaches the searcher's ``on_trial_complete``. Both hooks pass on to
+    the wrapped searcher, when it has them (:class:`search.searcher.FidelityOptunaSearch`
+    tells Optuna)."""
 
     def __init__(self, searcher: Any, max_concurrent: int) -> None:
         super().__init__(searcher, max_concurrent=max_concurrent)
@@ -174,12 +202,14 @@ class PauseAwareLimiter(ConcurrencyLimiter):
             self.live_trials.remove(trial_id)
             self.num_unfinished_live_trials -= 1
             self.paused.add(trial_id)
+        _pass_on(self.searcher, "on_pause", trial_id)
 
     def on_unpause(self, trial_id: str) -> None:
         if trial_id in self.paused:
             self.paused.remove(trial_id)
             self.live_trials.add(trial_id)
             self.num_unfinished_live_trials += 1
+        _pass_on(self.searcher, "on_unpause", trial_id)
 
     def has_room(self) -> bool:
         """Whether a trial could take a slot now."""
@@ -197,7 +227,9 @@ class PauseAwareLimiter(ConcurrencyLimiter):
     def set_state(self, state: dict) -> None:
         super().set_state(state)
         # A restored search (Tuner.restore) requeues its paused trials to run: they hold
-        # slots again, and the new scheduler pauses them afresh at their next rung.
+        # slots again, and the new scheduler pauses them afresh at their next rung. (The
+        # searcher, told nothing here, moves each to a new Optuna trial at its first
+        # result: its pause left the Optuna trial PRUNED.)
         self.live_trials |= self.paused
         self.num_unfinished_live_trials += len(self.paused)
         self.paused = set()
@@ -208,6 +240,7 @@ class PromotionScheduler(FIFOScheduler):
     ``time_attr`` must grow by one per report (our trainables: one report per epoch)."""
 
     _supports_buffered_results = False  # a pause must come at the rung's own result
+    _reached_max_t = False  # (a scheduler pickled before this attribute existed)
 
     def __init__(
         self,
@@ -228,6 +261,7 @@ class PromotionScheduler(FIFOScheduler):
         # Paused trials given a slot to resume in, in the order they are to resume.
         self._resuming: list[str] = []
         self._ended = 0  # paused trials ended with the search
+        self._reached_max_t = False  # whether any trial has reported at max_t
 
     # ------------------------------------------------------------------ Tune's API
 
@@ -260,6 +294,7 @@ class PromotionScheduler(FIFOScheduler):
         if self._time_attr not in result or self._metric not in result:
             return TrialScheduler.CONTINUE
         if result[self._time_attr] >= self._max_t:
+            self._reached_max_t = True
             return TrialScheduler.STOP
         sign = 1.0 if self._mode == "max" else -1.0
         value = result[self._metric]
@@ -301,14 +336,17 @@ class PromotionScheduler(FIFOScheduler):
         for t in trials:
             if t.status == Trial.PENDING:
                 return t
-        # 4. The end: nothing can change a rung any more, so nobody waiting can be promoted.
-        self._end_if_done(tune_controller, trials)
-        return None
+        # 4. The end: nothing can change a rung any more, so nobody waiting can be promoted
+        # by the rules; the leader is, while no trial has reached max_t.
+        return self._end_if_done(tune_controller, trials)
 
     def debug_string(self) -> str:
         return (
             f"Using promotion ASHA: {len(self._rungs.paused)} paused, "
-            f"{len(self._resuming)} resuming, {self._ended} ended paused; " + self._rungs.describe()
+            f"{len(self._resuming)} resuming, {self._ended} ended paused"
+            + ("" if self._reached_max_t else ", none at max_t yet")
+            + "; "
+            + self._rungs.describe()
         )
 
     def save(self, checkpoint_path: str) -> None:
@@ -325,14 +363,17 @@ class PromotionScheduler(FIFOScheduler):
         paused = {t.trial_id: t for t in trials if t.status == Trial.PAUSED}
         return next((paused[t] for t in self._resuming if t in paused), None)
 
-    def _give_slot(self, tune_controller: TuneController) -> bool:
-        """Hand a slot to the best promotable trial not yet given one; False if none."""
-        waiting = [t for t in self._rungs.promotable() if t not in self._resuming]
-        if not waiting:
-            return False
-        self._rungs.promote(waiting[0])
-        self._resuming.append(waiting[0])
-        _tell(tune_controller, "on_unpause", waiting[0])
+    def _give_slot(self, tune_controller: TuneController, trial_id: str | None = None) -> bool:
+        """Hand a slot to ``trial_id`` (paused), or else to the best promotable trial not
+        yet given one; False if none."""
+        if trial_id is None:
+            waiting = [t for t in self._rungs.promotable() if t not in self._resuming]
+            if not waiting:
+                return False
+            trial_id = waiting[0]
+        self._rungs.promote(trial_id)
+        self._resuming.append(trial_id)
+        _tell(tune_controller, "on_unpause", trial_id)
         return True
 
     def _ended_trial(self, tune_controller: TuneController, trial: Trial) -> None:
@@ -348,12 +389,19 @@ class PromotionScheduler(FIFOScheduler):
             # and the searcher cannot fill it with a new trial first.
             self._give_slot(tune_controller)
 
-    def _end_if_done(self, tune_controller: TuneController, trials: list[Trial]) -> None:
+    def _end_if_done(self, tune_controller: TuneController, trials: list[Trial]) -> Trial | None:
+        """At the end: the leader to resume while no trial has reached max_t, else None
+        (the paused trials, if nothing can change any more, are ended)."""
         if not tune_controller.search_alg.is_finished():
-            return  # the common case, every step: no need to rank the rungs
+            return None  # the common case, every step: no need to rank the rungs
         to_resume = bool(self._resuming or self._rungs.promotable())
         if not nothing_can_change(True, [t.status for t in trials], to_resume):
-            return
+            return None
+        leader = last_promotion(self._reached_max_t, self._rungs)
+        if leader is not None:
+            # Nothing runs, so a slot is free: the leader takes it and trains on.
+            self._give_slot(tune_controller, leader)
+            return self._next_to_resume(trials)
         for t in trials:
             if t.status == Trial.PAUSED:
                 self._ended += 1
@@ -395,6 +443,17 @@ def _save_in_experiment_state(tune_controller: TuneController, trial: Trial) -> 
 
 
 def _tell(tune_controller: TuneController, hook: str, trial_id: str) -> None:
+    """``on_pause`` or ``on_unpause``: to the limiter, which passes it on to its searcher;
+    with no limiter, to the searcher itself."""
     limiter = _limiter(tune_controller)
     if limiter is not None:
         getattr(limiter, hook)(trial_id)
+    else:
+        _pass_on(getattr(tune_controller.search_alg, "searcher", None), hook, trial_id)
+
+
+def _pass_on(searcher: Any, hook: str, trial_id: str) -> None:
+    """Call the searcher's hook if it has one (Ray's base Searcher has none)."""
+    method = getattr(searcher, hook, None)
+    if method is not None:
+        method(trial_id)

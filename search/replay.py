@@ -18,6 +18,11 @@ budget counts epochs, not seconds).
 The measure of a search is its regret: the atlas's best val_iou (over all configs and
 epochs) minus the best val_iou it saw within its budget of ``budget x max_t``
 trial-epochs. bench/replay.py compares strategies over many seeds.
+
+What a replay needs of its curves is :class:`Benchmark`: a space of the product's own
+:class:`ParamSpec` and the curve of any config in it. :class:`AtlasBenchmark` is a grid
+atlas (categorical axes, recorded curves); bench/surrogate.py's is a model fitted on a
+continuous-space atlas, so that a search can propose any point of demo.yaml's space.
 """
 
 from __future__ import annotations
@@ -30,9 +35,13 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from pneumotune.search.config import ParamSpec
 
 from ray import tune
 
@@ -119,20 +128,97 @@ def spearman_by_epoch(atlas: Atlas) -> dict[int, float]:
     return out
 
 
+# --------------------------------------------------------------------------- benchmarks
+
+
+class Benchmark(Protocol):
+    """What a replay needs of its curves: a space and the curve of any config in it."""
+
+    name: str
+    params: tuple[ParamSpec, ...]  # the searched space
+    max_t: int
+    best: float  # the regret's reference: the best val_iou of the benchmark
+    tutorial: dict[str, Any]  # the tutorial's point in ``params`` ({}: none)
+
+    def curve(self, config: Mapping[str, Any]) -> Sequence[tuple[float, float]]:
+        """``(val_iou, epoch_seconds)`` of epochs 1..max_t of ``config``."""
+        ...
+
+    def key(self, config: Mapping[str, Any]) -> Hashable:
+        """The cell a run records for ``config`` (what :meth:`final` takes)."""
+        ...
+
+    def final(self, key: Hashable) -> float:
+        """The full-length score of a config (its best epoch)."""
+        ...
+
+    def grid(self) -> list[dict[str, Any]] | None:
+        """Every config of a finite space, or None for a continuous one."""
+        ...
+
+
+@dataclass
+class AtlasBenchmark:
+    """A grid atlas as a :class:`Benchmark`: categorical axes, the recorded curves (the first
+    seed's). ``fixed``: axes held at one level, not searched (``Strategy.fixed``: the
+    product's space); the regret's reference stays the whole atlas's best."""
+
+    atlas: Atlas
+    name: str = "atlas"
+    fixed: tuple[tuple[str, str], ...] = ()
+    params: tuple[ParamSpec, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        from pneumotune.search.config import ParamSpec
+
+        held = dict(self.fixed)
+        self.params = tuple(
+            ParamSpec(a, choices=self.atlas.levels[a]) for a in self.atlas.axes if a not in held
+        )
+
+    @property
+    def max_t(self) -> int:
+        return self.atlas.max_t
+
+    @property
+    def best(self) -> float:
+        return self.atlas.best
+
+    @property
+    def tutorial(self) -> dict[str, Any]:
+        """The tutorial's point in this space: a held axis keeps its level, as the product
+        moves a tutorial value its space lacks to the space's default."""
+        held = dict(self.fixed)
+        return {a: v for a, v in self.atlas.tutorial.items() if a not in held}
+
+    def key(self, config: Mapping[str, Any]) -> tuple[str, ...]:
+        held = dict(self.fixed)
+        return tuple(str(held[a] if a in held else config[a]) for a in self.atlas.axes)
+
+    def curve(self, config: Mapping[str, Any]) -> list[tuple[float, float]]:
+        return self.atlas.curves[self.key(config)][0]
+
+    def final(self, key: Hashable) -> float:
+        return self.atlas.final(key)  # type: ignore[arg-type]
+
+    def grid(self) -> list[dict[str, Any]]:
+        held = dict(self.fixed)
+        out = []
+        for k in self.atlas.curves:
+            config = dict(zip(self.atlas.axes, k, strict=True))
+            if all(config[a] == level for a, level in held.items()):
+                out.append({a: v for a, v in config.items() if a not in held})
+        return out
+
+
 # --------------------------------------------------------------------------- replay
 
 
-def replay_trial(
-    config: dict[str, Any],
-    curves: dict,
-    axes: tuple[str, ...],
-    scale: float,
-    checkpoints: bool = False,
-):
-    """A Tune function trainable: the recorded curve of ``config``'s atlas cell, from the
-    epoch after its checkpoint's when Tune resumes it. ``checkpoints``: report one (the
-    epoch) each epoch, for a scheduler that pauses trials (a stopping one needs none)."""
-    curve = curves[tuple(str(config[a]) for a in axes)][0]
+def replay_trial(config: dict[str, Any], bench: Benchmark, scale: float, checkpoints: bool = False):
+    """A Tune function trainable: the benchmark's curve of ``config``, from the epoch after
+    its checkpoint's when Tune resumes it. ``checkpoints``: report one (the epoch) each
+    epoch, for a scheduler that pauses trials (a stopping one needs none)."""
+    curve = bench.curve(config)
     start = 0
     if (checkpoint := tune.get_checkpoint()) is not None:
         with checkpoint.as_directory() as d:
@@ -163,15 +249,24 @@ class Strategy:
     fixed: tuple[tuple[str, str], ...] = ()
 
 
-def run_one(atlas: Atlas, strategy: Strategy, seed: int, budget: int, scale: float, workdir: Path):
-    """One search on a running Ray: ``(value, config)`` of every epoch it reported, in order,
-    up to ``budget`` x max_t of them (``config``: the atlas cell, a tuple of levels)."""
-    from pneumotune.search.config import AshaSettings, ExperimentConfig, ParamSpec
+def run_one(
+    bench: Benchmark | Atlas,
+    strategy: Strategy,
+    seed: int,
+    budget: int,
+    scale: float,
+    workdir: Path,
+):
+    """One search on a running Ray: ``(value, key)`` of every epoch it reported, in order,
+    up to ``budget`` x max_t of them (``key``: the benchmark's, for a grid atlas the cell,
+    a tuple of levels). An :class:`Atlas` is replayed as an :class:`AtlasBenchmark` with
+    the strategy's fixed axes."""
+    from pneumotune.search.config import AshaSettings, ExperimentConfig
     from pneumotune.search.tuner import SearchPlan, build_tuner, quiet_tune_output
 
-    epochs = budget * atlas.max_t
-    fixed = dict(strategy.fixed)
-    space = tuple(ParamSpec(a, choices=atlas.levels[a]) for a in atlas.axes if a not in fixed)
+    if isinstance(bench, Atlas):
+        bench = AtlasBenchmark(bench, fixed=strategy.fixed)
+    epochs = budget * bench.max_t
     asha = AshaSettings(
         grace_period=strategy.grace or 1,
         reduction_factor=strategy.reduction or 2,
@@ -179,37 +274,32 @@ def run_one(atlas: Atlas, strategy: Strategy, seed: int, budget: int, scale: flo
     )
     exp = ExperimentConfig(
         name="replay",
-        epochs=atlas.max_t,
+        epochs=bench.max_t,
         num_samples=10 * epochs,  # the budget ends the search, not the sample count
         max_concurrent=2,
         seed=seed,
         startup_trials=strategy.startup,
         asha=asha,
-        fixed=fixed,
-        space=space,
+        fixed=dict(getattr(bench, "fixed", ())),
+        space=bench.params,
     )
     if strategy.startup is None:
         # The experiment's rule (a quarter of num_samples) assumes num_samples is what the
         # budget buys: here the budget buys ~2B ASHA trials or B FIFO trials.
         trials = budget * (3 if strategy.asha else 1)
         exp = replace(exp, startup_trials=min(10, max(2, trials // 4)))
-    # The tutorial's point in this space: a fixed axis keeps its level, as the product
-    # moves a tutorial value its space lacks to the space's default.
-    point = {a: v for a, v in atlas.tutorial.items() if a not in fixed} if strategy.tutorial else {}
+    point = dict(bench.tutorial) if strategy.tutorial else {}
     plan = SearchPlan(exp, workdir, f"s{seed}", workdir, point, ())
-    recorded: list[tuple[float, tuple[str, ...]]] = []
+    recorded: list[tuple[float, Hashable]] = []
 
     class Record(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if len(recorded) < epochs:
-                cell = tuple(str(trial.config[a]) for a in atlas.axes)
-                recorded.append((float(result[METRIC]), cell))
+                recorded.append((float(result[METRIC]), bench.key(trial.config)))
 
     paused = strategy.asha and strategy.mode == "promote"  # its trials resume from checkpoints
     trainable = tune.with_resources(
-        tune.with_parameters(
-            replay_trial, curves=atlas.curves, axes=atlas.axes, scale=scale, checkpoints=paused
-        ),
+        tune.with_parameters(replay_trial, bench=bench, scale=scale, checkpoints=paused),
         {"cpu": 0.5},
     )
     tuner = build_tuner(
@@ -228,16 +318,16 @@ def run_one(atlas: Atlas, strategy: Strategy, seed: int, budget: int, scale: flo
     return recorded
 
 
-def summarise(atlas: Atlas, runs: list[list[tuple[float, tuple[str, ...]]]]) -> dict[str, Any]:
+def summarise(bench: Benchmark | Atlas, runs: list[list[tuple[float, Hashable]]]) -> dict[str, Any]:
     """Over ``runs`` (from :func:`run_one`): regret quartiles, trial-epochs to within NEAR
     of the atlas best, and the full-length score of the config each search would pick
     (the one it saw its best value from)."""
     regrets, to_best, picked = [], [], []
     for seen in runs:
         best_value, best_cell = max(seen, key=lambda x: x[0])
-        regrets.append(atlas.best - best_value)
-        picked.append(atlas.final(best_cell))
-        reached = next((i + 1 for i, (v, _) in enumerate(seen) if v >= atlas.best - NEAR), None)
+        regrets.append(bench.best - best_value)
+        picked.append(bench.final(best_cell))
+        reached = next((i + 1 for i, (v, _) in enumerate(seen) if v >= bench.best - NEAR), None)
         to_best.append(math.inf if reached is None else reached)
     q = statistics.quantiles(regrets, n=4, method="inclusive") if len(regrets) > 1 else regrets * 3
     median_epochs = statistics.median(to_best)

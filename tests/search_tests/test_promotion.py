@@ -23,11 +23,14 @@ from pneumotune.search.config import parse_experiment
 from pneumotune.search.promotion import (
     CONTINUE,
     PAUSE,
+    PauseAwareLimiter,
     PromotionScheduler,
     Rungs,
+    last_promotion,
     nothing_can_change,
     rung_levels,
 )
+from pneumotune.search.searcher import FidelityOptunaSearch
 from pneumotune.search.tuner import journal_storage, plan_search, run_search
 from tests.search_tests.cheap import cheap_trial
 
@@ -135,6 +138,36 @@ def test_paused_trials_are_ended_only_when_nothing_can_change_a_rung(
     finished, statuses, to_resume, end
 ):
     assert nothing_can_change(finished, statuses, to_resume) is end
+
+
+# Steps at rungs 1 and 2, reduction factor 2: (trial, epoch, score) arrivals, or
+# ("promote", trial); the leader: the best paused trial of the highest rung that has one.
+LEADERS = [
+    ([], None),  # nobody waits
+    ([("a", 1, 0.5)], "a"),  # the first at a rung waits: it leads
+    ([("a", 1, 0.5), ("b", 1, 0.9)], "a"),  # b went on; a waits
+    ([("a", 1, 0.5), ("b", 1, 0.9), ("promote", "a")], None),  # a left too: nobody waits
+    ([("a", 1, 0.5), ("b", 1, 0.3), ("c", 1, 0.4)], "a"),  # promotable or not
+    ([("a", 1, 0.5), ("b", 1, 0.3), ("c", 1, 0.4), ("promote", "a")], "c"),  # a left
+    ([("a", 1, 0.5), ("b", 1, 0.3), ("promote", "a"), ("a", 2, 0.1)], "a"),  # highest rung
+    ([("a", 1, 0.4), ("b", 1, 0.4), ("c", 1, 0.1), ("promote", "a")], "b"),
+    ([("a", 1, 0.2), ("b", 1, 0.2), ("c", 1, 0.1), ("d", 1, 0.1)], "a"),  # ties: earlier
+    ([("a", 1, math.nan), ("b", 1, -1.0), ("c", 1, -2.0)], "c"),  # NaN is the worst
+]
+
+
+@pytest.mark.parametrize(("steps", "leader"), LEADERS)
+def test_the_leader_is_the_best_paused_trial_of_the_highest_rung(steps, leader):
+    rungs = Rungs((1, 2), reduction_factor=2)
+    for step in steps:
+        if step[0] == "promote":
+            rungs.promote(step[1])
+        else:
+            rungs.on_result(*step)
+    assert rungs.leader() == leader
+    # Once nothing can change: promote it while no trial has reached max_t, else end all.
+    assert last_promotion(False, rungs) == leader
+    assert last_promotion(True, rungs) is None
 
 
 def test_asha_mode_in_the_experiment_yaml():
@@ -283,6 +316,74 @@ def test_a_stock_concurrency_limit_is_refused(ray_local, tmp_path):
     )
     with pytest.raises(Exception, match="PauseAwareLimiter"):
         tuner.fit()
+
+
+def _epoch_trainable(epochs: int):
+    """Reports ``x * epoch`` each epoch with a checkpoint, and resumes from it (nested, so
+    that Tune ships it by value)."""
+
+    def train(config):
+        import json
+        import tempfile
+        from pathlib import Path
+
+        from ray import tune
+
+        start = 0
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                start = json.loads((Path(d) / "epoch.json").read_text())
+        for epoch in range(start + 1, epochs + 1):
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / "epoch.json").write_text(json.dumps(epoch))
+                tune.report(
+                    {"score": config["x"] * epoch, "resumed_from": start},
+                    checkpoint=tune.Checkpoint.from_directory(d),
+                )
+
+    return train
+
+
+def test_a_finite_search_trains_its_leader_to_max_t(ray_local, tmp_path):
+    """Three trials, reduction factor 4: each waits at rung 1 (top floor(n / 4) of n <= 3
+    is empty), so without a last promotion no trial would reach max_t. The best at rung 1
+    is promoted once nothing else can change, and trains to max_t; the others end paused.
+    Optuna has every pause PRUNED, and the leader's resumed trial COMPLETE."""
+    storage = journal_storage(tmp_path / "study")
+    searcher = FidelityOptunaSearch(
+        space={"x": optuna.distributions.FloatDistribution(0.1, 1.0)},
+        metric="score",
+        mode="max",
+        max_t=4,
+        storage=storage,
+        study_name="end",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    tuner = tune.Tuner(
+        _epoch_trainable(4),
+        tune_config=tune.TuneConfig(
+            metric="score",
+            mode="max",
+            search_alg=PauseAwareLimiter(searcher, max_concurrent=1),
+            scheduler=PromotionScheduler(max_t=4, grace_period=1, reduction_factor=4),
+            num_samples=3,
+        ),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+    )
+    results = tuner.fit()
+    assert not results.errors
+    reached = {r.config["x"]: r.metrics["training_iteration"] for r in results}
+    best = max(reached)
+    assert reached == {x: 4 if x == best else 1 for x in reached}, reached
+    leader = next(r for r in results if r.config["x"] == best)
+    assert leader.metrics["resumed_from"] == 1  # from its rung's checkpoint
+
+    study = optuna.load_study(study_name="end", storage=storage)
+    states = sorted((t.state.name, len(t.intermediate_values)) for t in study.trials)
+    assert states == [("COMPLETE", 4), ("PRUNED", 1), ("PRUNED", 1), ("PRUNED", 1)]
+    (done,) = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert done.params == {"x": best} and done.value == pytest.approx(4 * best)
 
 
 @pytest.mark.slow

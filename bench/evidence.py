@@ -1,0 +1,153 @@
+"""The tables of docs/search-evidence.md, generated from the JSON files in bench/atlas/.
+
+    python bench/evidence.py            # rewrite the tables in docs/search-evidence.md
+    python bench/evidence.py --check    # exit 1 if a table there differs from its JSON
+
+The document's prose is written by hand; every table sits between two markers naming
+the JSON it comes from::
+
+    <!-- table: peers-surrogate-b4.json -->
+    ... (generated: do not edit)
+    <!-- end table -->
+
+and is rendered from that file alone, so a number in a table is always what a bench
+command wrote (each JSON says which command, seeds and atlas). The kinds of JSON:
+bench/peers.py's (peers, with our rows), bench/replay.py's (strategies),
+bench/surrogate.py's (held-out accuracy) and bench/atlas_agreement.py's (the resolution
+study).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ATLAS_DIR = BENCH / "atlas"
+DOC = BENCH.parent / "docs" / "search-evidence.md"
+BLOCK = re.compile(
+    r"(<!-- table: (?P<name>[\w.+-]+\.json) -->\n)(?P<body>.*?)(<!-- end table -->)", re.S
+)
+
+
+def _md(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _searches(data: dict[str, Any]) -> str:
+    """A peers or replay JSON: one row per searcher (peers.py's columns)."""
+    from peers import HEADER, table_rows  # bench/peers.py: one set of columns everywhere
+
+    rows: dict[str, Any] = {}
+    for name, r in {**data.get("peers", {}), **data.get("strategies", {})}.items():
+        rows[name] = dict(r, within=r["runs"] - r["never_within"])
+    for name, r in data.get("ours", {}).items():
+        rows[name] = dict(r, within=r["runs"] - r["never_within"])
+    first, last = data["seeds"]
+    atlas = data["atlas"]
+    title = (
+        f"{atlas['path']} ({atlas['configs']} configs, best {atlas['best']:.4f}), budget "
+        f"{data['budget']} x {atlas['max_t']} trial-epochs, seeds {first}-{last}"
+    )
+    header = [h for h in HEADER if h != "seconds"]
+    body = [r[: len(HEADER) - 1] for r in table_rows(rows)]  # seconds: machine-dependent
+    return f"*{title}*\n\n" + _md(header, body)
+
+
+def _surrogate(data: dict[str, Any]) -> str:
+    rows = [
+        [
+            name + (" (used)" if name == data["used"] else ""),
+            f"{m['spearman_epoch24']:.3f}",
+            f"{m['spearman_best_epoch']:.3f}",
+            f"{m['spearman_epoch1']:.3f}",
+            f"{m['rmse']:.4f}",
+        ]
+        for name, m in data["models"].items()
+    ]
+    s = data["surrogate"]
+    text = (
+        f"*{data['atlas']}: {data['configs']} configs x {data['max_t']} epochs, "
+        f"{data['folds']}-fold cross-validation over configs (Spearman, predicted vs recorded, "
+        f"held out)*\n\n"
+        + _md(["model", "epoch 24", "best epoch", "epoch 1", "RMSE"], rows)
+        + f"\n\nEpoch 1 vs best epoch (Spearman over configs): recorded "
+        f"{data['recorded_epoch1_vs_best_epoch']:.3f}, the surrogate's on 2,048 Sobol points "
+        f"{s['epoch1_vs_best_epoch_on_2048_sobol_points']:.3f}. Surrogate best {s['best']:.4f} "
+        f"(recorded best {s['recorded_best']:.4f})."
+    )
+    if "repeats" in data:
+        r = data["repeats"]
+        text += (
+            f" Seed noise, {r['configs']} configs run twice: Spearman of their best epochs "
+            f"{r['spearman_best_epoch_seed0_vs_seed1']:.3f}, mean difference "
+            f"{r['mean_abs_diff_best_epoch']:.4f}."
+        )
+    return text
+
+
+def _agreement(data: dict[str, Any]) -> str:
+    rows = [
+        [what, str(r["n"]), f"{r['spearman']:.3f}", f"{r['kendall']:.3f}"]
+        for what, r in data["between"].items()
+    ]
+    rows += [
+        [f"seed 0 vs seed 1, {name}", str(r["n"]), f"{r['spearman']:.3f}", f"{r['kendall']:.3f}"]
+        for name, r in data["within_seeds"].items()
+    ]
+    seconds = ", ".join(f"{k} {v:g} s" for k, v in data["median_epoch_seconds"].items())
+    overlap = ", ".join(f"top {k}: {v}" for k, v in data["top_overlap_final"].items())
+    return (
+        f"*{data['cheap']} vs {data['reference']}: rank agreement over configs*\n\n"
+        + _md(["score", "configs", "Spearman", "Kendall"], rows)
+        + f"\n\nShared top configs (final score): {overlap}. Median epoch: {seconds}."
+    )
+
+
+def render(name: str) -> str:
+    data = json.loads((ATLAS_DIR / name).read_text())
+    if "models" in data:
+        return _surrogate(data)
+    if "between" in data:
+        return _agreement(data)
+    if "peers" in data or "strategies" in data:
+        return _searches(data)
+    raise ValueError(f"bench/atlas/{name}: not a JSON this knows how to render")
+
+
+def regenerate(text: str) -> str:
+    def one(m: re.Match[str]) -> str:
+        return m.group(1) + render(m.group("name")) + "\n" + m.group(4)
+
+    return BLOCK.sub(one, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--doc", type=Path, default=DOC, help="default docs/search-evidence.md")
+    parser.add_argument("--check", action="store_true", help="only check; exit 1 if stale")
+    args = parser.parse_args(argv)
+    text = args.doc.read_text()
+    new = regenerate(text)
+    tables = len(BLOCK.findall(text))
+    if args.check:
+        if new != text:
+            print(f"{args.doc}: tables differ from bench/atlas/*.json; run bench/evidence.py")
+            return 1
+        print(f"{args.doc}: {tables} tables match their JSON")
+        return 0
+    args.doc.write_text(new)
+    print(f"{args.doc}: {tables} tables rewritten")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
