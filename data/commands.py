@@ -1,6 +1,6 @@
 """The dataset's commands: `synth`, `convert` and the report of a dataset.
 
-Each ``add_*`` registers one subcommand on the top-level parser (pneumotune/cli.py);
+Each ``add_*`` registers one subcommand on the top-level parser (app/cli.py);
 its handler parses nothing more and calls the importable function that does the work.
 """
 
@@ -180,5 +180,5 @@ def run_report(args: argparse.Namespace) -> Any:
     return report_dataset(args.dataset, args.out, seed=args.seed, samples=samples)
 
 
-# Registered by pneumotune/cli.py, in this order in `pneumotune --help`.
+# Registered by app/cli.py, in this order in `pneumotune --help`.
 COMMANDS = (_add_synth, _add_convert)

@@ -1,6 +1,6 @@
 """The model's commands: `predict` (DICOMs -> submission CSV) and `score` (Kaggle score).
 
-Each ``add_*`` registers one subcommand on the top-level parser (pneumotune/cli.py).
+Each ``add_*`` registers one subcommand on the top-level parser (app/cli.py).
 """
 
 from __future__ import annotations
@@ -118,5 +118,5 @@ def _run_score(args: argparse.Namespace) -> Any:
     )
 
 
-# Registered by pneumotune/cli.py, in this order in `pneumotune --help`.
+# Registered by app/cli.py, in this order in `pneumotune --help`.
 COMMANDS = (_add_predict, _add_score)

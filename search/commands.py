@@ -3,7 +3,7 @@
 `train` is here because it reads an experiment file (one run with the experiment's
 defaults) or a search (``--from-search``); `report` takes a dataset or a search folder
 and hands a dataset to the dataset's report. Each ``add_*`` registers one subcommand
-on the top-level parser (pneumotune/cli.py).
+on the top-level parser (app/cli.py).
 """
 
 from __future__ import annotations
@@ -425,5 +425,5 @@ def _run_demo(args: argparse.Namespace) -> Any:
     return run_demo(A.config_from(args, DemoConfig, experiment="config"))
 
 
-# Registered by pneumotune/cli.py, in this order in `pneumotune --help`.
+# Registered by app/cli.py, in this order in `pneumotune --help`.
 COMMANDS = (_add_demo, _add_search, _add_status, _add_report, _add_export, _add_train)
