@@ -67,10 +67,10 @@ PyTorch preinstalled, no TensorFlow, 64 MiB of packages per run)
 ---------------------------------------------------------------------------------------
 ``--backend jax`` (or ``torch``) imports only keras, numpy, albumentations and OpenCV (and
 what they import) and the project's ``pneumotune.model`` modules: no TensorFlow, no Ray,
-no pydicom. The project's source goes along as files: ``PYTHONPATH=<repo root>`` makes
-``import pneumotune.model.train`` work (the root's ``pneumotune/__init__.py`` finds
-``model/`` beside it), and this script puts the repo root on its path itself if
-``pneumotune`` is not importable.
+no pydicom. The project's source goes along as files, not installed: when ``pneumotune``
+is not importable, this script maps the import names onto the repository's folders itself
+(pyproject.toml's ``package-dir``: ``pneumotune`` is ``app/``, ``pneumotune.model`` is
+``model/``, ...), as an editable install would, in its own process and in each worker.
 
 albumentations is NOT optional: ``pneumotune.model.config`` (``TrainConfig``) imports
 ``pneumotune.model.augment``, which imports ``albumentations`` and ``cv2`` at module top
@@ -212,10 +212,32 @@ def make_plan(args: argparse.Namespace) -> Plan:
 # --------------------------------------------------------------------------- process set-up
 
 
+class SourceTree:
+    """A finder of the packages of pyproject.toml's ``package-dir`` in this repository's
+    folders (``pneumotune`` -> ``app/``, ``pneumotune.model`` -> ``model/``, ...); their
+    modules are then found in each package's ``__path__``."""
+
+    def __init__(self, root: Path) -> None:
+        import tomllib
+
+        config = tomllib.loads((root / "pyproject.toml").read_text())
+        dirs = config["tool"]["setuptools"]["package-dir"]
+        self.packages = {name: root / folder for name, folder in dirs.items()}
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        folder = self.packages.get(name)
+        if folder is None:
+            return None
+        init = folder / "__init__.py"
+        return importlib.util.spec_from_file_location(
+            name, init, submodule_search_locations=[str(folder)]
+        )
+
+
 def ensure_importable() -> None:
-    """Put the repo root on the path when ``pneumotune`` is not installed (a copied tree)."""
+    """Map ``pneumotune`` onto this repository when it is not installed (a copied tree)."""
     if importlib.util.find_spec("pneumotune") is None:
-        sys.path.insert(0, str(ROOT))
+        sys.meta_path.append(SourceTree(ROOT))
 
 
 def setup_process(backend: str, cpus: float | None = None, fraction: float | None = None) -> None:

@@ -1,7 +1,8 @@
 """The dataset's commands: `synth`, `convert` and the report of a dataset.
 
-Each ``add_*`` registers one subcommand on the top-level parser (pneumotune/cli.py);
-its handler parses nothing more and calls the importable function that does the work.
+Each is a :class:`~pneumotune.cli_args.Command` of app/cli.py's registry: its
+arguments, and a handler that parses nothing more and calls the importable function that
+does the work.
 """
 
 from __future__ import annotations
@@ -47,17 +48,7 @@ def add_pixel_budget(p: argparse.ArgumentParser, refused: str) -> None:
 
 
 # --------------------------------------------------------------------------- synth
-def _add_synth(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "synth",
-        help="write a synthetic dataset in the SIIM-ACR layout",
-        description=(
-            "Write a synthetic chest X-ray dataset that follows the real SIIM-ACR layout: "
-            "OUT/dicom-images-<split>/<study>/<series>/<SOPInstanceUID>.dcm (JPEG Baseline, "
-            "8-bit MONOCHROME2, real tags) and the label CSV in the stage-1 (train-rle.csv, "
-            "leading spaces) or stage-2 (stage_2_train.csv) dialect. Deterministic for a seed."
-        ),
-    )
+def _synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", type=Path, help="output folder (created)")
     p.add_argument(
         "--images",
@@ -96,7 +87,6 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         "test-rle.csv, kept only for scoring (default train)",
     )
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    p.set_defaults(func=_run_synth)
 
 
 def _run_synth(args: argparse.Namespace) -> Any:
@@ -111,23 +101,23 @@ def _run_synth(args: argparse.Namespace) -> Any:
         raise UsageError(str(exc)) from exc
 
 
+SYNTH = A.Command(
+    "synth",
+    help="write a synthetic dataset in the SIIM-ACR layout",
+    description=(
+        "Write a synthetic chest X-ray dataset that follows the real SIIM-ACR layout: "
+        "OUT/dicom-images-<split>/<study>/<series>/<SOPInstanceUID>.dcm (JPEG Baseline, "
+        "8-bit MONOCHROME2, real tags) and the label CSV in the stage-1 (train-rle.csv, "
+        "leading spaces) or stage-2 (stage_2_train.csv) dialect. Deterministic for a seed."
+    ),
+    arguments=_synth_arguments,
+    run=_run_synth,
+    shown=("--images", "--size"),
+)
+
+
 # --------------------------------------------------------------------------- convert
-def _add_convert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "convert",
-        help="DICOMs + RLE labels -> Parquet dataset (Ray Data)",
-        description=(
-            "Convert a folder of DICOM files and an RLE label CSV into a Parquet dataset with "
-            "a manifest.json and an errors.csv ledger, using Ray Data on all local cores (or "
-            "the cluster given by --address). Bad files and bad label rows are recorded with "
-            "their reason and the run goes on: files_seen == converted + errors."
-        ),
-        epilog=(
-            "SRC may be the top of a SIIM download: if it holds dicom-images-train/, only that "
-            "folder is read, and train-rle.csv or stage_2_train.csv at its top is the default "
-            "label file. With no label file at all, every image is stored as unlabelled."
-        ),
-    )
+def _convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", type=Path, help="folder searched recursively for *.dcm")
     p.add_argument("out", type=Path, help="dataset folder to write (must be empty or absent)")
     p.add_argument(
@@ -154,7 +144,6 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     add_pixel_budget(p, "such a file is a row of errors.csv")
     A.add_address(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    p.set_defaults(func=_run_convert)
 
 
 def _run_convert(args: argparse.Namespace) -> Any:
@@ -162,6 +151,27 @@ def _run_convert(args: argparse.Namespace) -> Any:
 
     cfg = A.config_from(args, ConvertConfig, n_folds="folds")
     return convert(cfg, address=args.address, progress=True)
+
+
+CONVERT = A.Command(
+    "convert",
+    help="DICOMs + RLE labels -> Parquet dataset (Ray Data)",
+    description=(
+        "Convert a folder of DICOM files and an RLE label CSV into a Parquet dataset with "
+        "a manifest.json and an errors.csv ledger, using Ray Data on all local cores (or "
+        "the cluster given by --address). Bad files and bad label rows are recorded with "
+        "their reason and the run goes on: files_seen == converted + errors."
+    ),
+    epilog=(
+        "SRC may be the top of a SIIM download: if it holds dicom-images-train/, only that "
+        "folder is read, and train-rle.csv or stage_2_train.csv at its top is the default "
+        "label file. With no label file at all, every image is stored as unlabelled."
+    ),
+    arguments=_convert_arguments,
+    run=_run_convert,
+    needs=frozenset({"ray"}),
+    shown=("--labels", "--sizes"),
+)
 
 
 def run_report(args: argparse.Namespace) -> Any:
@@ -178,7 +188,3 @@ def run_report(args: argparse.Namespace) -> Any:
         )
     samples = 12 if args.samples is None else args.samples
     return report_dataset(args.dataset, args.out, seed=args.seed, samples=samples)
-
-
-# Registered by pneumotune/cli.py, in this order in `pneumotune --help`.
-COMMANDS = (_add_synth, _add_convert)

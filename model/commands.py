@@ -1,6 +1,6 @@
 """The model's commands: `predict` (DICOMs -> submission CSV) and `score` (Kaggle score).
 
-Each ``add_*`` registers one subcommand on the top-level parser (pneumotune/cli.py).
+Each is a :class:`~pneumotune.cli_args.Command` of app/cli.py's registry.
 """
 
 from __future__ import annotations
@@ -14,20 +14,7 @@ from pneumotune.data.commands import add_pixel_budget
 
 
 # --------------------------------------------------------------------------- predict
-def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="DICOMs -> a submission CSV of RLE masks, with an exported model",
-        description=(
-            "Predict a pneumothorax mask for every *.dcm file below DICOM_DIR (searched "
-            "recursively; CSV files there are ignored) with a model directory written by "
-            "`pneumotune train` or `pneumotune export`. Each DICOM is read and resized exactly "
-            "as in training, the probabilities are upsampled to the DICOM's own size, the "
-            "model card's triplet is applied, and the mask is written as SIIM relative RLE: "
-            "one row per image, ImageId = file stem, -1 when empty. Files that cannot be "
-            "read are listed with their reason in <OUT stem>.errors.csv and have no row."
-        ),
-    )
+def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", type=Path, help="exported model directory (holds model_card.json)")
     p.add_argument("dicom_dir", type=Path, help="folder searched recursively for *.dcm")
     p.add_argument(
@@ -41,7 +28,6 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     add_pixel_budget(p, "such a file is a row of <OUT stem>.errors.csv and has no row")
     A.add_backend(p)
-    p.set_defaults(func=_run_predict, keras=True)
 
 
 def _run_predict(args: argparse.Namespace) -> Any:
@@ -57,21 +43,27 @@ def _run_predict(args: argparse.Namespace) -> Any:
     )
 
 
-def _add_score(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "score",
-        help="the Kaggle score of a submission CSV against a label CSV",
-        description=(
-            "Score a submission (ImageId,EncodedPixels) against a label CSV the way the "
-            "SIIM-ACR leaderboard did: the Dice coefficient of each image of the label file, "
-            "averaged; an image with an empty truth scores 1 if the prediction is empty too "
-            "and 0 otherwise. Images of the label file missing from the submission count as "
-            "predicted empty. Also prints what an all-empty submission would score. A row "
-            "that cannot be decoded is listed with its reason in the --errors CSV and the "
-            "rest is scored: a truth image with such a row is left out, an unreadable "
-            "prediction scores 0."
-        ),
-    )
+PREDICT = A.Command(
+    "predict",
+    help="DICOMs -> a submission CSV of RLE masks, with an exported model",
+    description=(
+        "Predict a pneumothorax mask for every *.dcm file below DICOM_DIR (searched "
+        "recursively; CSV files there are ignored) with a model directory written by "
+        "`pneumotune train` or `pneumotune export`. Each DICOM is read and resized exactly "
+        "as in training, the probabilities are upsampled to the DICOM's own size, the "
+        "model card's triplet is applied, and the mask is written as SIIM relative RLE: "
+        "one row per image, ImageId = file stem, -1 when empty. Files that cannot be "
+        "read are listed with their reason in <OUT stem>.errors.csv and have no row."
+    ),
+    arguments=_predict_arguments,
+    run=_run_predict,
+    needs=frozenset({"keras"}),
+    shown=("--out",),
+)
+
+
+# --------------------------------------------------------------------------- score
+def _score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("submission", type=Path, help="submission CSV (ImageId,EncodedPixels)")
     p.add_argument(
         "truth", type=Path, help="label CSV, e.g. train-rle.csv or a synthetic test-rle.csv"
@@ -101,7 +93,6 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     add_pixel_budget(
         p, "with --dicoms, such a file's size is not used (its masks are decoded at 1024x1024)"
     )
-    p.set_defaults(func=_run_score)
 
 
 def _run_score(args: argparse.Namespace) -> Any:
@@ -118,5 +109,20 @@ def _run_score(args: argparse.Namespace) -> Any:
     )
 
 
-# Registered by pneumotune/cli.py, in this order in `pneumotune --help`.
-COMMANDS = (_add_predict, _add_score)
+SCORE = A.Command(
+    "score",
+    help="the Kaggle score of a submission CSV against a label CSV",
+    description=(
+        "Score a submission (ImageId,EncodedPixels) against a label CSV the way the "
+        "SIIM-ACR leaderboard did: the Dice coefficient of each image of the label file, "
+        "averaged; an image with an empty truth scores 1 if the prediction is empty too "
+        "and 0 otherwise. Images of the label file missing from the submission count as "
+        "predicted empty. Also prints what an all-empty submission would score. A row "
+        "that cannot be decoded is listed with its reason in the --errors CSV and the "
+        "rest is scored: a truth image with such a row is left out, an unreadable "
+        "prediction scores 0."
+    ),
+    arguments=_score_arguments,
+    run=_run_score,
+    shown=("--dicoms",),
+)

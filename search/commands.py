@@ -2,8 +2,8 @@
 
 `train` is here because it reads an experiment file (one run with the experiment's
 defaults) or a search (``--from-search``); `report` takes a dataset or a search folder
-and hands a dataset to the dataset's report. Each ``add_*`` registers one subcommand
-on the top-level parser (pneumotune/cli.py).
+and hands a dataset to the dataset's report. Each is a
+:class:`~pneumotune.cli_args.Command` of app/cli.py's registry.
 """
 
 from __future__ import annotations
@@ -18,22 +18,7 @@ from pneumotune.errors import UsageError
 
 
 # --------------------------------------------------------------------------- search
-def _add_search(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "search",
-        help="hyperparameter search: Ray Tune + Optuna (TPE) + ASHA",
-        description=(
-            "Search the experiment's space with Ray Tune: Optuna's TPE proposes configs (the "
-            "tutorial's settings first), ASHA stops weak trials after each epoch, every epoch "
-            "is checkpointed. Runs on a local Ray (dashboard on 127.0.0.1:8265) or joins a "
-            "cluster with --address. Results land in <storage>/<name> in Ray Tune's layout."
-        ),
-        epilog=(
-            "Watch it from another terminal with `pneumotune status <storage>/<name>`; export "
-            "the best model with `pneumotune export <storage>/<name> --out MODEL_DIR`. An "
-            "interrupted search continues with --resume (same --name and --storage)."
-        ),
-    )
+def _search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         default="demo",
@@ -44,6 +29,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         "--data",
         type=Path,
         default=None,
+        metavar="DATASET",
         help="converted dataset (default: the experiment's `data:`)",
     )
     A.add_address(p)
@@ -80,7 +66,6 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         "base_filters and depth; README 'Your own data')",
     )
     A.add_backend(p)
-    p.set_defaults(func=_run_search)
 
 
 def _run_search(args: argparse.Namespace) -> Any:
@@ -119,12 +104,29 @@ def _run_search(args: argparse.Namespace) -> Any:
     return None
 
 
-def _add_status(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "status",
-        help="the trial table of a running or finished search",
-        description="Read a search directory (running or finished) and print its trial table.",
-    )
+SEARCH = A.Command(
+    "search",
+    help="hyperparameter search: Ray Tune + Optuna (TPE) + ASHA",
+    description=(
+        "Search the experiment's space with Ray Tune: Optuna's TPE proposes configs (the "
+        "tutorial's settings first), ASHA stops weak trials after each epoch, every epoch "
+        "is checkpointed. Runs on a local Ray (dashboard on 127.0.0.1:8265) or joins a "
+        "cluster with --address. Results land in <storage>/<name> in Ray Tune's layout."
+    ),
+    epilog=(
+        "Watch it from another terminal with `pneumotune status <storage>/<name>`; export "
+        "the best model with `pneumotune export <storage>/<name> --out MODEL_DIR`. An "
+        "interrupted search continues with --resume (same --name and --storage)."
+    ),
+    arguments=_search_arguments,
+    run=_run_search,
+    needs=frozenset({"ray"}),  # Keras runs in the trials, on --backend
+    shown=("--config", "--data", "--address"),
+)
+
+
+# --------------------------------------------------------------------------- status
+def _status_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", type=Path, help="the search directory, <storage>/<name>")
     p.add_argument(
         "--watch",
@@ -139,7 +141,6 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
         metavar="S",
         help="seconds between readings with --watch (default 5)",
     )
-    p.set_defaults(func=_run_status)
 
 
 def _run_status(args: argparse.Namespace) -> Any:
@@ -156,28 +157,22 @@ def _run_status(args: argparse.Namespace) -> Any:
     return None
 
 
+STATUS = A.Command(
+    "status",
+    help="the trial table of a running or finished search",
+    description="Read a search directory (running or finished) and print its trial table.",
+    arguments=_status_arguments,
+    run=_run_status,
+    shown=("--watch",),
+)
+
+
 # --------------------------------------------------------------------------- report
-def _add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "report",
-        help="report of a dataset (EDA) or of a search (one offline HTML page + PNGs)",
-        description=(
-            "Write an exploratory report of a dataset written by `pneumotune convert`: sample "
-            "radiographs, positive images with mask / CLAHE / raw panels, class balance, "
-            "regions per image, age, sex and view position by class, mask areas, a heat map "
-            "of where regions lie, and data quality (unlabelled images, invalid ages, "
-            "conversion errors, fold balance). One self-contained HTML file (no network "
-            "needed to open it) plus each figure as a PNG. No patient identifier is shown. "
-            "Given a search directory instead, write the search report: the metric per "
-            "epoch of every trial (ASHA stops marked), best so far over trial-epochs, "
-            "parallel coordinates of the searched values, hyperparameter importance "
-            "(Optuna), the best trial against the tutorial's settings, and the best "
-            "model's predictions on validation images."
-        ),
-    )
+def _report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "dataset",
         type=Path,
+        metavar="DATASET|RESULTS",
         help="a dataset folder (holds manifest.json) or a search directory (holds pneumotune.json)",
     )
     p.add_argument(
@@ -197,7 +192,6 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         "in a search report's predictions (default 6)",
     )
     A.add_backend(p)
-    p.set_defaults(func=_run_report, keras=True)
 
 
 def _run_report(args: argparse.Namespace) -> Any:
@@ -211,33 +205,31 @@ def _run_report(args: argparse.Namespace) -> Any:
     return report_search(args.dataset, args.out, seed=args.seed, samples=samples)
 
 
+REPORT = A.Command(
+    "report",
+    help="report of a dataset (EDA) or of a search (one offline HTML page + PNGs)",
+    description=(
+        "Write an exploratory report of a dataset written by `pneumotune convert`: sample "
+        "radiographs, positive images with mask / CLAHE / raw panels, class balance, "
+        "regions per image, age, sex and view position by class, mask areas, a heat map "
+        "of where regions lie, and data quality (unlabelled images, invalid ages, "
+        "conversion errors, fold balance). One self-contained HTML file (no network "
+        "needed to open it) plus each figure as a PNG. No patient identifier is shown. "
+        "Given a search directory instead, write the search report: the metric per "
+        "epoch of every trial (ASHA stops marked), best so far over trial-epochs, "
+        "parallel coordinates of the searched values, hyperparameter importance "
+        "(Optuna), the best trial against the tutorial's settings, and the best "
+        "model's predictions on validation images."
+    ),
+    arguments=_report_arguments,
+    run=_run_report,
+    needs=frozenset({"keras"}),
+    shown=("--out",),
+)
+
+
 # --------------------------------------------------------------------------- train
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train one model with an experiment's defaults (no search) and export it",
-        description=(
-            "Train one ResUNet on a converted dataset with the experiment's fixed values and\n"
-            "the default of each searched parameter (`img_size: stored` means the smallest\n"
-            "stored size), validating on the fold val_fold. Prints the validation metrics\n"
-            "after every epoch, tunes the post-processing triplet (threshold, minimum area,\n"
-            "lower threshold) on the validation fold, and exports the model to --out:\n"
-            "model.keras, a TF SavedModel and model_card.json."
-        ),
-        epilog=(
-            "Example, on the synthetic demo data:\n"
-            "  pneumotune synth raw --images 400 --size 256\n"
-            "  pneumotune convert raw ds --sizes 64,128\n"
-            "  pneumotune train --config demo --data ds --epochs 8 --set img_size=128\n"
-            "  pneumotune predict pneumotune-model DICOM_DIR --out submission.csv\n"
-            "The Kaggle score printed at the end is worth comparing with the all-empty\n"
-            "score printed next to it: ~78% of images have no pneumothorax, so predicting\n"
-            "nothing at all already scores ~0.78.\n"
-            "After a search, the best config on all labelled data, 4 data-parallel workers:\n"
-            "  pneumotune train --from-search pneumotune-results/NAME --workers 4 --out MODEL"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         default=None,
@@ -301,7 +293,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--set augment.flip_p=0 (repeatable; names as in the experiment's space)",
     )
     A.add_backend(p)
-    p.set_defaults(func=_run_train, keras=True)
 
 
 def _run_train(args: argparse.Namespace) -> Any:
@@ -339,19 +330,39 @@ def _run_train_from_search(args: argparse.Namespace) -> Any:
     )
 
 
+TRAIN = A.Command(
+    "train",
+    help="train one model with an experiment's defaults (no search) and export it",
+    description=(
+        "Train one ResUNet on a converted dataset with the experiment's fixed values and\n"
+        "the default of each searched parameter (`img_size: stored` means the smallest\n"
+        "stored size), validating on the fold val_fold. Prints the validation metrics\n"
+        "after every epoch, tunes the post-processing triplet (threshold, minimum area,\n"
+        "lower threshold) on the validation fold, and exports the model to --out:\n"
+        "model.keras, a TF SavedModel and model_card.json."
+    ),
+    epilog=(
+        "Example, on the synthetic demo data:\n"
+        "  pneumotune synth raw --images 400 --size 256\n"
+        "  pneumotune convert raw ds --sizes 64,128\n"
+        "  pneumotune train --config demo --data ds --epochs 8 --set img_size=128\n"
+        "  pneumotune predict pneumotune-model DICOM_DIR --out submission.csv\n"
+        "The Kaggle score printed at the end is worth comparing with the all-empty\n"
+        "score printed next to it: ~78% of images have no pneumothorax, so predicting\n"
+        "nothing at all already scores ~0.78.\n"
+        "After a search, the best config on all labelled data, 4 data-parallel workers:\n"
+        "  pneumotune train --from-search pneumotune-results/NAME --workers 4 --out MODEL"
+    ),
+    raw=True,
+    arguments=_train_arguments,
+    run=_run_train,
+    needs=frozenset({"keras", "ray"}),  # Ray with --from-search
+    shown=("--config", "--data", "--from-search"),
+)
+
+
 # --------------------------------------------------------------------------- export
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export",
-        help="export the best model of a search",
-        description=(
-            "Take the best trial's best checkpoint of a search (finished, or running: its best "
-            "so far), tune the post-processing triplet (threshold, minimum area, lower "
-            "threshold) on that trial's validation fold, and write a model directory: "
-            "model.keras, saved_model/ and model_card.json (config, trial id, metrics)."
-        ),
-        epilog="Then: pneumotune predict MODEL_DIR DICOM_DIR --out submission.csv",
-    )
+def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", type=Path, help="the search directory, <storage>/<name>")
     p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="model directory")
     p.add_argument(
@@ -361,7 +372,6 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="the dataset, if it moved since the search (default: the search's)",
     )
     A.add_backend(p)
-    p.set_defaults(func=_run_export, keras=True)
 
 
 def _run_export(args: argparse.Namespace) -> Any:
@@ -370,22 +380,26 @@ def _run_export(args: argparse.Namespace) -> Any:
     return export_best(args.results, args.out, data_dir=args.data)
 
 
+EXPORT = A.Command(
+    "export",
+    help="export the best model of a search",
+    description=(
+        "Take the best trial's best checkpoint of a search (finished, or running: its best "
+        "so far), tune the post-processing triplet (threshold, minimum area, lower "
+        "threshold) on that trial's validation fold, and write a model directory: "
+        "model.keras, saved_model/ and model_card.json (config, trial id, metrics)."
+    ),
+    epilog="Then: pneumotune predict MODEL_DIR DICOM_DIR --out submission.csv",
+    arguments=_export_arguments,
+    run=_run_export,
+    needs=frozenset({"keras"}),
+)
+
+
 # --------------------------------------------------------------------------- demo
-def _add_demo(sub: argparse._SubParsersAction) -> None:
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
     from pneumotune.search.demo import DEMO_IMAGES, DEMO_TRIALS
 
-    p = sub.add_parser(
-        "demo",
-        help="the whole pipeline on synthetic data (the quick start)",
-        description=(
-            "Run every stage on a synthetic SIIM-layout dataset, on this machine: synth a "
-            "training set and a held-out test set, convert (Ray Data), write the EDA report, "
-            "search with the shipped `demo` experiment (Ray Tune + Optuna TPE + ASHA on a "
-            "local Ray), export the best model, predict the held-out DICOMs and print their "
-            "Kaggle score. About 2 minutes on 2 idle CPU cores (1.5-2.7 measured)."
-        ),
-        epilog="A second run reuses the data under --out and runs a new search (--fresh: all).",
-    )
     p.add_argument(
         "--out",
         type=Path,
@@ -416,7 +430,6 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="do not start the Ray dashboard",
     )
     A.add_backend(p)
-    p.set_defaults(func=_run_demo, keras=True)
 
 
 def _run_demo(args: argparse.Namespace) -> Any:
@@ -425,5 +438,19 @@ def _run_demo(args: argparse.Namespace) -> Any:
     return run_demo(A.config_from(args, DemoConfig, experiment="config"))
 
 
-# Registered by pneumotune/cli.py, in this order in `pneumotune --help`.
-COMMANDS = (_add_demo, _add_search, _add_status, _add_report, _add_export, _add_train)
+DEMO = A.Command(
+    "demo",
+    help="the whole pipeline on synthetic data (the quick start)",
+    description=(
+        "Run every stage on a synthetic SIIM-layout dataset, on this machine: synth a "
+        "training set and a held-out test set, convert (Ray Data), write the EDA report, "
+        "search with the shipped `demo` experiment (Ray Tune + Optuna TPE + ASHA on a "
+        "local Ray), export the best model, predict the held-out DICOMs and print their "
+        "Kaggle score. About 2 minutes on 2 idle CPU cores (1.5-2.7 measured)."
+    ),
+    epilog="A second run reuses the data under --out and runs a new search (--fresh: all).",
+    arguments=_demo_arguments,
+    run=_run_demo,
+    needs=frozenset({"ray", "keras"}),
+    shown=("--out",),
+)

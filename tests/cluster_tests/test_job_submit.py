@@ -5,11 +5,14 @@ that lives in a temp dir with its own token, ports and session, so that it touch
 neither ~/.ray nor any other Ray on the machine: it is stopped by killing the processes
 of its own session, never with `ray stop` (which kills every Ray process of the user).
 
-The job's code reaches the cluster only through the runtime environment
-(``--working-dir``): the head runs without our repository on its PYTHONPATH, and the
-package is not installed, so a driver or a trial that imports ``pneumotune.search`` proves
-shipping: the unpacked working_dir holds the root folder ``pneumotune/``, whose
-``__init__`` finds the subpackage folders (``data/``, ``model/``, ...) beside it.
+The job's code is the package installed on the cluster's nodes, as on a real cluster (the
+YAMLs' setup commands install it on every node): the head runs this virtual environment's
+Python, where the package is installed (``pip install -e .`` of this checkout), without our
+repository on its PYTHONPATH. The job is submitted with this repository as its
+``--working-dir``, which Ray unpacks first on the PYTHONPATH of the driver and of every
+worker; it holds no folder named ``pneumotune`` (the root package's folder is ``app/``), so
+the driver and the trials import the installed package, not the shipped copy of the
+checkout (cluster/README.md "Code shipping").
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ from pneumotune.search.results import summarise
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+# The `ray` command of this very Python (a console script may live in another venv's bin,
+# with another Python): the head and its workers run the interpreter whose install of
+# pneumotune is under test.
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -56,7 +63,7 @@ def _free_port() -> int:
 
 def _clean_env() -> dict[str, str]:
     # No inherited Ray settings (an address, another token) and no PYTHONPATH: the head
-    # and its workers must find our packages only through the job's working_dir.
+    # and its workers find our packages only as installed (and the working_dir's files).
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.pop("PYTHONPATH", None)
     return env
@@ -115,7 +122,7 @@ def ray_head():
     # `ray get-auth-token --generate` writes ~/.ray/auth_token: with HOME pointing here it
     # writes <temp_dir>/.ray/auth_token and the user's own token is never touched.
     generated = subprocess.run(
-        [BIN / "ray", "get-auth-token", "--generate"],
+        [*RAY, "get-auth-token", "--generate"],
         env={**env, "HOME": str(temp_dir), "RAY_AUTH_MODE": "token"},
         cwd=temp_dir,
         capture_output=True,
@@ -144,7 +151,7 @@ def ray_head():
         )
     }
     command = [
-        str(BIN / "ray"),
+        *RAY,
         "start",
         "--head",
         "--block",  # stays in the foreground: its process is our handle on the head
@@ -188,7 +195,7 @@ def _submit(head: Head, entrypoint: list[str], working_dir: Path = ROOT) -> str:
     submission_id = f"pneumotune-test-{uuid.uuid4().hex[:8]}"
     result = subprocess.run(
         [
-            BIN / "ray",
+            *RAY,
             "job",
             "submit",
             "--address",
@@ -245,13 +252,11 @@ def test_search_job_succeeds_and_the_job_api_wants_the_token(ray_head, tiny_data
     config = tmp_path / "jobtest.yaml"
     config.write_text(yaml.safe_dump(experiment))
     storage = tmp_path / "results"
-    # `python -m pneumotune.cli` is the `pneumotune` console script without an install.
+    # The installed console script, as on a cluster's node.
     submission_id = _submit(
         ray_head,
         [
-            str(BIN / "python"),
-            "-m",
-            "pneumotune.cli",
+            str(BIN / "pneumotune"),
             "search",
             "--config",
             str(config),
@@ -280,28 +285,64 @@ def test_search_job_succeeds_and_the_job_api_wants_the_token(ray_head, tiny_data
     assert all(t.epochs == 1 for t in summary.trials), summary.describe()
 
 
+def _installed_files() -> list[str]:
+    """Where this Python imports the packages from outside any checkout: the install."""
+    with tempfile.TemporaryDirectory() as elsewhere:
+        done = subprocess.run(
+            [sys.executable, "-P", "-c", f"import json\n{IMPORTS}\nprint(json.dumps(FILES))"],
+            cwd=elsewhere,
+            env=_clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    return json.loads(done.stdout)
+
+
+IMPORTS = (
+    "import pneumotune, pneumotune.errors, pneumotune.data, pneumotune.model, "
+    "pneumotune.search\n"
+    "FILES = [x.__file__ for x in (pneumotune, pneumotune.errors, pneumotune.data, "
+    "pneumotune.model, pneumotune.search)]"
+)
+
+
 @pytest.mark.slow
-def test_driver_and_workers_import_the_shipped_packages(ray_head):
-    # -P: no script directory / cwd on sys.path, so only PYTHONPATH (set by the
-    # working_dir plugin) can make `pneumotune` importable in the driver.
+def test_driver_and_workers_import_the_installed_package(ray_head):
+    # -P: no script directory / cwd on sys.path; the working_dir plugin still puts the
+    # unpacked checkout first on PYTHONPATH (and makes it the current directory).
     probe = (
-        "import json, ray\n"
-        "import pneumotune.data as d, pneumotune.model as m, pneumotune.search as s\n"
+        "import json, os, sys, ray\n"
+        f"{IMPORTS}\n"
         "ray.init()\n"
         "@ray.remote\n"
         "def where():\n"
-        "    import pneumotune.data as d, pneumotune.model as m, pneumotune.search as s\n"
-        "    return [x.__file__ for x in (d, m, s)]\n"
-        "print('PROBE', json.dumps({'driver': [x.__file__ for x in (d, m, s)],"
-        " 'worker': ray.get(where.remote())}))\n"
+        "    import os, sys\n"
+        f"    {IMPORTS.replace(chr(10), chr(10) + '    ')}\n"
+        "    return {'files': FILES, 'path': list(pneumotune.__path__),\n"
+        "            'sys_path': sys.path, 'cwd': os.getcwd()}\n"
+        "print('PROBE', json.dumps({'driver': {'files': FILES,\n"
+        "    'path': list(pneumotune.__path__), 'sys_path': sys.path, 'cwd': os.getcwd()},\n"
+        "    'worker': ray.get(where.remote())}))\n"
     )
-    submission_id = _submit(ray_head, [str(BIN / "python"), "-P", "-c", probe])
+    submission_id = _submit(ray_head, [sys.executable, "-P", "-c", probe])
     info = _wait_for_job(ray_head, submission_id, timeout=180)
     logs = _logs(ray_head, submission_id)
     assert info["status"] == "SUCCEEDED", logs[-3000:]
     line = next(x for x in logs.splitlines() if x.startswith("PROBE "))
-    files = json.loads(line.removeprefix("PROBE "))
-    for path in [*files["driver"], *files["worker"]]:
-        # The unpacked working_dir package in the head's session, not this checkout.
-        assert "runtime_resources/working_dir_files/" in path, path
-        assert str(ray_head.temp_dir) in path and not path.startswith(str(ROOT)), path
+    found = json.loads(line.removeprefix("PROBE "))
+    installed = _installed_files()
+    for side in ("driver", "worker"):
+        seen = found[side]
+        # The premise: the shipped checkout is the process' current directory and on its
+        # path, in the head's session (this test's temp dir).
+        shipped = Path(seen["cwd"])
+        assert "runtime_resources/working_dir_files/" in str(shipped), seen["cwd"]
+        assert str(ray_head.temp_dir) in str(shipped), seen["cwd"]
+        assert (shipped / "app" / "__init__.py").is_file(), "the checkout was not shipped"
+        assert str(shipped) in seen["sys_path"], seen["sys_path"]
+        # ... and yet both import the installed package, one folder of it.
+        assert seen["files"] == installed, (side, seen["files"])
+        assert seen["path"] == [str(Path(installed[0]).parent)], seen["path"]
+        assert not any(str(shipped) in f for f in seen["files"]), seen["files"]

@@ -2,8 +2,9 @@
 
 A :class:`PneumotuneError` means bad input (a missing file, a wrong key, an impossible
 option, a training run that diverged): ``pneumotune``'s ``main()`` prints its message
-after ``pneumotune COMMAND: error:`` and exits with its ``exit_code``. Any other
-exception is a bug and keeps its traceback. The library's own error classes (a bad
+after ``pneumotune COMMAND: error:`` and exits with its ``exit_code`` (with ``--debug``
+or ``PNEUMOTUNE_DEBUG=1``, after its traceback). Any other exception is a bug and keeps
+its traceback. The library's own error classes (a bad
 dataset, a bad experiment file, ...) derive from it, most also from ``ValueError`` so
 that library callers may catch them as such.
 """

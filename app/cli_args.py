@@ -1,12 +1,51 @@
-"""Argument types and options that several packages' commands share."""
+"""What the packages' commands share: the :class:`Command` of app/cli.py's registry,
+argument types and options."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from pneumotune.errors import UsageError
+
+# What a command's handler may need, imported inside the handler only, never while the
+# parser is built: `pneumotune --help` must not wait for Ray or TensorFlow.
+NEEDS = {
+    "ray": "starts a local Ray or joins a cluster",
+    "keras": "imports Keras in this process (TensorFlow first when it is the backend)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One subcommand of `pneumotune`, as app/cli.py's registry (``COMMANDS``) holds it.
+
+    The registry builds its parser: ``help`` is its line in `pneumotune --help`,
+    ``description`` and ``epilog`` its own help's (``raw``: keep their line breaks),
+    ``arguments`` adds its arguments and ``run`` is its handler, which returns what the
+    command made (printed with ``describe()``) or None when it printed its own output.
+    ``needs`` (keys of :data:`NEEDS`) says what the handler imports; with ``keras``,
+    `pneumotune` imports it first and says which backend runs. ``shown`` names the
+    options of its usage line in `pneumotune --help`, besides its positional and required
+    arguments, which the line always shows.
+    """
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], Any]
+    description: str | None = None
+    epilog: str | None = None
+    raw: bool = False
+    needs: frozenset[str] = frozenset()
+    shown: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.needs) - set(NEEDS)
+        if unknown:
+            raise ValueError(f"command {self.name}: unknown needs {sorted(unknown)}")
 
 
 def sizes(text: str) -> tuple[int, ...]:
