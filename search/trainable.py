@@ -82,7 +82,17 @@ def train_trial(
     with named, resume_from(tune.get_checkpoint()) as resume:
         if resume["resume_from"] is not None:
             console.resumed(resume["initial_epoch"])
+        if nothing_left(resume["initial_epoch"], cfg.epochs):
+            # Its last epoch's checkpoint was saved but the search was killed before Tune
+            # recorded the trial as ended: restored, it has nothing left to train (fit()
+            # refuses an empty run), and its results are already reported.
+            return
         fit(cfg, train, val, on_epoch_end=on_epoch_end, warm=warm, **resume)
+
+
+def nothing_left(initial_epoch: int, epochs: int) -> bool:
+    """Whether a trial resumed after ``initial_epoch`` epochs of ``epochs`` is done."""
+    return initial_epoch >= epochs
 
 
 class Lap:

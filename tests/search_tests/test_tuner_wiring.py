@@ -229,3 +229,15 @@ def test_resume_after_the_driver_is_killed(tiny_dataset, tmp_path):
     assert {round(s.params["lr"], 12) for s in finished} == {
         round(t.config["lr"], 12) for t in after.trials
     }
+
+
+@pytest.mark.parametrize(
+    ("initial_epoch", "epochs", "done"),
+    [(0, 24, False), (23, 24, False), (24, 24, True), (25, 24, True), (1, 1, True)],
+)
+def test_a_trial_restored_after_its_last_epoch_has_nothing_left(initial_epoch, epochs, done):
+    """Seen on a resumed atlas: killed after a trial's last checkpoint but before Tune
+    recorded its end, the trial was restored at epoch 24 of 24 and fit() refused it."""
+    from pneumotune.search.trainable import nothing_left
+
+    assert nothing_left(initial_epoch, epochs) is done
