@@ -1,4 +1,5 @@
-"""Canaries for the internals of Ray and Keras that pneumotune uses (app/compat/).
+"""Canaries for the internals of Ray and Keras that pneumotune uses (app/compat/), and the
+rule that nothing else uses any.
 
 One test per internal: it checks, on real objects (an Optuna study behind Ray's
 OptunaSearch, a stub Tune trial, Keras optimizers and models; Ray's controller classes by
@@ -97,6 +98,44 @@ def test_an_untested_release_warns_once_per_process():
         assert pneumotune.compat.check_version(
             module, "pneumotune-no-such-distribution", "~=1.0"
         )  # still the problem, no second warning
+
+
+# ------------------------------------------------------------------ the rule, by grep
+
+# Private names of Ray, Keras and Optuna: module paths, and the attributes app/compat/
+# reaches. Outside app/compat/ (the package, bench/, cluster/; tests may use them), none.
+FORBIDDEN = [
+    r"\b(ray|keras|optuna)(\.\w+)*\._(?!_)\w+",  # ray._private, ray.data._internal, optuna._x
+    r"\bkeras\.src\b",
+    r"\b_private\b|\b_internal\b",
+    r"\._ot_trials\b|\._ot_study\b|\._completed_trials\b|\._space\b",
+    r"__mixins__|\._name\b|\bLOG_PREFIX_ACTOR_NAME\b",
+    r"\._tune_controller\b|\b_mark_trial_to_checkpoint\b|\._limit_concurrency\b",
+    r"\b_supports_buffered_results\b|\b_actor_task_failed\b",
+    r"\b_checkpoint_results\b|\b_latest_checkpoint_result\b|\b_TrainingResult\b",
+    r"\.run_metadata\b|\.current_checkpoint_index\b",
+    r"\bray_constants\b|\.ENABLE_RAY_CLUSTER\b|\bRayParams\b",
+    r"\._learning_rate\b|\b_(maybe_)?symbolic_build\b",
+    r"\bglobal_state\b|\bseed_generator\b|\brng_utils\b",
+]
+SCANNED = ("app", "data", "model", "search", "reports", "bench", "cluster")
+
+
+def test_no_internal_is_used_outside_the_compat_package():
+    pattern = re.compile("|".join(f"(?:{p})" for p in FORBIDDEN))
+    found = []
+    for folder in SCANNED:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path.is_relative_to(COMPAT):
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if pattern.search(line):
+                    found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not found, (
+        "internals of Ray/Keras/Optuna outside app/compat/ (use or add a function of "
+        "pneumotune.compat.ray_internals / keras_internals, with a canary here):\n"
+        + "\n".join(found)
+    )
 
 
 def test_the_compat_package_imports_no_library():
