@@ -244,10 +244,10 @@ def ensure_ray(
     if address is not None:
         print(f"Joining the Ray cluster at {address} (from {source})", file=sys.stderr, flush=True)
         probe(address, source)
+    from pneumotune.compat import ray_internals
+
     # Ray warns on every start that token auth is on "by default": it is, on purpose.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
-        logging.ERROR
-    )
+    logging.getLogger(ray_internals.AUTH_TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)
     kwargs: dict[str, Any] = {
         "address": address or "local",
         "log_to_driver": False,
@@ -296,23 +296,22 @@ def ensure_ray(
 def _loopback_node() -> Iterator[None]:
     """A new local Ray on 127.0.0.1: all of its servers listen on loopback only.
 
-    Ray picks a local node's address with ``ray._private.services.get_node_ip_address``,
-    which uses the loopback address when ``ray_constants.ENABLE_RAY_CLUSTER`` is false
-    (its environment variable is read once, at import, so the constant is set too for the
-    call). The node's processes start inside ``ray.init`` and keep the variable; it is
-    restored here so that a later join in this process is not affected. Ray pinned at
-    2.60 (pyproject.toml); tests/data_tests/test_ray_session.py lists the listening
-    sockets of a new local Ray.
+    Ray picks a local node's address with its private ``get_node_ip_address``, which uses
+    the loopback address when Ray's ``ENABLE_RAY_CLUSTER`` is false (its environment
+    variable is read once, at import, so the constant is set too for the call:
+    :func:`pneumotune.compat.ray_internals.ray_cluster_disabled`). The node's processes
+    start inside ``ray.init`` and keep the variable; it is restored here so that a later
+    join in this process is not affected. Ray pinned at 2.60 (pyproject.toml);
+    tests/data_tests/test_ray_session.py lists the listening sockets of a new local Ray.
     """
-    from ray._private import ray_constants
+    from pneumotune.compat import ray_internals
 
-    saved_env, saved = os.environ.get(_CLUSTER_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    saved_env = os.environ.get(_CLUSTER_ENV)
     os.environ[_CLUSTER_ENV] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        yield
+        with ray_internals.ray_cluster_disabled():
+            yield
     finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved
         if saved_env is None:
             os.environ.pop(_CLUSTER_ENV, None)
         else:
@@ -326,14 +325,13 @@ def _agent_port_free_if_taken() -> Iterator[None]:
 
     ``ray.init`` offers no option for that port; a second Ray on the machine then runs its
     agent without an HTTP server, and its dashboard cannot show any actor's or task's log
-    ("Agent for node id ... doesn't exist"). ``ray.init`` builds its parameters with
-    ``ray._private.parameter.RayParams`` at call time, so for the duration of the call
-    that class is one whose agent port defaults to 0 (the OS picks one; the agent
-    records the port it got for the dashboard). Ray pinned at 2.60 (pyproject.toml).
+    ("Agent for node id ... doesn't exist"). For the duration of the call the agent port
+    defaults to 0 (the OS picks one; the agent records the port it got for the
+    dashboard): :func:`pneumotune.compat.ray_internals.dashboard_agent_port_defaulting_to`.
     """
-    from ray._private import parameter, ray_constants
+    from pneumotune.compat import ray_internals
 
-    default = ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT
+    default = ray_internals.default_dashboard_agent_port()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind(("", default))
@@ -341,28 +339,20 @@ def _agent_port_free_if_taken() -> Iterator[None]:
             return
         except OSError:
             pass
-    original = parameter.RayParams
-
-    class RayParams(original):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.setdefault("dashboard_agent_listen_port", 0)
-            super().__init__(*args, **kwargs)
-
-    parameter.RayParams = RayParams
-    try:
+    with ray_internals.dashboard_agent_port_defaulting_to(0):
         yield
-    finally:
-        parameter.RayParams = original
 
 
 def quiet_ray_data() -> None:
     """Our commands draw their own progress bars (files, not blocks)."""
     from ray.data import DataContext
 
+    from pneumotune.compat import ray_internals
+
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    for name in ("ray.data", "ray.data._internal.progress"):
+    for name in ("ray.data", ray_internals.DATA_PROGRESS_LOGGER):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

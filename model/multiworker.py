@@ -47,6 +47,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pneumotune.compat import keras_internals
+
 __all__ = ["AverageMovingStatistics", "adapt_model", "data_sharded", "rows_for_even_split"]
 
 
@@ -101,8 +103,8 @@ def adapt_model(
     dummy = np.zeros((1, img_size, img_size, 1), np.float32)
     with strategy.scope():
         # What fit() would have built from its first batch (no-op for parts already built).
-        model._symbolic_build(data_batch=(dummy, dummy))
-    model._maybe_symbolic_build = _already_built
+        keras_internals.build_compiled_state(model, (dummy, dummy))
+    keras_internals.skip_build_in_fit(model)
 
     step = model.train_step
 
@@ -112,10 +114,6 @@ def adapt_model(
     model.train_step = train_step
     model.predict = _local_predict(model, img_size)
     return [AverageMovingStatistics(strategy)]
-
-
-def _already_built(iterator: Any = None, data_batch: Any = None) -> None:
-    """Replaces ``Trainer._maybe_symbolic_build`` once adapt_model has built the model."""
 
 
 def _local_predict(model: keras.Model, img_size: int):

@@ -31,6 +31,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from pneumotune.compat import keras_internals
 from pneumotune.model.config import TrainConfig
 from pneumotune.model.schedules import StepTable
 
@@ -105,22 +106,17 @@ def seed(value: int) -> None:
     """
     import random
 
-    from keras.src.backend.common import global_state
-    from keras.src.random import seed_generator
-    from keras.src.utils import rng_utils
-
     # What keras.utils.set_random_seed sets (Keras 3.15), TensorFlow's seed left out.
-    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, value)
-    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    keras_internals.set_keras_seed(value)
     random.seed(value)
     np.random.seed(value)
 
 
 def _rate_table(model: keras.Model) -> StepTable:
-    # Keras keeps an optimizer's schedule in ``_learning_rate`` (``learning_rate`` evaluates
-    # it); a loss-scale optimizer wraps the one that has it.
+    # The optimizer's schedule itself (``learning_rate`` evaluates it); a loss-scale
+    # optimizer wraps the one that has it.
     optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
-    table = optimizer._learning_rate
+    table = keras_internals.optimizer_learning_rate(optimizer)
     assert isinstance(table, StepTable), f"compile_model gives a StepTable, not {table!r}"
     return table
 

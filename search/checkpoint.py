@@ -21,6 +21,8 @@ from typing import Any
 
 from ray import tune
 
+from pneumotune.compat import ray_internals
+
 MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
 
@@ -159,31 +161,25 @@ def repair_missing_checkpoints(trials: list[Any]) -> list[str]:
     line per repaired trial. Local storage only (a cloud URI is left to Tune).
     """
     from ray.train import Checkpoint
-    from ray.train._internal.session import _TrainingResult
 
     notes = []
     for trial in trials:
         recorded = trial.checkpoint
         if recorded is None or "://" in str(recorded.path) or Path(recorded.path).is_dir():
             continue
-        manager = trial.run_metadata.checkpoint_manager
-        # Ray 2.60's _CheckpointManager: the kept results it would later delete, and the
-        # latest one a restore starts from.
-        manager._checkpoint_results = [
-            r for r in manager._checkpoint_results if Path(r.checkpoint.path).is_dir()
-        ]
-        newest = newest_checkpoint(Path(trial.storage.trial_fs_path))
+        # Ray's record of the trial's checkpoints (private, through compat): the kept ones
+        # it would later delete, and the latest one a restore starts from.
+        ray_internals.keep_checkpoint_results(trial, lambda c: Path(c.path).is_dir())
+        newest = newest_checkpoint(Path(trial.path))
         if newest is None:  # no latest result: a fresh start
-            manager._latest_checkpoint_result = None
+            ray_internals.set_latest_checkpoint(trial, None)
             notes.append(f"{trial.trial_id}: {Path(recorded.path).name} is gone; starts over")
             continue
         index, folder = newest
-        result = _TrainingResult(Checkpoint(str(folder)), {"epoch": read_epoch(folder)})
-        manager._latest_checkpoint_result = result
+        checkpoint = Checkpoint(str(folder))
+        ray_internals.set_latest_checkpoint(trial, checkpoint, {"epoch": read_epoch(folder)})
         # New checkpoints must not overwrite the folder it goes on from.
-        trial.storage.current_checkpoint_index = max(
-            trial.storage.current_checkpoint_index, index + 1
-        )
+        ray_internals.raise_checkpoint_index(trial, index + 1)
         notes.append(
             f"{trial.trial_id}: {Path(recorded.path).name} is gone; "
             f"goes on from {folder.name} (epoch {read_epoch(folder)})"

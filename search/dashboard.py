@@ -2,10 +2,10 @@
 
 * **Actors**: a trial's actor reprs as ``trial_<id> img_size=.. base_filters=.. lr=..
   schedule=..`` (Ray shows an actor's ``repr`` in the Actors table). Tune wraps a
-  function trainable in a class whose ``repr`` is the class attribute ``_name``;
-  :class:`TrialRepr`, mixed into that class through the function's ``__mixins__``, sets
-  the instance's ``_name`` before the actor's constructor returns, which is when Ray
-  reads the repr.
+  function trainable in a class whose ``repr`` is a class attribute; :class:`TrialRepr`,
+  mixed into that class, sets it on the instance before the actor's constructor
+  returns, which is when Ray reads the repr (both through Tune's internals:
+  :mod:`pneumotune.compat.ray_internals`).
 * **Reused actors** (``warm_trials``, Tune's ``reuse_actors``): one actor runs trial after
   trial, and Ray reads an actor's repr only once. Such an actor's repr names the process
   (``pneumotune trial runner pid=<pid>``), and each trial it runs starts a resource-free
@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pneumotune.compat import ray_internals
 from pneumotune.model.config import VAL_KEYS, TrainConfig, format_epoch
 
 # The settings a trial's name shows, when its config has them.
@@ -64,7 +65,9 @@ class TrialRepr:
     """Mixed into Tune's trainable class: the actor's repr names the trial and its settings."""
 
     def setup(self, config: dict[str, Any]) -> None:
-        self._name = trial_label(self.trial_id, _settings(config))  # read by __repr__
+        ray_internals.set_function_trainable_repr(
+            self, trial_label(self.trial_id, _settings(config))
+        )
         super().setup(config)
 
 
@@ -73,7 +76,7 @@ class RunnerRepr:
     process, which runs trial after trial (each named by a :class:`TrialTag`)."""
 
     def setup(self, config: dict[str, Any]) -> None:
-        self._name = runner_label(os.getpid())
+        ray_internals.set_function_trainable_repr(self, runner_label(os.getpid()))
         super().setup(config)
 
 
@@ -85,8 +88,7 @@ def name_trial_actors(trainable: Any, reused: bool = False) -> Any:
     """``trainable`` (a function trainable) with :class:`TrialRepr` mixed in by Tune, or
     :class:`RunnerRepr` when its actors are ``reused`` for one trial after another."""
     mixin = RunnerRepr if reused else TrialRepr
-    trainable.__mixins__ = (mixin, *getattr(trainable, "__mixins__", ()))
-    return trainable
+    return ray_internals.add_function_trainable_mixin(trainable, mixin)
 
 
 class TrialTag:
@@ -105,13 +107,12 @@ def trial_tag(trial_id: str, config: dict[str, Any]):
     """While the block runs, a :class:`TrialTag` names trial ``trial_id`` (this process
     runs it) in the Actors table, and this process' log lines carry the trial's name."""
     import ray
-    from ray._private.ray_constants import LOG_PREFIX_ACTOR_NAME
 
     label = f"{trial_label(trial_id, _settings(config))} runner pid={os.getpid()}"
     # Ray's log monitor takes this line as the actor's new name for the lines that follow
     # (what Ray itself prints once, when an actor is created).
     for stream in (sys.stdout, sys.stderr):
-        print(f"{LOG_PREFIX_ACTOR_NAME}{label}", file=stream, flush=True)
+        print(ray_internals.actor_name_log_line(label), file=stream, flush=True)
     tag = ray.remote(num_cpus=0, max_restarts=0)(TrialTag).remote(label)
     try:
         yield label

@@ -191,20 +191,17 @@ def handle_memory_monitor_kills() -> None:
     a traceback (every other trial lost, the table never printed). Here the error becomes
     the ``RayActorError`` it amounts to (the actor is dead), with Ray's text kept: Tune
     writes it to the trial's error.txt, retries the trial up to ``max_failures`` and goes
-    on with the others. Patches this process's class once (the driver's: Tune runs
-    there); idempotent.
+    on with the others. Patches this process's actor manager class once (the driver's:
+    Tune runs there; :func:`pneumotune.compat.ray_internals.patch_actor_task_failed`);
+    idempotent.
     """
-    from ray.air.execution._internal.actor_manager import RayActorManager
     from ray.exceptions import OutOfMemoryError, RayActorError
 
-    original = RayActorManager._actor_task_failed
-    if getattr(original, "_pneumotune_oom", False):
-        return
+    from pneumotune.compat import ray_internals
 
-    def _actor_task_failed(self: Any, tracked_actor_task: Any, exception: Exception) -> None:
+    def as_actor_error(exception: Exception) -> Exception:
         if isinstance(exception, OutOfMemoryError):
-            exception = RayActorError(error_msg=str(exception))
-        original(self, tracked_actor_task, exception)
+            return RayActorError(error_msg=str(exception))
+        return exception
 
-    _actor_task_failed._pneumotune_oom = True  # type: ignore[attr-defined]
-    RayActorManager._actor_task_failed = _actor_task_failed
+    ray_internals.patch_actor_task_failed(as_actor_error, "_pneumotune_oom")

@@ -66,6 +66,8 @@ from ray.tune.result import DEFAULT_METRIC
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
+from pneumotune.compat import ray_internals
+
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
 
@@ -213,7 +215,8 @@ class PauseAwareLimiter(ConcurrencyLimiter):
 
     def has_room(self) -> bool:
         """Whether a trial could take a slot now."""
-        return not self._limit_concurrency or len(self.live_trials) < self.max_concurrent
+        limited = ray_internals.limits_concurrency(self)
+        return not limited or len(self.live_trials) < self.max_concurrent
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -239,7 +242,6 @@ class PromotionScheduler(FIFOScheduler):
     """Promotion ASHA as a Tune scheduler (see the module docstring). One bracket;
     ``time_attr`` must grow by one per report (our trainables: one report per epoch)."""
 
-    _supports_buffered_results = False  # a pause must come at the rung's own result
     _reached_max_t = False  # (a scheduler pickled before this attribute existed)
 
     def __init__(
@@ -264,6 +266,10 @@ class PromotionScheduler(FIFOScheduler):
         self._reached_max_t = False  # whether any trial has reported at max_t
 
     # ------------------------------------------------------------------ Tune's API
+
+    @property
+    def supports_buffered_results(self) -> bool:
+        return False  # a pause must come at the rung's own result
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         if (self._metric and metric) or (self._mode and mode):
@@ -429,17 +435,13 @@ def _limiter(tune_controller: TuneController) -> PauseAwareLimiter | None:
 def _save_in_experiment_state(tune_controller: TuneController, trial: Trial) -> None:
     """Have Tune write ``trial``'s new status into its experiment state file.
 
-    The controller rewrites a trial's entry there only when the trial is marked
-    (``_mark_trial_to_checkpoint``), and ``stop_trial`` marks only a trial that has an
-    actor: a paused trial it ends would stay PAUSED in the file (and ``Tuner.restore``
-    would run it again). Both names are private Ray 2.60 (``TrialRunnerWrapper.
-    _tune_controller``, ``TuneController._mark_trial_to_checkpoint``); without them the
-    file keeps PAUSED, which search.results still reads as stopped by ASHA once the
-    search has ended."""
-    controller = getattr(tune_controller, "_tune_controller", tune_controller)
-    mark = getattr(controller, "_mark_trial_to_checkpoint", None)
-    if mark is not None:
-        mark(trial)
+    The controller rewrites a trial's entry there only when the trial is marked, and
+    ``stop_trial`` marks only a trial that has an actor: a paused trial it ends would stay
+    PAUSED in the file (and ``Tuner.restore`` would run it again). Marking it is private
+    to Ray (:func:`pneumotune.compat.ray_internals.mark_trial_to_checkpoint`); without
+    it the file keeps PAUSED, which search.results still reads as stopped by ASHA once
+    the search has ended."""
+    ray_internals.mark_trial_to_checkpoint(tune_controller, trial)
 
 
 def _tell(tune_controller: TuneController, hook: str, trial_id: str) -> None:

@@ -43,6 +43,8 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
+from pneumotune.compat import ray_internals
+
 logger = logging.getLogger(__name__)
 
 
@@ -50,10 +52,9 @@ class FidelityOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that tells trials ended before ``max_t`` epochs as PRUNED, and
     paused trials (promotion ASHA) as PRUNED at their rung (see the module docstring).
 
-    Ray's private names, used only in the "Ray's OptunaSearch internals" methods at the
-    end (Ray 2.60): ``_ot_study`` (the Optuna study), ``_ot_trials`` (Tune trial id ->
-    Optuna trial), ``_completed_trials`` (Tune trial ids already told) and ``_space``
-    (the space, a define-by-run function or a dict of distributions).
+    Ray's OptunaSearch keeps its study and which Optuna trial each Tune trial reports
+    into in private attributes: the "Ray's OptunaSearch internals" methods at the end
+    reach them through :mod:`pneumotune.compat.ray_internals` only.
     """
 
     def __init__(self, *args: Any, max_t: int, **kwargs: Any) -> None:
@@ -136,11 +137,9 @@ class FidelityOptunaSearch(OptunaSearch):
         if epochs is None or epochs >= self._max_t:
             super().on_trial_complete(trial_id, result, error)
             return
-        from optuna.trial import TrialState
-
-        # No value: Optuna takes the last intermediate value (this epoch's score).
-        self._study().tell(self._optuna_trial(trial_id), state=TrialState.PRUNED)
-        self._mark_told(trial_id)
+        # Without a result Ray's OptunaSearch tells the trial PRUNED, with no value: Optuna
+        # takes the last intermediate value (this epoch's score).
+        super().on_trial_complete(trial_id)
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
@@ -209,43 +208,40 @@ class FidelityOptunaSearch(OptunaSearch):
         return new
 
     # ---------------------------------------------------- Ray's OptunaSearch internals
-    # The only uses of Ray's private names (Ray 2.60), kept here so that they can move
-    # behind a compatibility module: _ot_study, _ot_trials, _completed_trials, _space.
+    # The only uses of Ray's private names, all through pneumotune.compat.ray_internals.
 
     def _study(self) -> Any:
-        return self._ot_study
+        return ray_internals.optuna_study(self)
 
     def _optuna_trial(self, trial_id: str) -> Any:
-        return self._ot_trials[trial_id]
+        return ray_internals.optuna_trial_of(self, trial_id)
 
     def _set_optuna_trial(self, trial_id: str, ot_trial: Any) -> None:
-        self._ot_trials[trial_id] = ot_trial
+        ray_internals.set_optuna_trial(self, trial_id, ot_trial)
 
     def _is_told(self, trial_id: str) -> bool:
-        return trial_id in self._completed_trials
+        return ray_internals.is_told(self, trial_id)
 
     def _is_open(self, trial_id: str) -> bool:
         """Whether the trial has an Optuna trial that nothing has finished yet."""
         return (
-            trial_id in self._ot_trials
-            and trial_id not in self._completed_trials
+            ray_internals.has_optuna_trial(self, trial_id)
+            and not self._is_told(trial_id)
             and trial_id not in self._paused
         )
 
     def _mark_told(self, trial_id: str) -> None:
-        self._completed_trials.add(trial_id)
+        ray_internals.mark_told(self, trial_id)
 
     def _ask_new(self) -> Any:
         """Ask as OptunaSearch.suggest does for a new trial."""
-        if callable(self._space):
-            return self._ot_study.ask()
-        return self._ot_study.ask(fixed_distributions=self._space)
+        return ray_internals.ask_new_optuna_trial(self)
 
     def _take_queued(self, trial_id: str) -> None:
         """Give a new trial the queued point taken off Optuna's queue early, if any:
         OptunaSearch.suggest then uses it as the trial it would have asked for."""
-        if self._queued and trial_id not in self._ot_trials:
-            self._ot_trials[trial_id] = self._queued.pop(0)
+        if self._queued and not ray_internals.has_optuna_trial(self, trial_id):
+            self._set_optuna_trial(trial_id, self._queued.pop(0))
 
 
 class _PausedRecord:
