@@ -11,7 +11,7 @@ import pytest
 from pneumotune.model import metrics as M
 from pneumotune.model import train as train_module
 from pneumotune.model.augment import AugmentConfig
-from pneumotune.model.config import SCHEDULES, TrainConfig
+from pneumotune.model.config import SCHEDULES
 from pneumotune.model.train import (
     METRIC_KEYS,
     TrainingDiverged,
@@ -24,6 +24,7 @@ from pneumotune.model.train import (
     steps_per_epoch,
     validation_metrics,
 )
+from tests.model_tests.helpers import SIZE, blobs, tiny
 
 # Keras 3.15 converts TF variables with np.array(x, copy=False) (saving), which numpy 2
 # reports; not ours to fix.
@@ -33,39 +34,6 @@ pytestmark = [
         "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
     ),
 ]
-
-SIZE = 32
-
-
-def blobs(n: int, size: int = SIZE, seed: int = 0, positive: float = 0.4):
-    """``n`` noisy images, a ``positive`` share of them with one bright disc and its mask."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    images = rng.normal(90, 15, (n, size, size))
-    masks = np.zeros((n, size, size), np.uint8)
-    n_pos = round(positive * n)
-    for i in range(n_pos):
-        cy, cx = rng.uniform(0.25 * size, 0.75 * size, 2)
-        r = rng.uniform(0.08, 0.2) * size
-        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
-        masks[i] = disc
-        images[i][disc] += 80
-    order = rng.permutation(n)
-    return images.clip(0, 255).astype(np.uint8)[order], masks[order]
-
-
-def tiny(**overrides) -> TrainConfig:
-    values = {
-        "img_size": SIZE,
-        "base_filters": 4,
-        "depth": 2,
-        "epochs": 2,
-        "batch_size": 8,
-        "lr": 3e-3,
-        "augment": AugmentConfig.none(),
-    }
-    values.update(overrides)
-    return TrainConfig(**values)
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
