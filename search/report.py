@@ -495,7 +495,7 @@ def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> P
         )
     from pneumotune.data.dataset import DatasetError, load_fold, read_manifest
     from pneumotune.model import metrics as M
-    from pneumotune.model.train import predict_probs
+    from pneumotune.model.inference import predict_probs
     from pneumotune.search.checkpoint import load_checkpoint_model, trial_config
     from pneumotune.search.export_best import labelled_images
 
