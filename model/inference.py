@@ -1,6 +1,7 @@
 """Inference and evaluation of a Keras model on arrays: probabilities
-(:func:`predict_probs`) and the validation metrics a trial reports every epoch
-(:func:`validation_metrics`).
+(:func:`predict_probs`), the validation metrics a trial reports every epoch
+(:func:`validation_metrics`), and its predictions on a few images of a set, positives and
+negatives, that a report shows (:func:`sample_predictions`).
 
 Every ``model.predict`` call takes whole batches of at most :data:`PREDICT_PIXELS` pixels,
 so a set of any size, held in memory or memory-mapped, is scored a chunk at a time.
@@ -10,10 +11,12 @@ Keras 3 only (``keras.ops``): TensorFlow, JAX or PyTorch.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 
+from pneumotune.data.dataset import Rows
 from pneumotune.model import metrics as M
 
 # Pixels per model.predict call (128 images at 128 px, 16 at 1024 px): bounds the float32
@@ -87,3 +90,47 @@ def validation_metrics(
         "val_kaggle_dice": float(M.dice_from_counts(inter, t + p).mean()),
         "val_positive_iou": 0.0 if math.isnan(pos_iou) else pos_iou,
     }
+
+
+@dataclass(frozen=True)
+class SamplePredictions:
+    """A model's predictions on some rows of a set (:func:`sample_predictions`), one entry
+    per row in every field, positives first."""
+
+    rows: list[int]  # positions in the set
+    images: np.ndarray  # uint8 (k, S, S)
+    truths: np.ndarray  # 0/1 (k, S, S)
+    predictions: np.ndarray  # 0/1 (k, S, S): probability > threshold
+    dice: np.ndarray  # float64 (k,): each image's Dice (model.metrics.per_image_dice)
+    positive: np.ndarray  # bool (k,): the truth is not empty
+
+
+def choose_rows(rng: np.random.Generator, positive: np.ndarray, k: int) -> list[int]:
+    """``k`` rows: ceil(k/2) positive and the rest negative where possible, positives first."""
+    pos, neg = np.flatnonzero(positive), np.flatnonzero(~positive)
+    k = min(k, len(positive))
+    n_pos = min(len(pos), max(math.ceil(k / 2), k - len(neg)))
+    n_neg = k - n_pos
+    take_pos = sorted(int(i) for i in rng.choice(pos, n_pos, replace=False)) if n_pos else []
+    take_neg = sorted(int(i) for i in rng.choice(neg, n_neg, replace=False)) if n_neg else []
+    return take_pos + take_neg
+
+
+def sample_predictions(
+    model: keras.Model, rows: Rows, threshold: float, seed: int, k: int
+) -> SamplePredictions:
+    """The model's predictions on ``k`` rows of a set drawn with ``seed``
+    (:func:`choose_rows`: half of them positive, rounded up, where the set has that many),
+    binarised at ``threshold``; only those rows are read."""
+    positive = rows.positive
+    chosen = choose_rows(np.random.default_rng(seed), positive, k)
+    images, truths = rows.take(chosen)
+    probs = predict_probs(model, images)
+    return SamplePredictions(
+        rows=chosen,
+        images=images,
+        truths=truths,
+        predictions=(probs > threshold).astype(np.uint8),
+        dice=M.per_image_dice(truths, probs, threshold),
+        positive=positive[chosen],
+    )

@@ -16,13 +16,10 @@ replaced, and the page text is checked against them before it is written
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from pneumotune.reports import page, privacy
 from pneumotune.reports.page import Section, Table, figure_section, plural
@@ -467,10 +464,12 @@ class Predictions:
 
 
 def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> Predictions:
-    """The best checkpoint's predictions on ``samples`` images of its validation fold.
+    """The best checkpoint's predictions on ``samples`` images of its validation fold
+    (:func:`pneumotune.model.inference.sample_predictions`), or why there are none.
 
     Half the images (rounded up) are positive when the fold has that many; the rest
     negative. Binarised at the trial's ``threshold`` (what its metrics were scored with).
+    Here: which checkpoint, loaded only after export's checks, and the figure's words.
     """
     from pneumotune.search.checkpoint import MODEL_FILE
 
@@ -494,8 +493,7 @@ def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> P
             [], f"The search's dataset ({data_dir.name or 'not recorded'}) is not there any more."
         )
     from pneumotune.data.dataset import DatasetError, load_fold, read_manifest
-    from pneumotune.model import metrics as M
-    from pneumotune.model.inference import predict_probs
+    from pneumotune.model.inference import sample_predictions
     from pneumotune.search.checkpoint import load_checkpoint_model, trial_config
     from pneumotune.search.export_best import labelled_images
 
@@ -509,16 +507,12 @@ def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> P
         return Predictions([], f"The best checkpoint cannot be shown: {exc}")
     size, fold, threshold = cfg.img_size, cfg.val_fold, cfg.threshold
     val = load_fold(data_dir, size, fold).rows()
-    positive = val.positive
-    rows = choose_rows(np.random.default_rng(seed), positive, samples)
-    images, truths = val.take(rows)
-    probs = predict_probs(model, images)
-    dice = M.per_image_dice(truths, probs, threshold)
+    sampled = sample_predictions(model, val, threshold, seed, samples)
     out, counters = [], {True: 0, False: 0}
-    for k, row in enumerate(rows):
-        is_pos = bool(positive[row])
+    for k, positive in enumerate(sampled.positive):
+        is_pos = bool(positive)
         counters[is_pos] += 1
-        area = 100 * float(truths[k].mean())
+        area = 100 * float(sampled.truths[k].mean())
         title = (
             f"positive {counters[True]}: {area:.1f}% of the image"
             if is_pos
@@ -526,11 +520,11 @@ def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> P
         )
         out.append(
             PredictionSample(
-                image=images[k],
-                truth=truths[k],
-                prediction=(probs[k] > threshold).astype(np.uint8),
+                image=sampled.images[k],
+                truth=sampled.truths[k],
+                prediction=sampled.predictions[k],
                 title=title,
-                score_text=f"Dice {dice[k]:.2f}",
+                score_text=f"Dice {sampled.dice[k]:.2f}",
             )
         )
     epoch = next(
@@ -543,24 +537,13 @@ def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> P
     )
     text = (
         f"The best trial ({best.trial_id}) at its best kept checkpoint (epoch {epoch}), on "
-        f"{len(rows)} of the {len(val)} images of its validation fold {fold} "
-        f"({int(positive.sum())} of them positive), at {size} px; pixels above {threshold:g} "
+        f"{len(sampled.rows)} of the {len(val)} images of its validation fold {fold} "
+        f"({int(val.positive.sum())} of them positive), at {size} px; pixels above {threshold:g} "
         "are the prediction (the threshold its metrics were scored at; `pneumotune export` "
         "tunes the post-processing further). Dice per image: an empty truth and an empty "
         "prediction score 1."
     )
     return Predictions(out, text)
-
-
-def choose_rows(rng: np.random.Generator, positive: np.ndarray, k: int) -> list[int]:
-    """``k`` rows: ceil(k/2) positive and the rest negative where possible, positives first."""
-    pos, neg = np.flatnonzero(positive), np.flatnonzero(~positive)
-    k = min(k, len(positive))
-    n_pos = min(len(pos), max(math.ceil(k / 2), k - len(neg)))
-    n_neg = k - n_pos
-    take_pos = sorted(int(i) for i in rng.choice(pos, n_pos, replace=False)) if n_pos else []
-    take_neg = sorted(int(i) for i in rng.choice(neg, n_neg, replace=False)) if n_neg else []
-    return take_pos + take_neg
 
 
 def predictions_section(summary: SearchSummary, seed: int, samples: int) -> Section:

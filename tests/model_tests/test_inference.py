@@ -1,5 +1,5 @@
-"""model.inference: probabilities in whole batches, a chunk at a time, and the validation
-metrics equal to the numpy references of model.metrics."""
+"""model.inference: probabilities in whole batches, a chunk at a time, the validation
+metrics equal to the numpy references of model.metrics, and the rows a report shows."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from pneumotune.model import inference
 from pneumotune.model import metrics as M
-from pneumotune.model.inference import predict_probs, validation_metrics
+from pneumotune.model.inference import choose_rows, predict_probs, validation_metrics
 from pneumotune.model.train import build_model, compile_model
 from tests.model_tests.helpers import SIZE, blobs, tiny
 
@@ -46,3 +46,13 @@ def test_validation_metrics_match_the_numpy_references_and_zero_without_positive
     by_index = validation_metrics(model, images, masks, cfg.threshold, batch_size=3, index=rows)
     copied = validation_metrics(model, images[rows], masks[rows], cfg.threshold, batch_size=3)
     assert by_index == copied
+
+
+def test_prediction_rows_mix_positives_and_negatives():
+    positive = np.array([True] * 5 + [False] * 20)
+    rows = choose_rows(np.random.default_rng(0), positive, 6)
+    assert len(rows) == len(set(rows)) == 6
+    assert [bool(positive[r]) for r in rows] == [True] * 3 + [False] * 3
+    assert choose_rows(np.random.default_rng(0), positive, 6) == rows  # seeded
+    rows = choose_rows(np.random.default_rng(0), np.array([True, False, False]), 6)
+    assert sorted(rows) == [0, 1, 2]

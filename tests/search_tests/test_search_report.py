@@ -286,16 +286,6 @@ def test_predictions_section(without_model, with_model):
     assert _not_blank(with_model.figures["predictions"].read_bytes())
 
 
-def test_prediction_rows_mix_positives_and_negatives():
-    positive = np.array([True] * 5 + [False] * 20)
-    rows = report.choose_rows(np.random.default_rng(0), positive, 6)
-    assert len(rows) == len(set(rows)) == 6
-    assert [bool(positive[r]) for r in rows] == [True] * 3 + [False] * 3
-    assert report.choose_rows(np.random.default_rng(0), positive, 6) == rows  # seeded
-    rows = report.choose_rows(np.random.default_rng(0), np.array([True, False, False]), 6)
-    assert sorted(rows) == [0, 1, 2]
-
-
 def test_parallel_axes_place_values_in_the_searched_range():
     from pneumotune.search.config import ParamSpec
 
