@@ -75,7 +75,7 @@ def positive_int(text: str) -> int:
 
 
 def add_address(p: argparse.ArgumentParser, when: str = "") -> None:
-    """--address; with none, pneumotune.data.ray_session.ensure_ray decides."""
+    """--address; with none, pneumotune.ray_session.ensure_ray decides."""
     p.add_argument(
         "--address",
         default=None,

@@ -69,8 +69,8 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_search(args: argparse.Namespace) -> Any:
-    from pneumotune.data.ray_session import ensure_ray
     from pneumotune.model.backend import requested_backend
+    from pneumotune.ray_session import ensure_ray
     from pneumotune.search.config import load_experiment
     from pneumotune.search.dashboard import where_to_look
     from pneumotune.search.tuner import latest_experiment, plan_search, run_search
@@ -313,7 +313,7 @@ def _run_train(args: argparse.Namespace) -> Any:
 
 
 def _run_train_from_search(args: argparse.Namespace) -> Any:
-    from pneumotune.data.ray_session import ensure_ray
+    from pneumotune.ray_session import ensure_ray
     from pneumotune.search.retrain import retrain_best
 
     if args.config is not None or args.overrides:

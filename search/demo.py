@@ -91,10 +91,10 @@ def _stage(title: str) -> None:
 def run_demo(cfg: DemoConfig) -> DemoResult:
     from pneumotune.data.convert import ConvertConfig, convert
     from pneumotune.data.dataset import read_manifest
-    from pneumotune.data.ray_session import ensure_ray
     from pneumotune.data.report import report_dataset
     from pneumotune.data.synth import SynthConfig, write_dataset
     from pneumotune.model.predict import predict_folder, score_submission
+    from pneumotune.ray_session import ensure_ray
     from pneumotune.search.config import load_experiment
     from pneumotune.search.dashboard import where_to_look
     from pneumotune.search.export_best import export_best

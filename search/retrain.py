@@ -84,7 +84,7 @@ def retrain_best(
 ) -> Retrained:
     """Retrain the best trial of ``results_dir`` on every labelled image and export it.
 
-    Ray must be initialised (``data.ray_session.ensure_ray``).
+    Ray must be initialised (``pneumotune.ray_session.ensure_ray``).
 
     Args:
         results_dir: a search directory (``<storage>/<name>``), finished or not.

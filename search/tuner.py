@@ -492,7 +492,7 @@ def run_search(
 ) -> SearchSummary:
     """Run (or resume) the search to completion and write ``search.json``.
 
-    Ray must already be initialised (see data.ray_session.ensure_ray). ``memory_check``:
+    Ray must already be initialised (see pneumotune.ray_session.ensure_ray). ``memory_check``:
     refuse a plan whose trials cannot fit in the nodes' memory
     (:func:`pneumotune.search.preflight.check_memory`); our own trainable only.
     """
