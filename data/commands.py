@@ -1,4 +1,4 @@
-"""The dataset's commands: `synth`, `convert` and the report of a dataset.
+"""The dataset's commands: `synth` and `convert`.
 
 Each is a :class:`~pneumotune.cli_args.Command` of app/cli.py's registry: its
 arguments, and a handler that parses nothing more and calls the importable function that
@@ -172,19 +172,3 @@ CONVERT = A.Command(
     needs=frozenset({"ray"}),
     shown=("--labels", "--sizes"),
 )
-
-
-def run_report(args: argparse.Namespace) -> Any:
-    """The report of a dataset (the `report` command is registered by the search's commands,
-    which tell a dataset from a search folder)."""
-    from pneumotune.data.dataset import MANIFEST
-    from pneumotune.data.report import report_dataset
-
-    if not (args.dataset / MANIFEST).is_file():
-        raise UsageError(
-            f"{args.dataset} is not a pneumotune dataset: expected a folder holding {MANIFEST}, "
-            "as written by `pneumotune convert SRC DATASET`, or a search directory holding "
-            "pneumotune.json"
-        )
-    samples = 12 if args.samples is None else args.samples
-    return report_dataset(args.dataset, args.out, seed=args.seed, samples=samples)
