@@ -73,8 +73,8 @@ def _run_search(args: argparse.Namespace) -> Any:
     from pneumotune.model.backend import requested_backend
     from pneumotune.ray_session import ensure_ray
     from pneumotune.search.config import load_experiment
-    from pneumotune.search.dashboard import where_to_look
     from pneumotune.search.tuner import latest_experiment, plan_search, run_search
+    from pneumotune.search.watch.trial_telemetry import where_to_look
 
     exp = load_experiment(args.config)
     name, data = args.name, args.data
@@ -151,7 +151,7 @@ def _run_status(args: argparse.Namespace) -> Any:
         raise UsageError(f"--interval must be > 0 seconds, got {args.interval}")
     if not args.watch:
         return summarise(args.results)
-    from pneumotune.search.watch import watch
+    from pneumotune.search.watch.table import watch
 
     with contextlib.suppress(KeyboardInterrupt):  # stops the watching; the search goes on
         watch(args.results, args.interval)

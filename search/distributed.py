@@ -328,7 +328,7 @@ def multi_worker_trial(resources: Resources):
         from ray.train.tensorflow import TensorflowTrainer
 
         from pneumotune.model.config import TrainConfig
-        from pneumotune.search.dashboard import TrialConsole
+        from pneumotune.search.watch.trial_telemetry import TrialConsole
 
         cfg = TrainConfig.from_flat(config)
         console = TrialConsole(cfg.epochs)  # the driver actor's log lines and series

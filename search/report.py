@@ -44,7 +44,7 @@ from pneumotune.search.results import (
     read_plan,
     summarise,
 )
-from pneumotune.search.watch import is_finished
+from pneumotune.search.watch.table import is_finished
 
 REPORT_DIR = "report"  # default output folder inside the search directory
 DEFAULT_SAMPLES = 6  # validation images in the predictions figure

@@ -117,8 +117,8 @@ def wrapped_trainable(plan: SearchPlan, data: Any, trainable: Trainable | None =
     from ray import tune
 
     from pneumotune.model.backend import requested_backend
-    from pneumotune.search.dashboard import name_trial_actors
     from pneumotune.search.trainable import train_trial
+    from pneumotune.search.watch.trial_telemetry import name_trial_actors
 
     res = plan.experiment.resources
     backend = requested_backend()
@@ -187,11 +187,11 @@ def build_tuner(
 
     from pneumotune.model.config import TrainConfig
     from pneumotune.search.checkpoint import RepairCheckpoints
-    from pneumotune.search.dashboard import search_metrics_callback
-    from pneumotune.search.progress import ProgressLines
     from pneumotune.search.searcher import FidelityOptunaSearch
     from pneumotune.search.space import base_values, make_space
     from pneumotune.search.trial_logs import KeepTrialLogs
+    from pneumotune.search.watch.progress import ProgressLines
+    from pneumotune.search.watch.trial_telemetry import search_metrics_callback
 
     exp = plan.experiment
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines
@@ -282,7 +282,7 @@ def build_tuner(
                 checkpoint_score_order=exp.mode,
             ),
             stop=stop,
-            # Our one-line-per-event progress replaces Tune's tables (search/progress.py).
+            # Our one-line-per-event progress replaces Tune's tables (search/watch/progress.py).
             callbacks=[
                 ProgressLines(exp.metric, exp.mode, exp.epochs),
                 RepairCheckpoints(),  # a killed search's state may name a deleted checkpoint

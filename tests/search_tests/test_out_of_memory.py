@@ -26,7 +26,7 @@ from pneumotune.memory import MEMORY_METRIC, memory_metrics, private_dirty_mb, p
 from pneumotune.search import failures as F
 from pneumotune.search.results import SEARCH_ENDED, summarise
 from pneumotune.search.tuner import plan_search, run_search
-from pneumotune.search.watch import is_finished, render
+from pneumotune.search.watch.table import is_finished, render
 from tests.search_tests.helpers import wiring_experiment
 from tests.search_tests.memory_hog import (
     cgroup_v1_unavailable,

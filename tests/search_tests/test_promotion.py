@@ -224,7 +224,7 @@ def promoted(tiny_dataset, ray_local, tmp_path_factory):
     plan = plan_search(_experiment(), tiny_dataset, name="promote", storage=storage)
     watch = Watch()
     lines = io.StringIO()
-    with contextlib.redirect_stdout(lines):  # the progress lines (search/progress.py)
+    with contextlib.redirect_stdout(lines):  # the progress lines (search/watch/progress.py)
         summary = run_search(plan, trainable=cheap_trial, callbacks=[watch])
     study = optuna.load_study(study_name="promote", storage=journal_storage(plan.path))
     watch.lines = lines.getvalue()

@@ -36,7 +36,7 @@ from pneumotune.search.importance import (
 )
 from pneumotune.search.results import PLAN_FILE, summarise
 from pneumotune.search.tuner import plan_search, run_search
-from pneumotune.search.watch import is_finished, watch
+from pneumotune.search.watch.table import is_finished, watch
 from tests.search_tests.cheap import cheap_trial
 
 YAML = """\

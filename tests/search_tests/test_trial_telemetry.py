@@ -21,14 +21,14 @@ import optuna
 import pytest
 import yaml
 
-from pneumotune.search.dashboard import (
+from pneumotune.search.tuner import journal_storage
+from pneumotune.search.watch.trial_telemetry import (
     epoch_line,
     resume_line,
     runner_label,
     trial_label,
     trial_state_counts,
 )
-from pneumotune.search.tuner import journal_storage
 
 BIN = Path(sys.executable).parent
 

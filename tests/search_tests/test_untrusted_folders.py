@@ -284,7 +284,7 @@ def test_progress_reads_no_error_file_outside_the_trial(ray_local, secret, tmp_p
     from ray.train._internal.storage import StorageContext
     from ray.tune.experiment import Trial
 
-    from pneumotune.search.progress import ProgressLines
+    from pneumotune.search.watch.progress import ProgressLines
 
     storage = StorageContext(
         storage_path=str(tmp_path / "s"), experiment_dir_name="e", trial_dir_name="trial_x"
