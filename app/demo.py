@@ -96,7 +96,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     from pneumotune.model.predict import predict_folder, score_submission
     from pneumotune.ray_session import ensure_ray
     from pneumotune.search.config import load_experiment
-    from pneumotune.search.export_best import export_best
+    from pneumotune.search.products.export_best import export_best
     from pneumotune.search.tuner import plan_search, run_search
     from pneumotune.search.watch.trial_telemetry import where_to_look
 

@@ -237,7 +237,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 def _run_train(args: argparse.Namespace) -> Any:
     from pneumotune.search.config import load_experiment
-    from pneumotune.search.single_run import train_once
+    from pneumotune.search.products.single_run import train_once
 
     if args.from_search is not None:
         return _run_train_from_search(args)
@@ -254,7 +254,7 @@ def _run_train(args: argparse.Namespace) -> Any:
 
 def _run_train_from_search(args: argparse.Namespace) -> Any:
     from pneumotune.ray_session import ensure_ray
-    from pneumotune.search.retrain import retrain_best
+    from pneumotune.search.products.retrain import retrain_best
 
     if args.config is not None or args.overrides:
         raise UsageError("--from-search takes its config from the search: drop --config/--set")
@@ -315,7 +315,7 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> Any:
-    from pneumotune.search.export_best import export_best
+    from pneumotune.search.products.export_best import export_best
 
     return export_best(args.results, args.out, data_dir=args.data)
 

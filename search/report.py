@@ -495,7 +495,7 @@ def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> P
     from pneumotune.data.dataset import DatasetError, load_fold, read_manifest
     from pneumotune.model.inference import sample_predictions
     from pneumotune.search.checkpoint import load_checkpoint_model, trial_config
-    from pneumotune.search.export_best import labelled_images
+    from pneumotune.search.products.export_best import labelled_images
 
     # The folder may be someone else's: the checkpoint must lie in it and match its
     # trial (export's checks), before its config sizes anything read here.

@@ -116,7 +116,7 @@ def retrain_best(
         scaling_config,
         train_worker,
     )
-    from pneumotune.search.export_best import tune_and_export, tune_on_validation
+    from pneumotune.search.products.export_best import tune_and_export, tune_on_validation
 
     t0 = time.perf_counter()
     results_dir, out_dir = Path(results_dir).absolute(), Path(out_dir)

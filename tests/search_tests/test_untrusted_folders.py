@@ -477,7 +477,7 @@ def test_export_checks_the_checkpoint_against_its_trial(
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the learning-rate table is TensorFlow's")
-    from pneumotune.search.export_best import export_best
+    from pneumotune.search.products.export_best import export_best
 
     model_file, cfg = keras_checkpoint
     exported = export_best(folder, tmp_path / "model")  # the real thing exports
@@ -493,7 +493,7 @@ def test_export_checks_the_checkpoint_against_its_trial(
 
 
 def test_export_refuses_a_model_of_another_size_or_kind(folder, keras_checkpoint, tmp_path):
-    from pneumotune.search.export_best import export_best
+    from pneumotune.search.products.export_best import export_best
 
     model_file, cfg = keras_checkpoint
     best, _ = summarise(folder).best_trial_checkpoint()
