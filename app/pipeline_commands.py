@@ -104,7 +104,7 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> Any:
-    from pneumotune.search.report import DEFAULT_SAMPLES, report_search
+    from pneumotune.search.reports.report import DEFAULT_SAMPLES, report_search
     from pneumotune.search.results import is_experiment
 
     if not is_experiment(args.dataset):

@@ -4,7 +4,7 @@ Reads what a search wrote (``pneumotune.json``, Tune's trial folders and checkpo
 via :func:`search.results.summarise`), the experiment YAML when it is still there (for
 the searched ranges), and, for the prediction examples, the dataset's validation fold.
 Works on a running search too: it shows what exists so far. Figures are drawn by
-:mod:`search.report_plots`, importances computed by :mod:`search.importance`, and the
+:mod:`.plots`, importances computed by :mod:`.importance`, and the
 page assembled by :mod:`pneumotune.reports.page` (the same page model as the EDA report).
 
 Privacy: results hold no patient data, but failure messages could quote a file, and
@@ -25,8 +25,8 @@ from pneumotune.reports import page, privacy
 from pneumotune.reports.page import Section, Table, figure_section, plural
 from pneumotune.search.config import ParamSpec
 from pneumotune.search.failures import FAILURE_OUTCOMES, memory_advice
-from pneumotune.search.importance import Importance, load_specs, param_importances
-from pneumotune.search.report_plots import (
+from pneumotune.search.reports.importance import Importance, load_specs, param_importances
+from pneumotune.search.reports.plots import (
     PredictionSample,
     fig_best_so_far,
     fig_best_vs_tutorial,
@@ -110,7 +110,9 @@ def report_search(
     ]
     running = not is_finished(summary)
     intro = _intro(summary, plan, running)
-    privacy.check_no_identifiers([*intro, *page.section_text(sections)], forbidden, "search.report")
+    privacy.check_no_identifiers(
+        [*intro, *page.section_text(sections)], forbidden, "search.reports.report"
+    )
     out = Path(out_dir) if out_dir is not None else root / REPORT_DIR
     written = page.write_report(out, f"Search report: {summary.name}", intro, sections)
     return SearchReportResult.extending(

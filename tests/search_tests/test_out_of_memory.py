@@ -199,7 +199,7 @@ def test_a_trial_the_kernel_killed_is_reported_with_its_memory(killed_and_spared
 
 
 def test_the_search_report_counts_and_explains_the_killed_trial(killed_and_spared, tmp_path):
-    from pneumotune.search import report
+    from pneumotune.search.reports import report
 
     result = report.report_search(killed_and_spared, tmp_path / "report")
     page = result.html.read_text(encoding="utf-8")
