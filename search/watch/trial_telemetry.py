@@ -35,19 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from pneumotune.model.config import VAL_KEYS, TrainConfig, format_epoch
+from pneumotune.text import short
 
 # The settings a trial's name shows, when its config has them.
 LABEL_PARAMS = ("img_size", "base_filters", "lr", "schedule")
 
 
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
 def trial_label(trial_id: str, config: dict[str, Any]) -> str:
     """``trial_<id> img_size=64 base_filters=8 lr=0.001 schedule=cosine``: the trial's
     folder name and its main settings."""
-    settings = " ".join(f"{k}={_short(config[k])}" for k in LABEL_PARAMS if k in config)
+    settings = " ".join(f"{k}={short(config[k])}" for k in LABEL_PARAMS if k in config)
     return f"trial_{trial_id} {settings}".rstrip()
 
 
