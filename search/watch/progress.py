@@ -17,10 +17,8 @@ from typing import Any, TextIO
 
 from ray import tune
 
+from pneumotune.model.config import KEY_PARAMS
 from pneumotune.text import short
-
-# Shown when a trial starts, when searched: the parameters that change a trial most.
-KEY_PARAMS = ("img_size", "base_filters", "depth", "lr", "schedule", "batch_size")
 
 
 class ProgressLines(tune.Callback):

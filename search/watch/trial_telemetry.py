@@ -1,7 +1,8 @@
 """What the stock Ray dashboard shows of a search: names, log lines and metrics per trial.
 
-* **Actors**: a trial's actor reprs as ``trial_<id> img_size=.. base_filters=.. lr=..
-  schedule=..`` (Ray shows an actor's ``repr`` in the Actors table). Tune wraps a
+* **Actors**: a trial's actor reprs as ``trial_<id> img_size=.. base_filters=.. depth=..
+  lr=.. schedule=.. batch_size=..`` (:data:`~pneumotune.model.config.KEY_PARAMS`; Ray
+  shows an actor's ``repr`` in the Actors table). Tune wraps a
   function trainable in a class whose ``repr`` is the class attribute ``_name``;
   :class:`TrialRepr`, mixed into that class through the function's ``__mixins__``, sets
   the instance's ``_name`` before the actor's constructor returns, which is when Ray
@@ -34,17 +35,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pneumotune.model.config import VAL_KEYS, TrainConfig, format_epoch
+from pneumotune.model.config import KEY_PARAMS, VAL_KEYS, TrainConfig, format_epoch
 from pneumotune.text import short
-
-# The settings a trial's name shows, when its config has them.
-LABEL_PARAMS = ("img_size", "base_filters", "lr", "schedule")
 
 
 def trial_label(trial_id: str, config: dict[str, Any]) -> str:
-    """``trial_<id> img_size=64 base_filters=8 lr=0.001 schedule=cosine``: the trial's
-    folder name and its main settings."""
-    settings = " ".join(f"{k}={short(config[k])}" for k in LABEL_PARAMS if k in config)
+    """``trial_<id> img_size=64 base_filters=8 depth=4 lr=0.001 schedule=cosine
+    batch_size=16``: the trial's folder name and its settings of ``KEY_PARAMS``."""
+    settings = " ".join(f"{k}={short(config[k])}" for k in KEY_PARAMS if k in config)
     return f"trial_{trial_id} {settings}".rstrip()
 
 
