@@ -49,7 +49,7 @@ import numpy as np
 from pneumotune.data.dataset import Arrays, Rows
 from pneumotune.errors import PneumotuneError
 from pneumotune.model import warm as warm_models
-from pneumotune.model.config import METRICS, TrainConfig
+from pneumotune.model.config import METRICS, VAL_KEYS, TrainConfig
 from pneumotune.model.devices import configure_devices
 from pneumotune.model.inference import validation_metrics
 from pneumotune.model.losses import make_loss
@@ -66,11 +66,7 @@ EpochHook = Callable[[int, dict[str, float], keras.Model], None]
 # Every key of the per-epoch metrics dict, in print order.
 METRIC_KEYS: tuple[str, ...] = (
     "loss",
-    "val_loss",
-    "val_iou",
-    "val_dice",
-    "val_kaggle_dice",
-    "val_positive_iou",
+    *VAL_KEYS,  # model.inference.validation_metrics
     "lr",
     "epoch_seconds",
     "train_seconds",
