@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pneumotune.errors import UsageError
@@ -140,6 +141,41 @@ def config_from(args: argparse.Namespace, cls: type, **options: str) -> Any:
         return cls(**values)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def add_results(p: argparse.ArgumentParser) -> None:
+    """RESULTS: a search's results folder (`status`, `export`)."""
+    p.add_argument("results", type=Path, help="the search directory, <storage>/<name>")
+
+
+def add_experiment(p: argparse.ArgumentParser) -> None:
+    """--config of a search (`search`, `demo`): an experiment file or a shipped one's name."""
+    p.add_argument(
+        "--config",
+        default="demo",
+        metavar="YAML",
+        help="experiment file, or the name of a shipped one (default: demo)",
+    )
+
+
+def add_no_dashboard(p: argparse.ArgumentParser) -> None:
+    """--no-dashboard, stored as ``args.dashboard`` (``ensure_ray``'s keyword)."""
+    p.add_argument(
+        "--no-dashboard",
+        dest="dashboard",
+        action="store_false",
+        help="do not start the Ray dashboard (local Ray only)",
+    )
+
+
+def add_rle_dialect(p: argparse.ArgumentParser) -> None:
+    """--rle-dialect of a label CSV (`convert`, `score`)."""
+    p.add_argument(
+        "--rle-dialect",
+        choices=("relative", "standard"),
+        default="relative",
+        help="relative: SIIM (default); standard: absolute 1-based starts",
+    )
 
 
 def add_backend(p: argparse.ArgumentParser) -> None:

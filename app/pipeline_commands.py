@@ -36,19 +36,9 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
         default=DEMO_TRIALS,
         help=f"trials (default {DEMO_TRIALS}; `pneumotune search --config demo` runs 8)",
     )
-    p.add_argument(
-        "--config",
-        default="demo",
-        metavar="YAML",
-        help="experiment to search with (default: the shipped demo)",
-    )
+    A.add_experiment(p)
     p.add_argument("--fresh", action="store_true", help="delete --out first")
-    p.add_argument(
-        "--no-dashboard",
-        dest="dashboard",
-        action="store_false",
-        help="do not start the Ray dashboard",
-    )
+    A.add_no_dashboard(p)
     A.add_backend(p)
 
 

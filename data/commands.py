@@ -101,12 +101,7 @@ def _convert_arguments(p: argparse.ArgumentParser) -> None:
         default=(256, 512),
         help="comma-separated square sizes to store (default 256,512)",
     )
-    p.add_argument(
-        "--rle-dialect",
-        choices=("relative", "standard"),
-        default="relative",
-        help="relative: SIIM (default); standard: absolute 1-based starts",
-    )
+    A.add_rle_dialect(p)
     p.add_argument("--folds", type=int, default=5, help="patient-grouped folds (default 5)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     A.add_pixel_budget(p, "such a file is a row of errors.csv")

@@ -75,12 +75,7 @@ def _score_arguments(p: argparse.ArgumentParser) -> None:
         help="DICOM folder of these images: masks are decoded at each DICOM's own size "
         "(default: 1024x1024 for every image, as SIIM)",
     )
-    p.add_argument(
-        "--rle-dialect",
-        choices=("relative", "standard"),
-        default="relative",
-        help="relative: SIIM (default); standard: absolute 1-based starts",
-    )
+    A.add_rle_dialect(p)
     p.add_argument(
         "--errors",
         type=Path,

@@ -20,12 +20,7 @@ from pneumotune.errors import UsageError
 
 # --------------------------------------------------------------------------- search
 def _search_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config",
-        default="demo",
-        metavar="YAML",
-        help="experiment file, or the name of a shipped one (default: demo)",
-    )
+    A.add_experiment(p)
     p.add_argument(
         "--data",
         type=Path,
@@ -54,11 +49,7 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
         help="continue an interrupted search (the latest one of this experiment "
         "unless --name is given)",
     )
-    p.add_argument(
-        "--no-dashboard",
-        action="store_true",
-        help="do not start the Ray dashboard (local Ray only)",
-    )
+    A.add_no_dashboard(p)
     p.add_argument(
         "--skip-memory-check",
         action="store_true",
@@ -89,7 +80,7 @@ def _run_search(args: argparse.Namespace) -> Any:
         num_samples=args.num_samples,
         max_concurrent=args.max_concurrent,
     )
-    session = ensure_ray(args.address, dashboard=not args.no_dashboard, job_name=plan.name)
+    session = ensure_ray(args.address, dashboard=args.dashboard, job_name=plan.name)
     print(
         f"Experiment {plan.name}: {plan.experiment.num_samples} trials of up to "
         f"{plan.experiment.epochs} epochs, {plan.experiment.metric} ({plan.experiment.mode}), "
@@ -128,7 +119,7 @@ SEARCH = A.Command(
 
 # --------------------------------------------------------------------------- status
 def _status_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", type=Path, help="the search directory, <storage>/<name>")
+    A.add_results(p)
     p.add_argument(
         "--watch",
         action="store_true",
@@ -303,7 +294,7 @@ TRAIN = A.Command(
 
 # --------------------------------------------------------------------------- export
 def _export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", type=Path, help="the search directory, <storage>/<name>")
+    A.add_results(p)
     p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="model directory")
     p.add_argument(
         "--data",
