@@ -270,7 +270,8 @@ TRAIN = A.Command(
         "stored size), validating on the fold val_fold. Prints the validation metrics\n"
         "after every epoch, tunes the post-processing triplet (threshold, minimum area,\n"
         "lower threshold) on the validation fold, and exports the model to --out:\n"
-        "model.keras, a TF SavedModel and model_card.json."
+        "model.keras, a TF SavedModel (on the TensorFlow backend only) and\n"
+        "model_card.json."
     ),
     epilog=(
         "Example, on the synthetic demo data:\n"
@@ -318,7 +319,8 @@ EXPORT = A.Command(
         "Take the best trial's best checkpoint of a search (finished, or running: its best "
         "so far), tune the post-processing triplet (threshold, minimum area, lower "
         "threshold) on that trial's validation fold, and write a model directory: "
-        "model.keras, saved_model/ and model_card.json (config, trial id, metrics)."
+        "model.keras, saved_model/ (on the TensorFlow backend only) and model_card.json "
+        "(config, trial id, metrics)."
     ),
     epilog="Then: pneumotune predict MODEL_DIR DICOM_DIR --out submission.csv",
     arguments=_export_arguments,

@@ -1,9 +1,12 @@
-"""Build, run and resume the Ray Tune search: OptunaSearch (TPE) + ASHA on one metric.
+"""Build, run and resume the Ray Tune search: FidelityOptunaSearch (TPE) + ASHA on one
+metric.
 
-* OptunaSearch samples the define-by-run space (search/space.py) with a seeded TPE
-  sampler; Optuna's own pruning is off (NopPruner, Ray's default): ASHA stops trials
-  (``asha.mode: stop``, Ray's ASHAScheduler) or pauses them at rungs and resumes the ones
-  later arrivals rank in the top (``asha.mode: promote``, :mod:`search.promotion`).
+* :class:`~pneumotune.search.searcher.FidelityOptunaSearch` (Ray's OptunaSearch, which
+  tells Optuna a trial ASHA stopped as PRUNED with every epoch's value) samples the
+  define-by-run space (search/space.py) with a seeded TPE sampler; Optuna's own pruning
+  is off (NopPruner, Ray's default): ASHA stops trials (``asha.mode: stop``, Ray's
+  ASHAScheduler) or pauses them at rungs and resumes the ones later arrivals rank in the
+  top (``asha.mode: promote``, :mod:`search.promotion`).
 * ASHA's time unit is the epoch: the trainable reports once per epoch.
 * The tutorial's settings are enqueued as the first point, so every search can say
   how far it got beyond the tutorial.
