@@ -42,7 +42,6 @@ from pneumotune.search.failures import (
     SearchFailed,
     all_failed_message,
     classify,
-    last_exception_line,  # noqa: F401  (search.progress and older callers import it here)
     memory_advice,
     parse_error_file,
     reason,
