@@ -24,7 +24,6 @@ import pytest
 
 from pneumotune import cli
 from pneumotune.errors import UsageError
-from pneumotune.search.config import parse_experiment
 from pneumotune.search.results import MAX_RESULT_BYTES, ResultsError, summarise
 from pneumotune.search.tuner import (
     check_resumable,
@@ -33,6 +32,7 @@ from pneumotune.search.tuner import (
     run_search,
 )
 from tests.search_tests.cheap import cheap_trial
+from tests.search_tests.helpers import wiring_experiment
 
 NAME = "trusted"
 OTHER_UID = 65534  # nobody
@@ -41,18 +41,13 @@ SECRET = "SECRET-LINE-FROM-ELSEWHERE"
 
 
 def _experiment():
-    return parse_experiment(
-        {
-            "name": "untrusted",
-            "epochs": 2,
-            "num_samples": 3,
-            "max_concurrent": 2,
-            "seed": 5,
-            "max_failures": 0,
-            "asha": {"grace_period": 1, "reduction_factor": 2},
-            "fixed": {"depth": 2},
-            "space": {"img_size": "stored", "base_filters": [8, 16], "lr": [1.0e-3, 1.0e-2]},
-        }
+    return wiring_experiment(
+        name="untrusted",
+        epochs=2,
+        num_samples=3,
+        seed=5,
+        max_failures=0,
+        space={"img_size": "stored", "base_filters": [8, 16], "lr": [1.0e-3, 1.0e-2]},
     )
 
 
