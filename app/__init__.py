@@ -1,11 +1,11 @@
 """pneumotune: Ray-distributed hyperparameter search for pneumothorax segmentation.
 
 One import root. The repository keeps the pipeline's folders at its top (``data/``,
-``model/``, ``search/``, ``reports/``) and the root's own modules (the CLI, the error
-classes) in ``app/``; the build maps them to ``pneumotune.data``, ``pneumotune.model``,
-``pneumotune.search``, ``pneumotune.reports`` and ``pneumotune`` (``package-dir`` in
-pyproject.toml), so that a user's own ``data.py`` or ``model.py`` can never shadow ours,
-nor ours theirs.
+``model/``, ``search/``, ``reports/``) and the root's own modules (the CLI, starting or
+joining Ray, the error classes) in ``app/``; the build maps them to ``pneumotune.data``,
+``pneumotune.model``, ``pneumotune.search``, ``pneumotune.reports`` and ``pneumotune``
+(``package-dir`` in pyproject.toml), so that a user's own ``data.py`` or ``model.py`` can
+never shadow ours, nor ours theirs.
 
 The folder is called ``app/``, not ``pneumotune/``, so that no folder of a checkout is
 importable as ``pneumotune``: Python, and Ray on every worker, put the current directory

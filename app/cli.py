@@ -4,7 +4,8 @@
 the order of `pneumotune --help`; the commands themselves live with their package: the
 dataset's in pneumotune.data.commands (synth, convert), the model's in
 pneumotune.model.commands (predict, score), the search's in pneumotune.search.commands
-(demo, search, status, report, export, train). The parser, its list of commands and the
+(search, status, export, train), and the whole pipeline's in pneumotune.pipeline_commands
+(demo; report, of a dataset or of a search). The parser, its list of commands and the
 usage lines of `pneumotune --help` are all built from the registry, so the help cannot
 drift from the parser. Each handler calls importable functions; heavy imports (Ray,
 TensorFlow, pydicom) happen inside it, as each command declares (``needs``), so
@@ -30,6 +31,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pneumotune
+from pneumotune import pipeline_commands as pipeline
 from pneumotune.cli_args import Command
 from pneumotune.data import commands as data
 from pneumotune.errors import PneumotuneError
@@ -40,12 +42,12 @@ from pneumotune.search import commands as search
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
-        search.DEMO,
+        pipeline.DEMO,
         data.SYNTH,
         data.CONVERT,
         search.SEARCH,
         search.STATUS,
-        search.REPORT,
+        pipeline.REPORT,
         search.EXPORT,
         search.TRAIN,
         model.PREDICT,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pneumotune.errors import UsageError
@@ -74,8 +75,41 @@ def positive_int(text: str) -> int:
     return value
 
 
+# pneumotune.data.dicom.PIXEL_BUDGET in MiB (tested equal): that module imports OpenCV and
+# pydicom, which `pneumotune --help` must not wait for.
+PIXEL_BUDGET_MB = 64
+
+
+def pixel_budget_bytes(text: str) -> int:
+    """``--pixel-budget-mb`` -> bytes."""
+    try:
+        mib = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of MiB, got {text!r}") from None
+    if not 0 < mib < 2**40:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"expected a positive number of MiB, got {text}")
+    return max(1, int(mib * 2**20))
+
+
+def add_pixel_budget(p: argparse.ArgumentParser, refused: str) -> None:
+    """--pixel-budget-mb, stored as ``args.pixel_budget`` in bytes (pneumotune.data.dicom's
+    keyword); ``refused`` says what becomes of a file over it."""
+    p.add_argument(
+        "--pixel-budget-mb",
+        dest="pixel_budget",
+        type=pixel_budget_bytes,
+        default=PIXEL_BUDGET_MB * 2**20,
+        metavar="MIB",
+        help="largest image to decode, in MiB of pixel data: Rows x Columns x samples x "
+        f"bytes per sample (default {PIXEL_BUDGET_MB}: an 8192x8192 8-bit image; SIIM's are "
+        "1 MiB). An image over it, a JPEG frame or deflated data set that claims more, or a "
+        "file larger than it plus 16 MiB is refused before anything is decoded, so that a "
+        f"small hostile file cannot exhaust memory; {refused}",
+    )
+
+
 def add_address(p: argparse.ArgumentParser, when: str = "") -> None:
-    """--address; with none, pneumotune.data.ray_session.ensure_ray decides."""
+    """--address; with none, pneumotune.ray_session.ensure_ray decides."""
     p.add_argument(
         "--address",
         default=None,
@@ -107,6 +141,41 @@ def config_from(args: argparse.Namespace, cls: type, **options: str) -> Any:
         return cls(**values)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def add_results(p: argparse.ArgumentParser) -> None:
+    """RESULTS: a search's results folder (`status`, `export`)."""
+    p.add_argument("results", type=Path, help="the search directory, <storage>/<name>")
+
+
+def add_experiment(p: argparse.ArgumentParser) -> None:
+    """--config of a search (`search`, `demo`): an experiment file or a shipped one's name."""
+    p.add_argument(
+        "--config",
+        default="demo",
+        metavar="YAML",
+        help="experiment file, or the name of a shipped one (default: demo)",
+    )
+
+
+def add_no_dashboard(p: argparse.ArgumentParser) -> None:
+    """--no-dashboard, stored as ``args.dashboard`` (``ensure_ray``'s keyword)."""
+    p.add_argument(
+        "--no-dashboard",
+        dest="dashboard",
+        action="store_false",
+        help="do not start the Ray dashboard (local Ray only)",
+    )
+
+
+def add_rle_dialect(p: argparse.ArgumentParser) -> None:
+    """--rle-dialect of a label CSV (`convert`, `score`)."""
+    p.add_argument(
+        "--rle-dialect",
+        choices=("relative", "standard"),
+        default="relative",
+        help="relative: SIIM (default); standard: absolute 1-based starts",
+    )
 
 
 def add_backend(p: argparse.ArgumentParser) -> None:

@@ -4,8 +4,9 @@ Control and format characters in a DICOM tag, a file name or a results folder (E
 terminal escape sequence, NUL, CR/LF, BEL, bidirectional overrides, the lone surrogates
 Python makes of file-name bytes that are not UTF-8) can redraw a terminal, split a CSV
 row or reorder what a reader sees. Two policies: :func:`escaped` keeps the text
-recognisable (a file name in a ledger, an error in `status`); :func:`stripped` keeps the
-value clean (a header value stored in a dataset and drawn in a report).
+recognisable (a file name in a ledger, an error in `status`; :func:`short` for a value in
+a table cell); :func:`stripped` keeps the value clean (a header value stored in a dataset
+and drawn in a report).
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ def escaped(text: object, limit: int | None = None) -> str:
     if limit is not None and len(text) > limit:
         return text[: limit - 1] + "…"
     return text
+
+
+def short(value: object, limit: int = 40) -> str:
+    """A value for a line or a table cell: a float to 3 significant digits, anything else
+    :func:`escaped` and cut to ``limit`` characters (a trial's config value, read from a
+    results folder, may be any text of any length)."""
+    return f"{value:.3g}" if isinstance(value, float) else escaped(value, limit)
 
 
 def stripped(text: str) -> str:

@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from common import dataset
 
-    from pneumotune.data.ray_session import ensure_ray
+    from pneumotune.ray_session import ensure_ray
     from pneumotune.search.config import load_experiment
     from pneumotune.search.tuner import run_search
 

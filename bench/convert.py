@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     n = 100 if args.smoke_test else args.images
 
     from pneumotune.data.convert import find_dicoms
-    from pneumotune.data.ray_session import ensure_ray
+    from pneumotune.ray_session import ensure_ray
 
     root = synth_tree(n, 1024)
     paths = find_dicoms(root / "dicom-images-train")

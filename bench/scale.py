@@ -13,7 +13,7 @@ that means for the shipped cluster nodes.
    pixels repeat, the bytes per row are SIIM's. The validation fold (0) holds
    :data:`VAL_ROWS` rows, every other row trains: a CPU validates a few hundred 1024-px
    images in the time, not 2,400, and validation reads a chunk at a time whatever the
-   fold's size (``model.train.validation_metrics``), so its memory does not depend on it.
+   fold's size (``model.inference.validation_metrics``), so its memory does not depend on it.
 2. **A short search per (rows, size)**: ``pneumotune search`` (the product's command, in
    its own process: the driver), two concurrent one-CPU trials of a small ResUNet (4
    filters, depth 2, batch 4, 32 images per epoch, 2 epochs), stopped after

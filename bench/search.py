@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke_test:
         args.budget, args.max_t, args.images = 8, 2, 120
 
-    from pneumotune.data.ray_session import ensure_ray
+    from pneumotune.ray_session import ensure_ray
     from pneumotune.search.config import load_experiment
     from pneumotune.search.space import tutorial_point
 

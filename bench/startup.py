@@ -156,7 +156,7 @@ def search(args: argparse.Namespace) -> None:
     """A small real search; first-iteration time over the later ones, per trial."""
     from common import all_trials_training_share, dataset
 
-    from pneumotune.data.ray_session import ensure_ray
+    from pneumotune.ray_session import ensure_ray
     from pneumotune.search.config import load_experiment
     from pneumotune.search.tuner import plan_search, run_search
 

@@ -1,7 +1,9 @@
 """Capacity numbers for cluster/README.md: what the ResUNet costs per image, measured on
 this machine's CPU where possible and extrapolated to GPUs where not.
 
-Run from the repository root (it imports ``model`` and ``data``)::
+Needs pneumotune installed (``pip install -e .``): it imports ``pneumotune.model`` (the
+ResUNet, the augmentation) and ``pneumotune.search.config`` (the experiments). From the
+repository root::
 
     python cluster/capacity.py              # the whole table (~10-20 min on 2 cores)
     python cluster/capacity.py --quick      # analytic numbers only (seconds)
@@ -39,8 +41,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

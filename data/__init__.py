@@ -1,2 +1,3 @@
-"""From files to arrays: DICOM reading, RLE codecs, the synthetic generator, the Ray Data
-conversion, splits, augmentation and the EDA report. Nothing here imports TensorFlow."""
+"""From files to arrays: DICOM reading, RLE codecs, labels, the synthetic generator, the
+Ray Data conversion, patient-grouped splits, each node's copy of a dataset's arrays and
+the EDA report. Nothing here imports TensorFlow (augmentation is the model's)."""

@@ -1,4 +1,4 @@
-"""The dataset's commands: `synth`, `convert` and the report of a dataset.
+"""The dataset's commands: `synth` and `convert`.
 
 Each is a :class:`~pneumotune.cli_args.Command` of app/cli.py's registry: its
 arguments, and a handler that parses nothing more and calls the importable function that
@@ -13,38 +13,6 @@ from typing import Any
 
 from pneumotune import cli_args as A
 from pneumotune.errors import UsageError
-
-# --------------------------------------------------------------------------- shared options
-# data.dicom.PIXEL_BUDGET in MiB (tested equal): that module imports OpenCV and pydicom,
-# which `pneumotune --help` must not wait for.
-PIXEL_BUDGET_MB = 64
-
-
-def pixel_budget_bytes(text: str) -> int:
-    """``--pixel-budget-mb`` -> bytes."""
-    try:
-        mib = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of MiB, got {text!r}") from None
-    if not 0 < mib < 2**40:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"expected a positive number of MiB, got {text}")
-    return max(1, int(mib * 2**20))
-
-
-def add_pixel_budget(p: argparse.ArgumentParser, refused: str) -> None:
-    """--pixel-budget-mb, stored as ``args.pixel_budget`` in bytes (data.dicom's keyword)."""
-    p.add_argument(
-        "--pixel-budget-mb",
-        dest="pixel_budget",
-        type=pixel_budget_bytes,
-        default=PIXEL_BUDGET_MB * 2**20,
-        metavar="MIB",
-        help="largest image to decode, in MiB of pixel data: Rows x Columns x samples x "
-        f"bytes per sample (default {PIXEL_BUDGET_MB}: an 8192x8192 8-bit image; SIIM's are "
-        "1 MiB). An image over it, a JPEG frame or deflated data set that claims more, or a "
-        "file larger than it plus 16 MiB is refused before anything is decoded, so that a "
-        f"small hostile file cannot exhaust memory; {refused}",
-    )
 
 
 # --------------------------------------------------------------------------- synth
@@ -133,15 +101,10 @@ def _convert_arguments(p: argparse.ArgumentParser) -> None:
         default=(256, 512),
         help="comma-separated square sizes to store (default 256,512)",
     )
-    p.add_argument(
-        "--rle-dialect",
-        choices=("relative", "standard"),
-        default="relative",
-        help="relative: SIIM (default); standard: absolute 1-based starts",
-    )
+    A.add_rle_dialect(p)
     p.add_argument("--folds", type=int, default=5, help="patient-grouped folds (default 5)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    add_pixel_budget(p, "such a file is a row of errors.csv")
+    A.add_pixel_budget(p, "such a file is a row of errors.csv")
     A.add_address(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
 
@@ -172,19 +135,3 @@ CONVERT = A.Command(
     needs=frozenset({"ray"}),
     shown=("--labels", "--sizes"),
 )
-
-
-def run_report(args: argparse.Namespace) -> Any:
-    """The report of a dataset (the `report` command is registered by the search's commands,
-    which tell a dataset from a search folder)."""
-    from pneumotune.data.dataset import MANIFEST
-    from pneumotune.data.report import report_dataset
-
-    if not (args.dataset / MANIFEST).is_file():
-        raise UsageError(
-            f"{args.dataset} is not a pneumotune dataset: expected a folder holding {MANIFEST}, "
-            "as written by `pneumotune convert SRC DATASET`, or a search directory holding "
-            "pneumotune.json"
-        )
-    samples = 12 if args.samples is None else args.samples
-    return report_dataset(args.dataset, args.out, seed=args.seed, samples=samples)

@@ -36,9 +36,9 @@ import numpy as np
 from pneumotune.data import dataset, labels, rle
 from pneumotune.data.dicom import PIXEL_BUDGET, find_dicoms
 from pneumotune.data.ledger import write_ledger
-from pneumotune.data.ray_session import ensure_ray, quiet_ray_data
 from pneumotune.data.split import assign_folds
 from pneumotune.errors import ConfigError, PneumotuneError
+from pneumotune.ray_session import ensure_ray, quiet_ray_data
 from pneumotune.text import escaped
 
 SIIM_TRAIN_DIR = "dicom-images-train"

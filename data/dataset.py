@@ -201,7 +201,7 @@ class Rows:
 
     ``index`` holds row numbers of ``source``; the pixels stay in the source's (shared,
     possibly memory-mapped) arrays and are read a batch at a time by whoever trains or
-    scores on them (:func:`model.train.fit`, :func:`model.train.validation_metrics`), so a
+    scores on them (:func:`model.train.fit`, :func:`model.inference.validation_metrics`), so a
     trial's memory does not grow with the dataset. :meth:`take` copies the rows asked for;
     :attr:`pair` copies them all (for small sets and for tools that need arrays).
     """

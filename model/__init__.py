@@ -1,2 +1,4 @@
-"""Keras 3 (TensorFlow backend): the ResUNet, losses, metrics, schedules, training of one
-config, post-processing, export and prediction. Ray is imported only at the edges."""
+"""Keras 3 on any backend (TensorFlow by default, JAX or PyTorch; the SavedModel and
+multi-worker training are TensorFlow's): the ResUNet, losses, metrics, schedules,
+augmentation and sampling, the input pipeline, training of one config, inference and
+evaluation, post-processing, export and prediction. Nothing here imports Ray."""

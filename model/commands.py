@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from pneumotune import cli_args as A
-from pneumotune.data.commands import add_pixel_budget
 
 
 # --------------------------------------------------------------------------- predict
@@ -26,7 +25,7 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size", type=A.positive_int, default=16, help="images per model call (default 16)"
     )
-    add_pixel_budget(p, "such a file is a row of <OUT stem>.errors.csv and has no row")
+    A.add_pixel_budget(p, "such a file is a row of <OUT stem>.errors.csv and has no row")
     A.add_backend(p)
 
 
@@ -76,12 +75,7 @@ def _score_arguments(p: argparse.ArgumentParser) -> None:
         help="DICOM folder of these images: masks are decoded at each DICOM's own size "
         "(default: 1024x1024 for every image, as SIIM)",
     )
-    p.add_argument(
-        "--rle-dialect",
-        choices=("relative", "standard"),
-        default="relative",
-        help="relative: SIIM (default); standard: absolute 1-based starts",
-    )
+    A.add_rle_dialect(p)
     p.add_argument(
         "--errors",
         type=Path,
@@ -90,7 +84,7 @@ def _score_arguments(p: argparse.ArgumentParser) -> None:
         help="ledger of the rows that cannot be decoded (file,line,image_id,reason), written "
         "even when empty (default: <SUBMISSION stem>.score-errors.csv beside it)",
     )
-    add_pixel_budget(
+    A.add_pixel_budget(
         p, "with --dicoms, such a file's size is not used (its masks are decoded at 1024x1024)"
     )
 

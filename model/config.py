@@ -18,6 +18,9 @@ SCHEDULES = ("constant", "cosine", "cosine_restarts", "step", "one_cycle")
 METRICS = ("val_iou", "val_dice", "val_kaggle_dice", "val_positive_iou", "val_loss")
 # The validation metrics of an epoch, in print order.
 VAL_KEYS = ("val_loss", "val_iou", "val_dice", "val_kaggle_dice", "val_positive_iou")
+# The settings that change a trial most, in the order they are shown: a trial's line when
+# it starts and its name in the Ray dashboard (pneumotune.search.watch), those it has.
+KEY_PARAMS = ("img_size", "base_filters", "depth", "lr", "schedule", "batch_size")
 
 
 def format_epoch(epoch: int, epochs: int, metrics: dict[str, Any]) -> str:

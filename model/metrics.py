@@ -220,8 +220,47 @@ class _ThresholdMetric(keras.metrics.Metric):
         return {**super().get_config(), "threshold": self.threshold}
 
 
+class _PooledRatio(_ThresholdMetric):
+    """``scale * intersection / denominator``, both summed over every image seen since
+    reset; ``empty_score`` while the denominator is 0. :meth:`_sums` says what each image
+    adds to the two sums; ``denominator_name`` names the second (a variable of the saved
+    metric, created second, so files saved before this base class load the same)."""
+
+    scale = 1.0
+    denominator_name = "union"
+
+    def __init__(
+        self, threshold: float, empty_score: float, name: str | None = None, dtype=None
+    ) -> None:
+        super().__init__(threshold=threshold, name=name, dtype=dtype)
+        self.empty_score = float(empty_score)
+        self.intersection = self._sum_var("intersection")
+        self._denominator = self._sum_var(self.denominator_name)
+
+    def _sums(self, inter, t, p):
+        """Per-image ``(numerator, denominator)`` from the per-image counts."""
+        raise NotImplementedError
+
+    def update_state(self, y_true, y_pred, sample_weight=None) -> None:
+        self._no_weights(sample_weight)
+        numerator, denominator = self._sums(*_flat_counts(y_true, y_pred, self.threshold))
+        self.intersection.assign_add(ops.cast(ops.sum(numerator), "float64"))
+        self._denominator.assign_add(ops.cast(ops.sum(denominator), "float64"))
+
+    def result(self):
+        score = ops.where(
+            self._denominator > 0,
+            self.scale * self.intersection / ops.maximum(self._denominator, 1.0),
+            ops.cast(self.empty_score, "float64"),
+        )
+        return ops.cast(score, self.dtype)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "empty_score": self.empty_score}
+
+
 @keras.saving.register_keras_serializable(package="pneumotune")
-class IoU(_ThresholdMetric):
+class IoU(_PooledRatio):
     """Keras version of :func:`iou`: pixels pooled over every image seen since reset.
 
     Inputs ``(B, H, W, 1)`` (or any shape with the batch first); ``empty_score`` when
@@ -235,32 +274,18 @@ class IoU(_ThresholdMetric):
         name: str = "iou",
         dtype=None,
     ) -> None:
-        super().__init__(threshold=threshold, name=name, dtype=dtype)
-        self.empty_score = float(empty_score)
-        self.intersection = self._sum_var("intersection")
-        self.union = self._sum_var("union")
+        super().__init__(threshold=threshold, empty_score=empty_score, name=name, dtype=dtype)
 
-    def update_state(self, y_true, y_pred, sample_weight=None) -> None:
-        self._no_weights(sample_weight)
-        inter, t, p = _flat_counts(y_true, y_pred, self.threshold)
-        self.intersection.assign_add(ops.cast(ops.sum(inter), "float64"))
-        self.union.assign_add(ops.cast(ops.sum(t + p - inter), "float64"))
-
-    def result(self):
-        score = ops.where(
-            self.union > 0,
-            self.intersection / ops.maximum(self.union, 1.0),
-            ops.cast(self.empty_score, "float64"),
-        )
-        return ops.cast(score, self.dtype)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "empty_score": self.empty_score}
+    def _sums(self, inter, t, p):
+        return inter, t + p - inter
 
 
 @keras.saving.register_keras_serializable(package="pneumotune")
-class Dice(_ThresholdMetric):
+class Dice(_PooledRatio):
     """Keras version of :func:`dice`: pixels pooled over every image seen since reset."""
+
+    scale = 2.0
+    denominator_name = "total"
 
     def __init__(
         self,
@@ -269,27 +294,10 @@ class Dice(_ThresholdMetric):
         name: str = "dice",
         dtype=None,
     ) -> None:
-        super().__init__(threshold=threshold, name=name, dtype=dtype)
-        self.empty_score = float(empty_score)
-        self.intersection = self._sum_var("intersection")
-        self.total = self._sum_var("total")
+        super().__init__(threshold=threshold, empty_score=empty_score, name=name, dtype=dtype)
 
-    def update_state(self, y_true, y_pred, sample_weight=None) -> None:
-        self._no_weights(sample_weight)
-        inter, t, p = _flat_counts(y_true, y_pred, self.threshold)
-        self.intersection.assign_add(ops.cast(ops.sum(inter), "float64"))
-        self.total.assign_add(ops.cast(ops.sum(t + p), "float64"))
-
-    def result(self):
-        score = ops.where(
-            self.total > 0,
-            2.0 * self.intersection / ops.maximum(self.total, 1.0),
-            ops.cast(self.empty_score, "float64"),
-        )
-        return ops.cast(score, self.dtype)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "empty_score": self.empty_score}
+    def _sums(self, inter, t, p):
+        return inter, t + p
 
 
 @keras.saving.register_keras_serializable(package="pneumotune")
@@ -315,7 +323,7 @@ class KaggleDice(_ThresholdMetric):
 
 
 @keras.saving.register_keras_serializable(package="pneumotune")
-class PositiveIoU(_ThresholdMetric):
+class PositiveIoU(_PooledRatio):
     """Keras version of :func:`positive_iou`: IoU pooled over images with a non-empty
     truth. Before any positive image it returns ``empty_score`` (NaN by default)."""
 
@@ -326,25 +334,8 @@ class PositiveIoU(_ThresholdMetric):
         name: str = "positive_iou",
         dtype=None,
     ) -> None:
-        super().__init__(threshold=threshold, name=name, dtype=dtype)
-        self.empty_score = float(empty_score)
-        self.intersection = self._sum_var("intersection")
-        self.union = self._sum_var("union")
+        super().__init__(threshold=threshold, empty_score=empty_score, name=name, dtype=dtype)
 
-    def update_state(self, y_true, y_pred, sample_weight=None) -> None:
-        self._no_weights(sample_weight)
-        inter, t, p = _flat_counts(y_true, y_pred, self.threshold)
+    def _sums(self, inter, t, p):
         pos = ops.cast(t > 0, "float32")
-        self.intersection.assign_add(ops.cast(ops.sum(inter * pos), "float64"))
-        self.union.assign_add(ops.cast(ops.sum((t + p - inter) * pos), "float64"))
-
-    def result(self):
-        score = ops.where(
-            self.union > 0,
-            self.intersection / ops.maximum(self.union, 1.0),
-            ops.cast(self.empty_score, "float64"),
-        )
-        return ops.cast(score, self.dtype)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "empty_score": self.empty_score}
+        return inter * pos, (t + p - inter) * pos

@@ -4,8 +4,9 @@ of one trial.
 ``fit(cfg, train, val, on_epoch_end=...)``
 builds the ResUNet (or reloads an epoch-end ``.keras`` file to resume), trains it with
 ``keras.Model.fit`` on the input pipeline of :mod:`model.pipeline`, and after every epoch scores the
-validation set with the numpy reference metrics of :mod:`model.metrics` and hands the
-numbers to ``on_epoch_end`` (where a search reports them and saves a checkpoint).
+validation set (:func:`model.inference.validation_metrics`: the numpy reference metrics of
+:mod:`model.metrics`) and hands the numbers to ``on_epoch_end`` (where a search reports
+them and saves a checkpoint).
 
 Sets: :class:`pneumotune.data.dataset.Rows` (rows of a search's shared, memory-mapped
 arrays; a batch is copied when it is made, so a trial's memory does not grow with the
@@ -47,10 +48,10 @@ import numpy as np
 
 from pneumotune.data.dataset import Arrays, Rows
 from pneumotune.errors import PneumotuneError
-from pneumotune.model import metrics as M
 from pneumotune.model import warm as warm_models
-from pneumotune.model.config import METRICS, TrainConfig
+from pneumotune.model.config import METRICS, VAL_KEYS, TrainConfig
 from pneumotune.model.devices import configure_devices
+from pneumotune.model.inference import validation_metrics
 from pneumotune.model.losses import make_loss
 from pneumotune.model.pipeline import BatchSource, TrainBatches, make_batches, steps_per_epoch
 from pneumotune.model.resunet import build_resunet
@@ -65,11 +66,7 @@ EpochHook = Callable[[int, dict[str, float], keras.Model], None]
 # Every key of the per-epoch metrics dict, in print order.
 METRIC_KEYS: tuple[str, ...] = (
     "loss",
-    "val_loss",
-    "val_iou",
-    "val_dice",
-    "val_kaggle_dice",
-    "val_positive_iou",
+    *VAL_KEYS,  # model.inference.validation_metrics
     "lr",
     "epoch_seconds",
     "train_seconds",
@@ -189,81 +186,6 @@ def epoch_plan(cfg: TrainConfig, is_positive: np.ndarray, first_epoch: int = 0) 
         plans.append(epoch_indices(is_positive, share, cfg.epoch_images, rng))
     n = cfg.epoch_images or len(is_positive)
     return np.stack(plans) if plans else np.zeros((0, n), np.int64)
-
-
-# --------------------------------------------------------------------------- validation
-
-
-# Pixels per model.predict call (128 images at 128 px, 16 at 1024 px): bounds the float32
-# copy of the input and the probabilities whatever the size of the set or of its images.
-PREDICT_PIXELS = 128 * 128 * 128
-
-
-def predict_chunk(image_pixels: int, batch_size: int) -> int:
-    """Images per predict call: whole batches within :data:`PREDICT_PIXELS` (at least one)."""
-    return batch_size * max(1, PREDICT_PIXELS // max(1, image_pixels) // batch_size)
-
-
-def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Probabilities ``float32 (N, S, S)`` for ``uint8 (N, S, S)`` images.
-
-    Every batch the model sees is whole (the last one padded with blank images, whose
-    outputs are dropped): a smaller last batch would trace the predict step a second time,
-    a second or two of every trial's first validation pass. Inference mode scores each
-    image on its own, so the padding changes no probability.
-    """
-    out = np.empty(images.shape, np.float32)
-    chunk_rows = predict_chunk(int(np.prod(images.shape[1:])), batch_size)
-    for start in range(0, len(images), chunk_rows):
-        chunk = images[start : start + chunk_rows]
-        n = len(chunk)
-        x = np.zeros((-(-n // batch_size) * batch_size, *chunk.shape[1:], 1), np.float32)
-        x[:n, ..., 0] = chunk
-        out[start : start + n] = model.predict(x, batch_size=batch_size, verbose=0)[:n, ..., 0]
-    return out
-
-
-def validation_metrics(
-    model: keras.Model,
-    images: np.ndarray,
-    masks: np.ndarray,
-    threshold: float,
-    batch_size: int = 32,
-    index: np.ndarray | None = None,
-) -> dict[str, float]:
-    """The ``val_*`` metrics of :data:`METRIC_KEYS` for a compiled model.
-
-    ``index``: the rows of ``images`` and ``masks`` to score (all when ``None``), read a
-    chunk at a time, so that a trial scoring a fold of shared (memory-mapped) arrays holds
-    one chunk of it. Each chunk is predicted, its loss computed and its probabilities
-    reduced to per-image counts at ``threshold`` (:func:`model.metrics.image_counts`);
-    the scores of :mod:`model.metrics` computed from the counts of the whole set equal
-    their value on the probabilities at ``threshold``. ``val_loss`` is the compiled loss
-    averaged over images (what ``model.evaluate`` would report). ``val_positive_iou`` is
-    0.0, not NaN, when the set has no positive image: a search sorts on it and NaN would
-    poison the ranking.
-    """
-    index = np.arange(len(images)) if index is None else index
-    chunk_rows = predict_chunk(int(np.prod(images.shape[1:])), batch_size)
-    losses, counts = [], []
-    for start in range(0, len(index), chunk_rows):
-        rows = index[start : start + chunk_rows]
-        probs = predict_probs(model, images[rows], batch_size)
-        truth = masks[rows]
-        counts.append(M.image_counts(truth, probs, threshold))
-        for b in range(0, len(probs), batch_size):
-            t = truth[b : b + batch_size, ..., None].astype(np.float32)
-            p = probs[b : b + batch_size, ..., None]
-            losses.append(keras.ops.convert_to_numpy(model.loss.call(t, p)))
-    inter, t, p = (np.concatenate(c) for c in zip(*counts, strict=True))
-    pos_iou = M.positive_iou_from_counts(inter, t, p)
-    return {
-        "val_loss": float(np.mean(np.concatenate(losses))),
-        "val_iou": M.iou_from_counts(inter, t, p),
-        "val_dice": M.dice_from_pooled_counts(inter, t, p),
-        "val_kaggle_dice": float(M.dice_from_counts(inter, t + p).mean()),
-        "val_positive_iou": 0.0 if math.isnan(pos_iou) else pos_iou,
-    }
 
 
 class _EpochEnd(keras.callbacks.Callback):

@@ -1,9 +1,10 @@
-"""The search's commands: `search`, `status`, `export`, `report`, `train` and `demo`.
+"""The search's commands: `search`, `status`, `export` and `train`.
 
 `train` is here because it reads an experiment file (one run with the experiment's
-defaults) or a search (``--from-search``); `report` takes a dataset or a search folder
-and hands a dataset to the dataset's report. Each is a
-:class:`~pneumotune.cli_args.Command` of app/cli.py's registry.
+defaults) or a search (``--from-search``). Each is a
+:class:`~pneumotune.cli_args.Command` of app/cli.py's registry; the commands of the whole
+pipeline (`demo`, and `report` of a dataset or a search) are the root's
+(:mod:`pneumotune.pipeline_commands`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,7 @@ from pneumotune.errors import UsageError
 
 # --------------------------------------------------------------------------- search
 def _search_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config",
-        default="demo",
-        metavar="YAML",
-        help="experiment file, or the name of a shipped one (default: demo)",
-    )
+    A.add_experiment(p)
     p.add_argument(
         "--data",
         type=Path,
@@ -53,11 +49,7 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
         help="continue an interrupted search (the latest one of this experiment "
         "unless --name is given)",
     )
-    p.add_argument(
-        "--no-dashboard",
-        action="store_true",
-        help="do not start the Ray dashboard (local Ray only)",
-    )
+    A.add_no_dashboard(p)
     p.add_argument(
         "--skip-memory-check",
         action="store_true",
@@ -69,11 +61,11 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_search(args: argparse.Namespace) -> Any:
-    from pneumotune.data.ray_session import ensure_ray
     from pneumotune.model.backend import requested_backend
+    from pneumotune.ray_session import ensure_ray
     from pneumotune.search.config import load_experiment
-    from pneumotune.search.dashboard import where_to_look
     from pneumotune.search.tuner import latest_experiment, plan_search, run_search
+    from pneumotune.search.watch.trial_telemetry import where_to_look
 
     exp = load_experiment(args.config)
     name, data = args.name, args.data
@@ -88,7 +80,7 @@ def _run_search(args: argparse.Namespace) -> Any:
         num_samples=args.num_samples,
         max_concurrent=args.max_concurrent,
     )
-    session = ensure_ray(args.address, dashboard=not args.no_dashboard, job_name=plan.name)
+    session = ensure_ray(args.address, dashboard=args.dashboard, job_name=plan.name)
     print(
         f"Experiment {plan.name}: {plan.experiment.num_samples} trials of up to "
         f"{plan.experiment.epochs} epochs, {plan.experiment.metric} ({plan.experiment.mode}), "
@@ -127,7 +119,7 @@ SEARCH = A.Command(
 
 # --------------------------------------------------------------------------- status
 def _status_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", type=Path, help="the search directory, <storage>/<name>")
+    A.add_results(p)
     p.add_argument(
         "--watch",
         action="store_true",
@@ -150,7 +142,7 @@ def _run_status(args: argparse.Namespace) -> Any:
         raise UsageError(f"--interval must be > 0 seconds, got {args.interval}")
     if not args.watch:
         return summarise(args.results)
-    from pneumotune.search.watch import watch
+    from pneumotune.search.watch.table import watch
 
     with contextlib.suppress(KeyboardInterrupt):  # stops the watching; the search goes on
         watch(args.results, args.interval)
@@ -164,67 +156,6 @@ STATUS = A.Command(
     arguments=_status_arguments,
     run=_run_status,
     shown=("--watch",),
-)
-
-
-# --------------------------------------------------------------------------- report
-def _report_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "dataset",
-        type=Path,
-        metavar="DATASET|RESULTS",
-        help="a dataset folder (holds manifest.json) or a search directory (holds pneumotune.json)",
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="output folder (default: report/ inside the dataset or search folder)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed for the sampled images (default 0)")
-    p.add_argument(
-        "--samples",
-        type=A.positive_int,
-        default=None,
-        metavar="N",
-        help="random radiographs in the sample grid (default 12), or validation images "
-        "in a search report's predictions (default 6)",
-    )
-    A.add_backend(p)
-
-
-def _run_report(args: argparse.Namespace) -> Any:
-    from pneumotune.data.commands import run_report as run_dataset_report
-    from pneumotune.search.report import DEFAULT_SAMPLES, report_search
-    from pneumotune.search.results import is_experiment
-
-    if not is_experiment(args.dataset):
-        return run_dataset_report(args)
-    samples = DEFAULT_SAMPLES if args.samples is None else args.samples
-    return report_search(args.dataset, args.out, seed=args.seed, samples=samples)
-
-
-REPORT = A.Command(
-    "report",
-    help="report of a dataset (EDA) or of a search (one offline HTML page + PNGs)",
-    description=(
-        "Write an exploratory report of a dataset written by `pneumotune convert`: sample "
-        "radiographs, positive images with mask / CLAHE / raw panels, class balance, "
-        "regions per image, age, sex and view position by class, mask areas, a heat map "
-        "of where regions lie, and data quality (unlabelled images, invalid ages, "
-        "conversion errors, fold balance). One self-contained HTML file (no network "
-        "needed to open it) plus each figure as a PNG. No patient identifier is shown. "
-        "Given a search directory instead, write the search report: the metric per "
-        "epoch of every trial (ASHA stops marked), best so far over trial-epochs, "
-        "parallel coordinates of the searched values, hyperparameter importance "
-        "(Optuna), the best trial against the tutorial's settings, and the best "
-        "model's predictions on validation images."
-    ),
-    arguments=_report_arguments,
-    run=_run_report,
-    needs=frozenset({"keras"}),
-    shown=("--out",),
 )
 
 
@@ -297,7 +228,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 def _run_train(args: argparse.Namespace) -> Any:
     from pneumotune.search.config import load_experiment
-    from pneumotune.search.single_run import train_once
+    from pneumotune.search.products.single_run import train_once
 
     if args.from_search is not None:
         return _run_train_from_search(args)
@@ -313,8 +244,8 @@ def _run_train(args: argparse.Namespace) -> Any:
 
 
 def _run_train_from_search(args: argparse.Namespace) -> Any:
-    from pneumotune.data.ray_session import ensure_ray
-    from pneumotune.search.retrain import retrain_best
+    from pneumotune.ray_session import ensure_ray
+    from pneumotune.search.products.retrain import retrain_best
 
     if args.config is not None or args.overrides:
         raise UsageError("--from-search takes its config from the search: drop --config/--set")
@@ -339,7 +270,8 @@ TRAIN = A.Command(
         "stored size), validating on the fold val_fold. Prints the validation metrics\n"
         "after every epoch, tunes the post-processing triplet (threshold, minimum area,\n"
         "lower threshold) on the validation fold, and exports the model to --out:\n"
-        "model.keras, a TF SavedModel and model_card.json."
+        "model.keras, a TF SavedModel (on the TensorFlow backend only) and\n"
+        "model_card.json."
     ),
     epilog=(
         "Example, on the synthetic demo data:\n"
@@ -363,7 +295,7 @@ TRAIN = A.Command(
 
 # --------------------------------------------------------------------------- export
 def _export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", type=Path, help="the search directory, <storage>/<name>")
+    A.add_results(p)
     p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="model directory")
     p.add_argument(
         "--data",
@@ -375,7 +307,7 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> Any:
-    from pneumotune.search.export_best import export_best
+    from pneumotune.search.products.export_best import export_best
 
     return export_best(args.results, args.out, data_dir=args.data)
 
@@ -387,70 +319,11 @@ EXPORT = A.Command(
         "Take the best trial's best checkpoint of a search (finished, or running: its best "
         "so far), tune the post-processing triplet (threshold, minimum area, lower "
         "threshold) on that trial's validation fold, and write a model directory: "
-        "model.keras, saved_model/ and model_card.json (config, trial id, metrics)."
+        "model.keras, saved_model/ (on the TensorFlow backend only) and model_card.json "
+        "(config, trial id, metrics)."
     ),
     epilog="Then: pneumotune predict MODEL_DIR DICOM_DIR --out submission.csv",
     arguments=_export_arguments,
     run=_run_export,
     needs=frozenset({"keras"}),
-)
-
-
-# --------------------------------------------------------------------------- demo
-def _demo_arguments(p: argparse.ArgumentParser) -> None:
-    from pneumotune.search.demo import DEMO_IMAGES, DEMO_TRIALS
-
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("pneumotune-demo"),
-        help="folder for everything (default: ./pneumotune-demo)",
-    )
-    p.add_argument(
-        "--images", type=int, default=DEMO_IMAGES, help=f"training DICOMs (default {DEMO_IMAGES})"
-    )
-    p.add_argument("--test-images", type=int, default=60, help="held-out DICOMs (default 60)")
-    p.add_argument(
-        "--num-samples",
-        type=A.positive_int,
-        default=DEMO_TRIALS,
-        help=f"trials (default {DEMO_TRIALS}; `pneumotune search --config demo` runs 8)",
-    )
-    p.add_argument(
-        "--config",
-        default="demo",
-        metavar="YAML",
-        help="experiment to search with (default: the shipped demo)",
-    )
-    p.add_argument("--fresh", action="store_true", help="delete --out first")
-    p.add_argument(
-        "--no-dashboard",
-        dest="dashboard",
-        action="store_false",
-        help="do not start the Ray dashboard",
-    )
-    A.add_backend(p)
-
-
-def _run_demo(args: argparse.Namespace) -> Any:
-    from pneumotune.search.demo import DemoConfig, run_demo
-
-    return run_demo(A.config_from(args, DemoConfig, experiment="config"))
-
-
-DEMO = A.Command(
-    "demo",
-    help="the whole pipeline on synthetic data (the quick start)",
-    description=(
-        "Run every stage on a synthetic SIIM-layout dataset, on this machine: synth a "
-        "training set and a held-out test set, convert (Ray Data), write the EDA report, "
-        "search with the shipped `demo` experiment (Ray Tune + Optuna TPE + ASHA on a "
-        "local Ray), export the best model, predict the held-out DICOMs and print their "
-        "Kaggle score. About 2 minutes on 2 idle CPU cores (1.5-2.7 measured)."
-    ),
-    epilog="A second run reuses the data under --out and runs a new search (--fresh: all).",
-    arguments=_demo_arguments,
-    run=_run_demo,
-    needs=frozenset({"ray", "keras"}),
-    shown=("--out",),
 )

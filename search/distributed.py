@@ -1,7 +1,7 @@
 """Multi-worker training with Ray Train: one model, several workers, same `fit` core.
 
-Used by a search trial when ``resources.workers_per_trial > 1`` and by
-`pneumotune train --from-search` (:mod:`search.retrain`). The Ray Train V2 pattern:
+Used by a search trial when ``resources.workers_per_trial > 1`` and by `pneumotune train
+--from-search` (:mod:`pneumotune.search.products.retrain`). The Ray Train V2 pattern:
 
 * The **driver** is light: a Tune trial function (or the CLI) that builds a
   ``TensorflowTrainer`` and waits on it. A trial's driver asks Tune only for a little
@@ -328,7 +328,7 @@ def multi_worker_trial(resources: Resources):
         from ray.train.tensorflow import TensorflowTrainer
 
         from pneumotune.model.config import TrainConfig
-        from pneumotune.search.dashboard import TrialConsole
+        from pneumotune.search.watch.trial_telemetry import TrialConsole
 
         cfg = TrainConfig.from_flat(config)
         console = TrialConsole(cfg.epochs)  # the driver actor's log lines and series

@@ -39,7 +39,7 @@ ACTIVATIONS_PER_PIXEL_FILTER = 26.9
 # Batches in flight in the input pipeline (tf.data prefetch / PyDataset threads ahead),
 # each a float32 image + mask: a generous bound.
 BATCHES_IN_FLIGHT = 16
-VALIDATION_PIXELS = 128 * 128 * 128  # model.train.PREDICT_PIXELS (not imported: no Keras)
+VALIDATION_PIXELS = 128 * 128 * 128  # model.inference.PREDICT_PIXELS (not imported: no Keras)
 # Share of a node's memory the trials may plan on: the rest is Ray's processes, the
 # driver on the head, and the page cache of the node's copy.
 USABLE = 0.9

@@ -42,12 +42,11 @@ from pneumotune.search.failures import (
     SearchFailed,
     all_failed_message,
     classify,
-    last_exception_line,  # noqa: F401  (search.progress and older callers import it here)
     memory_advice,
     parse_error_file,
     reason,
 )
-from pneumotune.text import escaped
+from pneumotune.text import escaped, short
 
 PLAN_FILE = "pneumotune.json"
 # A trial the state file still calls running or pending after its search ended.
@@ -378,7 +377,7 @@ class SearchSummary:
                     str(t.epochs),
                     f"{value:.4f} @{epoch}" if value is not None else "-",
                     *([memory_cell(t)] * memory),
-                    *(_short(t.config.get(p, "")) for p in params),
+                    *(short(t.config.get(p, "")) for p in params),
                 ]
             )
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
@@ -403,7 +402,7 @@ class SearchSummary:
             out.append(
                 "  "
                 + ", ".join(
-                    f"{k}={_short(best.config[k])}" for k in self.searched if k in best.config
+                    f"{k}={short(best.config[k])}" for k in self.searched if k in best.config
                 )
             )
         gain = self.gain_over_tutorial()
@@ -485,12 +484,6 @@ def failure_lines(t: TrialRecord) -> list[str]:
 
 def memory_cell(t: TrialRecord) -> str:
     return "-" if t.memory_mb is None else f"{t.memory_mb:.0f}"
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return escaped(value, 40)  # a config value from the folder: any text, any length
 
 
 def _metrics_only(row: dict[str, Any]) -> dict[str, Any]:

@@ -37,7 +37,7 @@ def train_trial(
     trial's share of a GPU (JAX and PyTorch cap their memory to it); ``warm``: this
     process runs trial after trial (Tune reuses its actor): train warm
     (:mod:`model.warm`) and name the trial with a tag actor
-    (:func:`search.dashboard.trial_tag`)."""
+    (:func:`pneumotune.search.watch.trial_telemetry.trial_tag`)."""
     # Each report states its own time_this_iter_s (Tune lets a result override it): Tune
     # times an iteration from the session's previous report, and a reused actor's session
     # keeps the previous trial's, so a warm trial's first iteration would also count the
@@ -59,8 +59,8 @@ def train_trial(
 
     from pneumotune.model.devices import limit_threads
     from pneumotune.model.train import fit
-    from pneumotune.search.dashboard import TrialConsole, trial_tag
     from pneumotune.search.space import train_config
+    from pneumotune.search.watch.trial_telemetry import TrialConsole, trial_tag
 
     limit_threads(cpus)
     cfg = train_config(config)

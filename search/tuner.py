@@ -1,9 +1,12 @@
-"""Build, run and resume the Ray Tune search: OptunaSearch (TPE) + ASHA on one metric.
+"""Build, run and resume the Ray Tune search: FidelityOptunaSearch (TPE) + ASHA on one
+metric.
 
-* OptunaSearch samples the define-by-run space (search/space.py) with a seeded TPE
-  sampler; Optuna's own pruning is off (NopPruner, Ray's default): ASHA stops trials
-  (``asha.mode: stop``, Ray's ASHAScheduler) or pauses them at rungs and resumes the ones
-  later arrivals rank in the top (``asha.mode: promote``, :mod:`search.promotion`).
+* :class:`~pneumotune.search.searcher.FidelityOptunaSearch` (Ray's OptunaSearch, which
+  tells Optuna a trial ASHA stopped as PRUNED with every epoch's value) samples the
+  define-by-run space (search/space.py) with a seeded TPE sampler; Optuna's own pruning
+  is off (NopPruner, Ray's default): ASHA stops trials (``asha.mode: stop``, Ray's
+  ASHAScheduler) or pauses them at rungs and resumes the ones later arrivals rank in the
+  top (``asha.mode: promote``, :mod:`search.promotion`).
 * ASHA's time unit is the epoch: the trainable reports once per epoch.
 * The tutorial's settings are enqueued as the first point, so every search can say
   how far it got beyond the tutorial.
@@ -117,8 +120,8 @@ def wrapped_trainable(plan: SearchPlan, data: Any, trainable: Trainable | None =
     from ray import tune
 
     from pneumotune.model.backend import requested_backend
-    from pneumotune.search.dashboard import name_trial_actors
     from pneumotune.search.trainable import train_trial
+    from pneumotune.search.watch.trial_telemetry import name_trial_actors
 
     res = plan.experiment.resources
     backend = requested_backend()
@@ -187,11 +190,11 @@ def build_tuner(
 
     from pneumotune.model.config import TrainConfig
     from pneumotune.search.checkpoint import RepairCheckpoints
-    from pneumotune.search.dashboard import search_metrics_callback
-    from pneumotune.search.progress import ProgressLines
     from pneumotune.search.searcher import FidelityOptunaSearch
     from pneumotune.search.space import base_values, make_space
     from pneumotune.search.trial_logs import KeepTrialLogs
+    from pneumotune.search.watch.progress import ProgressLines
+    from pneumotune.search.watch.trial_telemetry import search_metrics_callback
 
     exp = plan.experiment
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines
@@ -282,7 +285,7 @@ def build_tuner(
                 checkpoint_score_order=exp.mode,
             ),
             stop=stop,
-            # Our one-line-per-event progress replaces Tune's tables (search/progress.py).
+            # Our one-line-per-event progress replaces Tune's tables (search/watch/progress.py).
             callbacks=[
                 ProgressLines(exp.metric, exp.mode, exp.epochs),
                 RepairCheckpoints(),  # a killed search's state may name a deleted checkpoint
@@ -492,7 +495,7 @@ def run_search(
 ) -> SearchSummary:
     """Run (or resume) the search to completion and write ``search.json``.
 
-    Ray must already be initialised (see data.ray_session.ensure_ray). ``memory_check``:
+    Ray must already be initialised (see pneumotune.ray_session.ensure_ray). ``memory_check``:
     refuse a plan whose trials cannot fit in the nodes' memory
     (:func:`pneumotune.search.preflight.check_memory`); our own trainable only.
     """

@@ -581,7 +581,7 @@ def test_a_budget_of_the_wrong_type_is_the_callers_mistake():
 
 
 def test_cli_default_budget_is_the_readers():
-    from pneumotune.data.commands import PIXEL_BUDGET_MB
+    from pneumotune.cli_args import PIXEL_BUDGET_MB
 
     assert PIXEL_BUDGET_MB * 2**20 == dicom.PIXEL_BUDGET
     assert dicom.PIXEL_BUDGET >= 64 * 1024 * 1024  # SIIM's 1024x1024x1 many times over

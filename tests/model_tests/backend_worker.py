@@ -19,7 +19,7 @@ def train(out: Path) -> None:
     import keras
 
     from pneumotune.model.train import fit
-    from tests.model_tests.test_train import blobs, tiny
+    from tests.model_tests.helpers import blobs, tiny
 
     images, masks = blobs(96, seed=0)
     val_images, val_masks = blobs(32, seed=1)
@@ -40,7 +40,7 @@ def train(out: Path) -> None:
 def save(model_path: Path, x_path: Path, out: Path) -> None:
     """Train a tiny model two epochs, save it as .keras, and write its predictions on x."""
     from pneumotune.model.train import fit
-    from tests.model_tests.test_train import blobs, tiny
+    from tests.model_tests.helpers import blobs, tiny
 
     images, masks = blobs(32, seed=2)
     result = fit(tiny(epochs=2), (images, masks), (images[:8], masks[:8]))

@@ -18,7 +18,7 @@ from pneumotune.model.pipeline import (
 )
 from pneumotune.model.sampling import positive_share
 from pneumotune.model.train import epoch_plan
-from tests.model_tests.test_train import SIZE, blobs, tiny
+from tests.model_tests.helpers import SIZE, blobs, tiny
 
 pytestmark = pytest.mark.backend  # runs on TensorFlow and, in CI, on JAX too
 

@@ -10,8 +10,7 @@ import pytest
 from pneumotune.model.augment import AugmentConfig
 from pneumotune.model.train import fit
 from pneumotune.search.checkpoint import read_seed_states, write_checkpoint
-
-from .test_train import blobs, tiny
+from tests.model_tests.helpers import blobs, tiny
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"

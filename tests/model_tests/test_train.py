@@ -8,22 +8,17 @@ import keras
 import numpy as np
 import pytest
 
-from pneumotune.model import metrics as M
-from pneumotune.model import train as train_module
 from pneumotune.model.augment import AugmentConfig
-from pneumotune.model.config import SCHEDULES, TrainConfig
+from pneumotune.model.config import SCHEDULES
 from pneumotune.model.train import (
     METRIC_KEYS,
     TrainingDiverged,
     _optimizer,
-    build_model,
-    compile_model,
     epoch_plan,
     fit,
-    predict_probs,
     steps_per_epoch,
-    validation_metrics,
 )
+from tests.model_tests.helpers import blobs, tiny
 
 # Keras 3.15 converts TF variables with np.array(x, copy=False) (saving), which numpy 2
 # reports; not ours to fix.
@@ -33,39 +28,6 @@ pytestmark = [
         "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
     ),
 ]
-
-SIZE = 32
-
-
-def blobs(n: int, size: int = SIZE, seed: int = 0, positive: float = 0.4):
-    """``n`` noisy images, a ``positive`` share of them with one bright disc and its mask."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    images = rng.normal(90, 15, (n, size, size))
-    masks = np.zeros((n, size, size), np.uint8)
-    n_pos = round(positive * n)
-    for i in range(n_pos):
-        cy, cx = rng.uniform(0.25 * size, 0.75 * size, 2)
-        r = rng.uniform(0.08, 0.2) * size
-        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
-        masks[i] = disc
-        images[i][disc] += 80
-    order = rng.permutation(n)
-    return images.clip(0, 255).astype(np.uint8)[order], masks[order]
-
-
-def tiny(**overrides) -> TrainConfig:
-    values = {
-        "img_size": SIZE,
-        "base_filters": 4,
-        "depth": 2,
-        "epochs": 2,
-        "batch_size": 8,
-        "lr": 3e-3,
-        "augment": AugmentConfig.none(),
-    }
-    values.update(overrides)
-    return TrainConfig(**values)
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -177,32 +139,6 @@ def test_a_diverging_config_raises_training_diverged():
     train, val = blobs(16, seed=5), blobs(8, seed=6)
     with pytest.raises(TrainingDiverged, match=r"diverged.*loss is (nan|inf)"):
         fit(tiny(lr=1e12, schedule="constant", epochs=2), train, val)
-
-
-def test_validation_metrics_match_the_numpy_references_and_zero_without_positives(monkeypatch):
-    # 8 images in batches of 3: predict calls of 3, 3, 2 images
-    monkeypatch.setattr(train_module, "PREDICT_PIXELS", 3 * SIZE * SIZE)
-    cfg = tiny()
-    model = compile_model(build_model(cfg), cfg, n_train=8)
-    images, masks = blobs(8, seed=7)
-    val = validation_metrics(model, images, masks, cfg.threshold, batch_size=3)
-    probs = predict_probs(model, images)
-    assert probs.shape == (8, SIZE, SIZE) and probs.dtype == np.float32
-    assert val["val_dice"] == M.dice(masks, probs, cfg.threshold)
-    assert val["val_iou"] == M.iou(masks, probs, cfg.threshold)
-    assert val["val_kaggle_dice"] == M.kaggle_dice(masks, probs, cfg.threshold)
-    expected_loss = float(
-        np.mean(model.loss.call(masks[..., None].astype("float32"), probs[..., None]))
-    )
-    assert val["val_loss"] == pytest.approx(expected_loss, rel=1e-5)
-    empty = np.zeros_like(masks)
-    no_pos = validation_metrics(model, images, empty, cfg.threshold)
-    assert no_pos["val_positive_iou"] == 0.0  # not NaN: a search sorts on it
-    # Rows of larger arrays, read through an index, score as the same rows copied out.
-    rows = np.array([6, 0, 3, 5, 1])
-    by_index = validation_metrics(model, images, masks, cfg.threshold, batch_size=3, index=rows)
-    copied = validation_metrics(model, images[rows], masks[rows], cfg.threshold, batch_size=3)
-    assert by_index == copied
 
 
 def test_epoch_images_sets_the_images_and_steps_of_every_epoch():

@@ -9,8 +9,7 @@ import pytest
 from pneumotune.model import warm
 from pneumotune.model.augment import AugmentConfig
 from pneumotune.model.train import fit
-
-from .test_train import blobs, tiny
+from tests.model_tests.helpers import blobs, tiny
 
 pytestmark = [
     pytest.mark.backend,

@@ -23,10 +23,22 @@ import pneumotune
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "app"
+SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
 # The import names of pyproject.toml's package-dir and the folders they map.
-PACKAGE_DIR = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-    "package-dir"
-]
+PACKAGE_DIR = SETUPTOOLS["package-dir"]
+# Every package the distribution installs, subpackages included.
+PACKAGES = SETUPTOOLS["packages"]
+
+
+def folder_of(package: str) -> str:
+    """The repository folder of an installed package: its mapped folder, or its nearest
+    mapped parent's with the rest of its dotted name (``pneumotune.search.watch`` ->
+    ``search/watch``)."""
+    parent = max((p for p in PACKAGE_DIR if package == p or package.startswith(p + ".")), key=len)
+    rest = package[len(parent) :].lstrip(".").split(".") if package != parent else []
+    return "/".join([PACKAGE_DIR[parent], *rest])
+
+
 STALE = f"is {ROOT / 'pneumotune'} a stale folder? delete it (see this module's docstring)"
 
 
@@ -72,8 +84,17 @@ def test_nothing_but_the_packages_imports_under_pneumotune_from_the_root():
 
 def test_every_subpackage_imports_from_another_folder(tmp_path):
     """From a folder that is not the checkout, the install alone finds every package (the
-    editable install maps each import name onto its folder)."""
-    names = sorted(set(PACKAGE_DIR) | {"pneumotune.cli", "pneumotune.errors"})
+    editable install maps each import name onto its folder), and pyproject's list of
+    packages holds every folder of a package that ships."""
+    assert set(PACKAGE_DIR) <= set(PACKAGES)
+    on_disk = {
+        str(init.parent.relative_to(ROOT))
+        for folder in PACKAGE_DIR.values()
+        for init in (ROOT / folder).rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert on_disk == {folder_of(p) for p in PACKAGES}
+    names = sorted(set(PACKAGES) | {"pneumotune.cli", "pneumotune.errors"})
     probe = (
         "import importlib, json, sys\n"
         f"names = {names!r}\n"
@@ -81,8 +102,8 @@ def test_every_subpackage_imports_from_another_folder(tmp_path):
         "assert 'tensorflow' not in sys.modules and 'ray' not in sys.modules\n"
     )
     files = json.loads(_python(probe, tmp_path))
-    for name, folder in PACKAGE_DIR.items():
-        assert files[name] == str(ROOT / folder / "__init__.py"), name
+    for name in PACKAGES:
+        assert files[name] == str(ROOT / folder_of(name) / "__init__.py"), name
     assert files["pneumotune.cli"] == str(APP / "cli.py")
     assert files["pneumotune.errors"] == str(APP / "errors.py")
 
@@ -146,5 +167,8 @@ def test_the_image_copies_every_package_folder():
     copied = set(re.findall(r"^COPY --chown=\S+ (\w+) \./\1$", dockerfile, re.M))
     assert copied == set(PACKAGE_DIR.values())
     assert {line[1:] for line in ignore if line.startswith("!")} >= copied
+    # The first install, of the dependencies, sees a stub of every package's folder.
     stubs = re.search(r"touch ([^&]+)&&", dockerfile.replace("\\\n", " "))
-    assert stubs and set(stubs.group(1).split()) == {f"{d}/__init__.py" for d in copied}
+    assert stubs and set(stubs.group(1).split()) == {
+        f"{folder_of(p)}/__init__.py" for p in PACKAGES
+    }

@@ -30,7 +30,18 @@ def test_the_wheel_installs_one_top_level_name(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"pneumotune"}, top
-    for module in ("cli", "errors", "data/convert", "model/train", "search/tuner", "reports/page"):
+    for module in (
+        "cli",
+        "errors",
+        "ray_session",
+        "data/convert",
+        "model/train",
+        "search/tuner",
+        "search/watch/table",
+        "search/products/export_best",
+        "search/reports/report",
+        "reports/page",
+    ):
         assert f"pneumotune/{module}.py" in names, module
     assert "pneumotune/search/experiments/demo.yaml" in names
     dist_info = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))

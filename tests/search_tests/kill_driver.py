@@ -12,14 +12,14 @@ import ray
 
 from pneumotune.search.tuner import plan_search, run_search
 from tests.search_tests.cheap import make_cheap_trial
-from tests.search_tests.test_tuner_wiring import _experiment
+from tests.search_tests.helpers import wiring_experiment
 
 
 def main(argv: list[str]) -> int:
     dataset, storage, log = Path(argv[0]), Path(argv[1]), argv[2]
     resume = "--resume" in argv
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    exp = _experiment(num_samples=6, epochs=4, asha={"grace_period": 4})
+    exp = wiring_experiment(num_samples=6, epochs=4, asha={"grace_period": 4})
     plan = plan_search(exp, dataset, name="killed", storage=storage)
     summary = run_search(
         plan, resume=resume, trainable=make_cheap_trial(epoch_seconds=1.0, attempt_log=log)

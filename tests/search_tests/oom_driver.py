@@ -36,11 +36,11 @@ def main(argv: list[str]) -> int:
     import ray
 
     from pneumotune.search.tuner import plan_search, run_search
+    from tests.search_tests.helpers import wiring_experiment
     from tests.search_tests.memory_hog import make_memory_hog
-    from tests.search_tests.test_tuner_wiring import _experiment
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    exp = _experiment(num_samples=1, epochs=8, max_failures=1, asha={"grace_period": 8})
+    exp = wiring_experiment(num_samples=1, epochs=8, max_failures=1, asha={"grace_period": 8})
     plan = plan_search(exp, dataset, name="monitor", storage=storage)
     hog = make_memory_hog(None, grow_mb=GROW_MB, kill_epoch=None)
     summary = run_search(plan, trainable=hog)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pneumotune import cli
-from pneumotune.search.demo import DEMO_ENTRIES, clear_demo_folder
+from pneumotune.demo import DEMO_ENTRIES, clear_demo_folder
 
 
 def test_fresh_refuses_a_folder_holding_what_a_demo_does_not_write(tmp_path, capsys):

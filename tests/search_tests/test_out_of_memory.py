@@ -26,7 +26,8 @@ from pneumotune.memory import MEMORY_METRIC, memory_metrics, private_dirty_mb, p
 from pneumotune.search import failures as F
 from pneumotune.search.results import SEARCH_ENDED, summarise
 from pneumotune.search.tuner import plan_search, run_search
-from pneumotune.search.watch import is_finished, render
+from pneumotune.search.watch.table import is_finished, render
+from tests.search_tests.helpers import wiring_experiment
 from tests.search_tests.memory_hog import (
     cgroup_v1_unavailable,
     make_memory_hog,
@@ -34,7 +35,6 @@ from tests.search_tests.memory_hog import (
     remove_hog_cgroups,
 )
 from tests.search_tests.oom_driver import monitor_threshold
-from tests.search_tests.test_tuner_wiring import _experiment
 
 KERNEL_KILL = """\
 The actor died unexpectedly before finishing this task.
@@ -168,7 +168,7 @@ def killed_and_spared(tiny_dataset, ray_local, memory_cgroup, tmp_path_factory):
     """A real search: the tutorial's trial (lr 1e-3) completes, the other is killed by the
     kernel in its third epoch, retried from its checkpoint once, killed again."""
     storage = tmp_path_factory.mktemp("oom")
-    exp = _experiment(num_samples=2, max_failures=1, asha={"grace_period": 4})
+    exp = wiring_experiment(num_samples=2, max_failures=1, asha={"grace_period": 4})
     plan = plan_search(exp, tiny_dataset, name="spared", storage=storage)
     run_search(plan, trainable=make_memory_hog(str(memory_cgroup), spare_lr=1.0e-3))
     return plan.path
@@ -199,7 +199,7 @@ def test_a_trial_the_kernel_killed_is_reported_with_its_memory(killed_and_spared
 
 
 def test_the_search_report_counts_and_explains_the_killed_trial(killed_and_spared, tmp_path):
-    from pneumotune.search import report
+    from pneumotune.search.reports import report
 
     result = report.report_search(killed_and_spared, tmp_path / "report")
     page = result.html.read_text(encoding="utf-8")

@@ -6,9 +6,7 @@ for bit as the uninterrupted one."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
-import itertools
 import json
 import math
 
@@ -226,7 +224,7 @@ def promoted(tiny_dataset, ray_local, tmp_path_factory):
     plan = plan_search(_experiment(), tiny_dataset, name="promote", storage=storage)
     watch = Watch()
     lines = io.StringIO()
-    with contextlib.redirect_stdout(lines):  # the progress lines (search/progress.py)
+    with contextlib.redirect_stdout(lines):  # the progress lines (search/watch/progress.py)
         summary = run_search(plan, trainable=cheap_trial, callbacks=[watch])
     study = optuna.load_study(study_name="promote", storage=journal_storage(plan.path))
     watch.lines = lines.getvalue()
@@ -389,16 +387,9 @@ def test_a_finite_search_trains_its_leader_to_max_t(ray_local, tmp_path):
 @pytest.mark.slow
 def test_the_replay_resumes_paused_trials_at_their_next_epoch(ray_local, tmp_path):
     from pneumotune.search.replay import Strategy, load_atlas, run_one
-    from tests.search_tests.test_replay import LEVELS, MAX_T, _curve
+    from tests.search_tests.helpers import MAX_T, write_atlas
 
-    path = tmp_path / "atlas.csv"
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["config_id", "lr", "width", "seed", "epoch", "val_iou", "epoch_seconds"])
-        for i, (lr, width) in enumerate(itertools.product(*LEVELS.values())):
-            for e, v in enumerate(_curve(lr, width, 0), 1):
-                w.writerow([i, lr, width, 0, e, v, 2.0])
-    atlas = load_atlas(path)
+    atlas = load_atlas(write_atlas(tmp_path / "atlas.csv"))
     strategy = Strategy("tpe", asha=True, grace=1, reduction=2, startup=2, mode="promote")
     seen = run_one(atlas, strategy, seed=1, budget=3, scale=0.05, workdir=tmp_path)
     assert len(seen) == 3 * MAX_T

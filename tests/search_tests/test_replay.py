@@ -4,36 +4,17 @@ per-epoch values (Ray's stock OptunaSearch tells them COMPLETE)."""
 
 from __future__ import annotations
 
-import csv
-import itertools
-import math
-
 import optuna
 import pytest
 
 from pneumotune.search.replay import Strategy, load_atlas, run_one, summarise
 from pneumotune.search.tuner import JOURNAL_FILE, journal_storage
-
-MAX_T = 6
-LEVELS = {"lr": ("1e-3", "3e-3", "1e-2"), "width": ("8", "16")}
-
-
-def _curve(lr: str, width: str, seed: int) -> list[float]:
-    plateau = {"1e-3": 0.5, "3e-3": 0.7, "1e-2": 0.3}[lr] + (0.05 if width == "16" else 0.0)
-    return [round(plateau * (1 - math.exp(-e / 2)) + 0.01 * seed, 4) for e in range(1, 7)]
+from tests.search_tests.helpers import LEVELS, MAX_T, curve, write_atlas
 
 
 @pytest.fixture(scope="module")
 def atlas_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("atlas") / "tiny.csv"
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["config_id", "lr", "width", "seed", "epoch", "val_iou", "epoch_seconds"])
-        for i, (lr, width) in enumerate(itertools.product(*LEVELS.values())):
-            for seed in (0, 1) if i == 0 else (0,):
-                for e, v in enumerate(_curve(lr, width, seed), 1):
-                    w.writerow([i, lr, width, seed, e, v, 2.0])
-    return path
+    return write_atlas(tmp_path_factory.mktemp("atlas") / "tiny.csv", first_seeds=(0, 1))
 
 
 def test_atlas_table(atlas_csv):
@@ -41,7 +22,7 @@ def test_atlas_table(atlas_csv):
     assert atlas.axes == ("lr", "width") and atlas.max_t == MAX_T
     assert atlas.levels == LEVELS
     assert len(atlas.curves[("1e-3", "8")]) == 2  # two seeds recorded
-    assert atlas.best == pytest.approx(_curve("3e-3", "16", 0)[-1])
+    assert atlas.best == pytest.approx(curve("3e-3", "16", 0)[-1])
     assert atlas.tutorial == {"lr": "1e-3", "width": "16"}
     assert load_atlas(atlas_csv, {"lr": "5e-3", "width": "16"}).tutorial == {}
     best_cell, other = ("3e-3", "16"), ("1e-2", "8")

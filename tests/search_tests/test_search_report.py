@@ -25,9 +25,9 @@ from rich.console import Console
 from pneumotune import cli
 from pneumotune.data.dataset import read_meta
 from pneumotune.reports.figures import empty_axes
-from pneumotune.search import report, report_plots
 from pneumotune.search.config import load_experiment, parse_experiment
-from pneumotune.search.importance import (
+from pneumotune.search.reports import plots, report
+from pneumotune.search.reports.importance import (
     MIN_FINISHED_TRIALS,
     distributions,
     finished_trials,
@@ -36,7 +36,7 @@ from pneumotune.search.importance import (
 )
 from pneumotune.search.results import PLAN_FILE, summarise
 from pneumotune.search.tuner import plan_search, run_search
-from pneumotune.search.watch import is_finished, watch
+from pneumotune.search.watch.table import is_finished, watch
 from tests.search_tests.cheap import cheap_trial
 
 YAML = """\
@@ -165,11 +165,11 @@ def test_every_figure_draws_data(search_dir):
     specs, _ = load_specs(json.loads((search_dir / PLAN_FILE).read_text()))
     imp = param_importances(summary, specs)
     figures = {
-        "curves": report_plots.fig_curves(summary),
-        "best_so_far": report_plots.fig_best_so_far(summary),
-        "parallel": report_plots.fig_parallel(summary, specs),
-        "importance": report_plots.fig_importance(imp.values),
-        "best_vs_tutorial": report_plots.fig_best_vs_tutorial(summary),
+        "curves": plots.fig_curves(summary),
+        "best_so_far": plots.fig_best_so_far(summary),
+        "parallel": plots.fig_parallel(summary, specs),
+        "importance": plots.fig_importance(imp.values),
+        "best_vs_tutorial": plots.fig_best_vs_tutorial(summary),
     }
     for name, fig in figures.items():
         assert fig is not None, name
@@ -178,7 +178,7 @@ def test_every_figure_draws_data(search_dir):
 
 def test_curves_mark_asha_stops_and_failures(search_dir):
     summary = summarise(search_dir)
-    fig = report_plots.fig_curves(summary)
+    fig = plots.fig_curves(summary)
     markers = [line.get_marker() for line in fig.axes[0].lines]
     stopped = sum(t.outcome == "stopped by ASHA" for t in summary.trials)
     failed = sum(t.outcome == "failed" and bool(t.history) for t in summary.trials)
@@ -189,9 +189,9 @@ def test_curves_mark_asha_stops_and_failures(search_dir):
 
 def test_best_so_far_counts_every_trial_epoch(search_dir):
     summary = summarise(search_dir)
-    events = report_plots.epoch_events(summary)
+    events = plots.epoch_events(summary)
     assert len(events) == sum(len(t.history) for t in summary.trials)
-    best_line = report_plots.fig_best_so_far(summary).axes[0].lines[0]
+    best_line = plots.fig_best_so_far(summary).axes[0].lines[0]
     ys = best_line.get_ydata()
     assert list(ys) == sorted(ys)  # never goes down (val_iou: higher is better)
     assert ys[-1] == pytest.approx(summary.best.best(summary.metric, summary.mode)[0])
@@ -286,27 +286,15 @@ def test_predictions_section(without_model, with_model):
     assert _not_blank(with_model.figures["predictions"].read_bytes())
 
 
-def test_prediction_rows_mix_positives_and_negatives():
-    positive = np.array([True] * 5 + [False] * 20)
-    rows = report.choose_rows(np.random.default_rng(0), positive, 6)
-    assert len(rows) == len(set(rows)) == 6
-    assert [bool(positive[r]) for r in rows] == [True] * 3 + [False] * 3
-    assert report.choose_rows(np.random.default_rng(0), positive, 6) == rows  # seeded
-    rows = report.choose_rows(np.random.default_rng(0), np.array([True, False, False]), 6)
-    assert sorted(rows) == [0, 1, 2]
-
-
 def test_parallel_axes_place_values_in_the_searched_range():
     from pneumotune.search.config import ParamSpec
 
-    sizes = report_plots.param_axis(
-        "img_size", [64, 64, 32, 64], ParamSpec("img_size", ("stored",))
-    )
+    sizes = plots.param_axis("img_size", [64, 64, 32, 64], ParamSpec("img_size", ("stored",)))
     assert (sizes.position(32), sizes.position(64)) == (0.0, 1.0)
-    lr = report_plots.param_axis("lr", [1e-3], ParamSpec("lr", low=1e-4, high=1e-2, log=True))
+    lr = plots.param_axis("lr", [1e-3], ParamSpec("lr", low=1e-4, high=1e-2, log=True))
     assert lr.kind == "log" and lr.position(1e-3) == pytest.approx(0.5)
     assert [label for _, label in lr.ticks()] == ["0.0001", "0.001", "0.01"]
-    observed = report_plots.param_axis("loss_bce", [1.0, 3.0, 2.0], None)
+    observed = plots.param_axis("loss_bce", [1.0, 3.0, 2.0], None)
     assert observed.kind == "linear" and observed.position(2.0) == pytest.approx(0.5)
 
 

@@ -12,7 +12,7 @@ from pneumotune.data.convert import find_dicoms
 from pneumotune.model.export import load_model
 from pneumotune.model.predict import predict_folder
 from pneumotune.search.config import parse_experiment
-from pneumotune.search.export_best import export_best
+from pneumotune.search.products.export_best import export_best
 from pneumotune.search.tuner import plan_search, run_search
 
 pytestmark = pytest.mark.slow

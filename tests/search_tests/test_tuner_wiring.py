@@ -8,38 +8,16 @@ import pandas as pd
 import pytest
 
 from pneumotune.data.dataset import read_manifest
-from pneumotune.search.config import parse_experiment
 from pneumotune.search.results import summarise
 from pneumotune.search.tuner import plan_search, run_search
 from tests.search_tests.cheap import cheap_trial, make_cheap_trial
-
-SPACE = {
-    "img_size": "stored",
-    "base_filters": [8, 16, 32],
-    "lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True},
-}
-
-
-def _experiment(**changes):
-    raw = {
-        "name": "wiring",
-        "epochs": 4,
-        "num_samples": 8,
-        "max_concurrent": 2,
-        "seed": 3,
-        "max_failures": 1,
-        "asha": {"grace_period": 1, "reduction_factor": 2},
-        "fixed": {"depth": 2},
-        "space": SPACE,
-        **changes,
-    }
-    return parse_experiment(raw)
+from tests.search_tests.helpers import wiring_experiment
 
 
 @pytest.fixture(scope="module")
 def finished(tiny_dataset, ray_local, tmp_path_factory):
     storage = tmp_path_factory.mktemp("results")
-    plan = plan_search(_experiment(), tiny_dataset, name="wiring", storage=storage)
+    plan = plan_search(wiring_experiment(), tiny_dataset, name="wiring", storage=storage)
     return plan, run_search(plan, trainable=cheap_trial)
 
 
@@ -137,7 +115,7 @@ def test_failing_trial_is_retried_from_its_checkpoint_then_recorded(
     tiny_dataset, ray_local, tmp_path
 ):
     log = tmp_path / "attempts.jsonl"
-    exp = _experiment(num_samples=4, max_failures=1, asha={"grace_period": 4})
+    exp = wiring_experiment(num_samples=4, max_failures=1, asha={"grace_period": 4})
     plan = plan_search(exp, tiny_dataset, name="failing", storage=tmp_path)
     # Every trial below lr 1e-3 fails at epoch 2; the tutorial point (lr 1e-3) does not.
     trainable = make_cheap_trial(fail_below_lr=1.0e-3, attempt_log=str(log))

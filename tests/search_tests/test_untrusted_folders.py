@@ -24,7 +24,6 @@ import pytest
 
 from pneumotune import cli
 from pneumotune.errors import UsageError
-from pneumotune.search.config import parse_experiment
 from pneumotune.search.results import MAX_RESULT_BYTES, ResultsError, summarise
 from pneumotune.search.tuner import (
     check_resumable,
@@ -33,6 +32,7 @@ from pneumotune.search.tuner import (
     run_search,
 )
 from tests.search_tests.cheap import cheap_trial
+from tests.search_tests.helpers import wiring_experiment
 
 NAME = "trusted"
 OTHER_UID = 65534  # nobody
@@ -41,18 +41,13 @@ SECRET = "SECRET-LINE-FROM-ELSEWHERE"
 
 
 def _experiment():
-    return parse_experiment(
-        {
-            "name": "untrusted",
-            "epochs": 2,
-            "num_samples": 3,
-            "max_concurrent": 2,
-            "seed": 5,
-            "max_failures": 0,
-            "asha": {"grace_period": 1, "reduction_factor": 2},
-            "fixed": {"depth": 2},
-            "space": {"img_size": "stored", "base_filters": [8, 16], "lr": [1.0e-3, 1.0e-2]},
-        }
+    return wiring_experiment(
+        name="untrusted",
+        epochs=2,
+        num_samples=3,
+        seed=5,
+        max_failures=0,
+        space={"img_size": "stored", "base_filters": [8, 16], "lr": [1.0e-3, 1.0e-2]},
     )
 
 
@@ -284,7 +279,7 @@ def test_progress_reads_no_error_file_outside_the_trial(ray_local, secret, tmp_p
     from ray.train._internal.storage import StorageContext
     from ray.tune.experiment import Trial
 
-    from pneumotune.search.progress import ProgressLines
+    from pneumotune.search.watch.progress import ProgressLines
 
     storage = StorageContext(
         storage_path=str(tmp_path / "s"), experiment_dir_name="e", trial_dir_name="trial_x"
@@ -477,7 +472,7 @@ def test_export_checks_the_checkpoint_against_its_trial(
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the learning-rate table is TensorFlow's")
-    from pneumotune.search.export_best import export_best
+    from pneumotune.search.products.export_best import export_best
 
     model_file, cfg = keras_checkpoint
     exported = export_best(folder, tmp_path / "model")  # the real thing exports
@@ -493,7 +488,7 @@ def test_export_checks_the_checkpoint_against_its_trial(
 
 
 def test_export_refuses_a_model_of_another_size_or_kind(folder, keras_checkpoint, tmp_path):
-    from pneumotune.search.export_best import export_best
+    from pneumotune.search.products.export_best import export_best
 
     model_file, cfg = keras_checkpoint
     best, _ = summarise(folder).best_trial_checkpoint()

@@ -91,14 +91,14 @@ def _stage(title: str) -> None:
 def run_demo(cfg: DemoConfig) -> DemoResult:
     from pneumotune.data.convert import ConvertConfig, convert
     from pneumotune.data.dataset import read_manifest
-    from pneumotune.data.ray_session import ensure_ray
     from pneumotune.data.report import report_dataset
     from pneumotune.data.synth import SynthConfig, write_dataset
     from pneumotune.model.predict import predict_folder, score_submission
+    from pneumotune.ray_session import ensure_ray
     from pneumotune.search.config import load_experiment
-    from pneumotune.search.dashboard import where_to_look
-    from pneumotune.search.export_best import export_best
+    from pneumotune.search.products.export_best import export_best
     from pneumotune.search.tuner import plan_search, run_search
+    from pneumotune.search.watch.trial_telemetry import where_to_look
 
     t0 = time.perf_counter()
     out = cfg.out.absolute()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
@@ -28,7 +27,7 @@ from pneumotune.search.results import (
     memory_cell,
     summarise,
 )
-from pneumotune.text import escaped
+from pneumotune.text import short
 
 OUTCOME_STYLES = {
     "completed": "blue",
@@ -56,11 +55,6 @@ def is_finished(summary: SearchSummary) -> bool:
     return len(summary.trials) >= summary.num_samples  # pneumotune.json's, checked
 
 
-def _short(value: Any) -> str:
-    # A config value from the folder: any text, any length.
-    return f"{value:.3g}" if isinstance(value, float) else escaped(value, 40)
-
-
 def _best(t: TrialRecord, summary: SearchSummary) -> str:
     value, epoch = t.best(summary.metric, summary.mode)
     return "-" if value is None else f"{value:.4f} @{epoch}"
@@ -71,7 +65,7 @@ def fitting_params(summary: SearchSummary, width: int) -> list[str]:
     params = [p for p in summary.searched if any(p in t.config for t in summary.trials)]
     room, shown = width - FIXED_COLUMNS_WIDTH - MEMORY_COLUMN_WIDTH * _has_memory(summary), []
     for p in params:
-        need = max([len(p), *(len(_short(t.config.get(p, ""))) for t in summary.trials)]) + 3
+        need = max([len(p), *(len(short(t.config.get(p, ""))) for t in summary.trials)]) + 3
         if need > room:
             break
         shown.append(p)
@@ -122,7 +116,7 @@ def trial_table(summary: SearchSummary, width: int = 200) -> Table:
             f"{t.epochs}/{summary.max_t}",
             _best(t, summary),
             *([memory_cell(t)] * memory),
-            *(_short(t.config[p]) if p in t.config else "n/a" for p in params),
+            *(short(t.config[p]) if p in t.config else "n/a" for p in params),
             style="bold" if t is best else None,
         )
     return table

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from pneumotune.data.ray_session import (
+from pneumotune.errors import ClusterError, UsageError
+from pneumotune.ray_session import (
     endpoint,
     job_api_notice,
     join_address,
@@ -20,7 +21,6 @@ from pneumotune.data.ray_session import (
     probe,
     protect_token,
 )
-from pneumotune.errors import ClusterError, UsageError
 
 
 @pytest.mark.parametrize(
@@ -173,7 +173,7 @@ def test_a_port_that_answers_but_is_not_ray_gives_up_after_the_join_timeout(synt
 LOCAL_RAY = """
 import ipaddress, json, os
 from pathlib import Path
-from pneumotune.data.ray_session import ensure_ray
+from pneumotune.ray_session import ensure_ray
 import ray
 
 def descendants(root):

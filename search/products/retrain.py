@@ -84,7 +84,7 @@ def retrain_best(
 ) -> Retrained:
     """Retrain the best trial of ``results_dir`` on every labelled image and export it.
 
-    Ray must be initialised (``data.ray_session.ensure_ray``).
+    Ray must be initialised (``pneumotune.ray_session.ensure_ray``).
 
     Args:
         results_dir: a search directory (``<storage>/<name>``), finished or not.
@@ -116,7 +116,7 @@ def retrain_best(
         scaling_config,
         train_worker,
     )
-    from pneumotune.search.export_best import tune_and_export, tune_on_validation
+    from pneumotune.search.products.export_best import tune_and_export, tune_on_validation
 
     t0 = time.perf_counter()
     results_dir, out_dir = Path(results_dir).absolute(), Path(out_dir)

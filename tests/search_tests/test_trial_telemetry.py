@@ -21,14 +21,14 @@ import optuna
 import pytest
 import yaml
 
-from pneumotune.search.dashboard import (
+from pneumotune.search.tuner import journal_storage
+from pneumotune.search.watch.trial_telemetry import (
     epoch_line,
     resume_line,
     runner_label,
     trial_label,
     trial_state_counts,
 )
-from pneumotune.search.tuner import journal_storage
 
 BIN = Path(sys.executable).parent
 
@@ -39,6 +39,10 @@ BIN = Path(sys.executable).parent
         (
             {"img_size": 64, "base_filters": 8, "lr": 0.00123456, "schedule": "cosine", "x": 1},
             "trial_ab12 img_size=64 base_filters=8 lr=0.00123 schedule=cosine",
+        ),
+        (
+            {"lr": 0.001, "batch_size": 16, "depth": 4, "img_size": 64, "base_filters": 8},
+            "trial_ab12 img_size=64 base_filters=8 depth=4 lr=0.001 batch_size=16",
         ),
         ({"lr": 0.001}, "trial_ab12 lr=0.001"),
         ({}, "trial_ab12"),
@@ -188,7 +192,8 @@ def test_a_running_search_in_the_dashboard_and_a_second_search_beside_it(tiny_da
         # actor that trains it (the pid the tag names).
         tag = _actor(url, token, lambda a: a["reprName"].startswith("trial_"))
         found = re.fullmatch(
-            r"trial_(\w+) img_size=32 base_filters=4 lr=[0-9.e-]+ schedule=\w+ runner pid=(\d+)",
+            r"trial_(\w+) img_size=32 base_filters=4 depth=2 lr=[0-9.e-]+ schedule=\w+ "
+            r"batch_size=\d+ runner pid=(\d+)",
             tag["reprName"],
         )
         assert found, tag["reprName"]

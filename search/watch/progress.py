@@ -17,8 +17,8 @@ from typing import Any, TextIO
 
 from ray import tune
 
-# Shown when a trial starts, when searched: the parameters that change a trial most.
-KEY_PARAMS = ("img_size", "base_filters", "depth", "lr", "schedule", "batch_size")
+from pneumotune.model.config import KEY_PARAMS
+from pneumotune.text import short
 
 
 class ProgressLines(tune.Callback):
@@ -54,9 +54,7 @@ class ProgressLines(tune.Callback):
             epochs = (trial.last_result or {}).get("training_iteration", 0)
             self._print(f"trial {trial.trial_id} promoted: resumes after epoch {epochs}")
             return
-        params = ", ".join(
-            f"{k}={_short(trial.config[k])}" for k in KEY_PARAMS if k in trial.config
-        )
+        params = ", ".join(f"{k}={short(trial.config[k])}" for k in KEY_PARAMS if k in trial.config)
         self._print(f"trial {trial.trial_id} started: {params}")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
@@ -140,7 +138,3 @@ def _failure(trial: Any) -> tuple[str, str]:
     if outcome in MEMORY_OUTCOMES and held is not None:
         why += f"; held {held:.0f} MB at epoch {last.get('training_iteration')}"
     return outcome, why
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -91,7 +91,7 @@ def train_once(
     from pneumotune.data.dataset import load_arrays, read_manifest, split_fold
     from pneumotune.model.config import format_epoch
     from pneumotune.model.train import fit
-    from pneumotune.search.export_best import tune_and_export
+    from pneumotune.search.products.export_best import tune_and_export
 
     t0 = time.perf_counter()
     data_dir, out_dir = Path(data_dir), Path(out_dir)

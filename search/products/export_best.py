@@ -64,8 +64,8 @@ def tune_on_validation(
     model: Any, cfg: TrainConfig, images: np.ndarray, masks: np.ndarray
 ) -> ValidationTuning:
     from pneumotune.model import metrics as M
+    from pneumotune.model.inference import predict_probs
     from pneumotune.model.postprocess import tune_triplet
-    from pneumotune.model.train import predict_probs
 
     probs = predict_probs(model, images, batch_size=2 * cfg.batch_size)
     triplet, score = tune_triplet(probs, masks)

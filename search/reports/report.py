@@ -4,7 +4,7 @@ Reads what a search wrote (``pneumotune.json``, Tune's trial folders and checkpo
 via :func:`search.results.summarise`), the experiment YAML when it is still there (for
 the searched ranges), and, for the prediction examples, the dataset's validation fold.
 Works on a running search too: it shows what exists so far. Figures are drawn by
-:mod:`search.report_plots`, importances computed by :mod:`search.importance`, and the
+:mod:`.plots`, importances computed by :mod:`.importance`, and the
 page assembled by :mod:`pneumotune.reports.page` (the same page model as the EDA report).
 
 Privacy: results hold no patient data, but failure messages could quote a file, and
@@ -16,20 +16,17 @@ replaced, and the page text is checked against them before it is written
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pneumotune.reports import page, privacy
 from pneumotune.reports.page import Section, Table, figure_section, plural
 from pneumotune.search.config import ParamSpec
 from pneumotune.search.failures import FAILURE_OUTCOMES, memory_advice
-from pneumotune.search.importance import Importance, load_specs, param_importances
-from pneumotune.search.report_plots import (
+from pneumotune.search.reports.importance import Importance, load_specs, param_importances
+from pneumotune.search.reports.plots import (
     PredictionSample,
     fig_best_so_far,
     fig_best_vs_tutorial,
@@ -47,7 +44,7 @@ from pneumotune.search.results import (
     read_plan,
     summarise,
 )
-from pneumotune.search.watch import is_finished
+from pneumotune.search.watch.table import is_finished
 
 REPORT_DIR = "report"  # default output folder inside the search directory
 DEFAULT_SAMPLES = 6  # validation images in the predictions figure
@@ -113,7 +110,9 @@ def report_search(
     ]
     running = not is_finished(summary)
     intro = _intro(summary, plan, running)
-    privacy.check_no_identifiers([*intro, *page.section_text(sections)], forbidden, "search.report")
+    privacy.check_no_identifiers(
+        [*intro, *page.section_text(sections)], forbidden, "search.reports.report"
+    )
     out = Path(out_dir) if out_dir is not None else root / REPORT_DIR
     written = page.write_report(out, f"Search report: {summary.name}", intro, sections)
     return SearchReportResult.extending(
@@ -467,10 +466,12 @@ class Predictions:
 
 
 def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> Predictions:
-    """The best checkpoint's predictions on ``samples`` images of its validation fold.
+    """The best checkpoint's predictions on ``samples`` images of its validation fold
+    (:func:`pneumotune.model.inference.sample_predictions`), or why there are none.
 
     Half the images (rounded up) are positive when the fold has that many; the rest
     negative. Binarised at the trial's ``threshold`` (what its metrics were scored with).
+    Here: which checkpoint, loaded only after export's checks, and the figure's words.
     """
     from pneumotune.search.checkpoint import MODEL_FILE
 
@@ -494,10 +495,9 @@ def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> P
             [], f"The search's dataset ({data_dir.name or 'not recorded'}) is not there any more."
         )
     from pneumotune.data.dataset import DatasetError, load_fold, read_manifest
-    from pneumotune.model import metrics as M
-    from pneumotune.model.train import predict_probs
+    from pneumotune.model.inference import sample_predictions
     from pneumotune.search.checkpoint import load_checkpoint_model, trial_config
-    from pneumotune.search.export_best import labelled_images
+    from pneumotune.search.products.export_best import labelled_images
 
     # The folder may be someone else's: the checkpoint must lie in it and match its
     # trial (export's checks), before its config sizes anything read here.
@@ -509,16 +509,12 @@ def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> P
         return Predictions([], f"The best checkpoint cannot be shown: {exc}")
     size, fold, threshold = cfg.img_size, cfg.val_fold, cfg.threshold
     val = load_fold(data_dir, size, fold).rows()
-    positive = val.positive
-    rows = choose_rows(np.random.default_rng(seed), positive, samples)
-    images, truths = val.take(rows)
-    probs = predict_probs(model, images)
-    dice = M.per_image_dice(truths, probs, threshold)
+    sampled = sample_predictions(model, val, threshold, seed, samples)
     out, counters = [], {True: 0, False: 0}
-    for k, row in enumerate(rows):
-        is_pos = bool(positive[row])
+    for k, positive in enumerate(sampled.positive):
+        is_pos = bool(positive)
         counters[is_pos] += 1
-        area = 100 * float(truths[k].mean())
+        area = 100 * float(sampled.truths[k].mean())
         title = (
             f"positive {counters[True]}: {area:.1f}% of the image"
             if is_pos
@@ -526,11 +522,11 @@ def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> P
         )
         out.append(
             PredictionSample(
-                image=images[k],
-                truth=truths[k],
-                prediction=(probs[k] > threshold).astype(np.uint8),
+                image=sampled.images[k],
+                truth=sampled.truths[k],
+                prediction=sampled.predictions[k],
                 title=title,
-                score_text=f"Dice {dice[k]:.2f}",
+                score_text=f"Dice {sampled.dice[k]:.2f}",
             )
         )
     epoch = next(
@@ -543,24 +539,13 @@ def best_model_predictions(summary: SearchSummary, seed: int, samples: int) -> P
     )
     text = (
         f"The best trial ({best.trial_id}) at its best kept checkpoint (epoch {epoch}), on "
-        f"{len(rows)} of the {len(val)} images of its validation fold {fold} "
-        f"({int(positive.sum())} of them positive), at {size} px; pixels above {threshold:g} "
+        f"{len(sampled.rows)} of the {len(val)} images of its validation fold {fold} "
+        f"({int(val.positive.sum())} of them positive), at {size} px; pixels above {threshold:g} "
         "are the prediction (the threshold its metrics were scored at; `pneumotune export` "
         "tunes the post-processing further). Dice per image: an empty truth and an empty "
         "prediction score 1."
     )
     return Predictions(out, text)
-
-
-def choose_rows(rng: np.random.Generator, positive: np.ndarray, k: int) -> list[int]:
-    """``k`` rows: ceil(k/2) positive and the rest negative where possible, positives first."""
-    pos, neg = np.flatnonzero(positive), np.flatnonzero(~positive)
-    k = min(k, len(positive))
-    n_pos = min(len(pos), max(math.ceil(k / 2), k - len(neg)))
-    n_neg = k - n_pos
-    take_pos = sorted(int(i) for i in rng.choice(pos, n_pos, replace=False)) if n_pos else []
-    take_neg = sorted(int(i) for i in rng.choice(neg, n_neg, replace=False)) if n_neg else []
-    return take_pos + take_neg
 
 
 def predictions_section(summary: SearchSummary, seed: int, samples: int) -> Section:

@@ -1,11 +1,11 @@
 """What the stock Ray dashboard shows of a search: names, log lines and metrics per trial.
 
-* **Actors**: a trial's actor reprs as ``trial_<id> img_size=.. base_filters=.. lr=..
-  schedule=..`` (Ray shows an actor's ``repr`` in the Actors table). Tune wraps a
-  function trainable in a class whose ``repr`` is a class attribute; :class:`TrialRepr`,
-  mixed into that class, sets it on the instance before the actor's constructor
-  returns, which is when Ray reads the repr (both through Tune's internals:
-  :mod:`pneumotune.compat.ray_internals`).
+* **Actors**: a trial's actor reprs as ``trial_<id> img_size=.. base_filters=.. depth=..
+  lr=.. schedule=.. batch_size=..`` (:data:`~pneumotune.model.config.KEY_PARAMS`; Ray
+  shows an actor's ``repr`` in the Actors table). Tune wraps a function trainable in a
+  class whose ``repr`` is a class attribute; :class:`TrialRepr`, mixed into that class,
+  sets it on the instance before the actor's constructor returns, which is when Ray
+  reads the repr (both through Tune's internals: :mod:`pneumotune.compat.ray_internals`).
 * **Reused actors** (``warm_trials``, Tune's ``reuse_actors``): one actor runs trial after
   trial, and Ray reads an actor's repr only once. Such an actor's repr names the process
   (``pneumotune trial runner pid=<pid>``), and each trial it runs starts a resource-free
@@ -35,20 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from pneumotune.compat import ray_internals
-from pneumotune.model.config import VAL_KEYS, TrainConfig, format_epoch
-
-# The settings a trial's name shows, when its config has them.
-LABEL_PARAMS = ("img_size", "base_filters", "lr", "schedule")
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+from pneumotune.model.config import KEY_PARAMS, VAL_KEYS, TrainConfig, format_epoch
+from pneumotune.text import short
 
 
 def trial_label(trial_id: str, config: dict[str, Any]) -> str:
-    """``trial_<id> img_size=64 base_filters=8 lr=0.001 schedule=cosine``: the trial's
-    folder name and its main settings."""
-    settings = " ".join(f"{k}={_short(config[k])}" for k in LABEL_PARAMS if k in config)
+    """``trial_<id> img_size=64 base_filters=8 depth=4 lr=0.001 schedule=cosine
+    batch_size=16``: the trial's folder name and its settings of ``KEY_PARAMS``."""
+    settings = " ".join(f"{k}={short(config[k])}" for k in KEY_PARAMS if k in config)
     return f"trial_{trial_id} {settings}".rstrip()
 
 
