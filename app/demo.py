@@ -17,7 +17,7 @@ from typing import Any
 from pneumotune.errors import UsageError
 
 # One stored size, so the demo's `img_size: stored` searches 64 px only: the size of the
-# learning-curve atlas its defaults were chosen on (README "Search evidence"), and 4x
+# learning-curve atlas its defaults were chosen on (docs/search-evidence.md), and 4x
 # cheaper per epoch than 128 px, which keeps the demo under 3 minutes on 2 cores.
 DEMO_SIZES = (64,)
 DEMO_TRIALS = 6

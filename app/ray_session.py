@@ -1,6 +1,6 @@
 """Starting or joining Ray the same way from every command.
 
-Security defaults (README "Security"): token authentication stays on (Ray 2.60's
+Security defaults (docs/security.md): token authentication stays on (Ray 2.60's
 default for a local cluster; we never set ``RAY_AUTH_MODE``, whose value Ray reads
 once at import); the token file is the user's alone (0600 in a 0700 folder, see
 :func:`protect_token`); a local Ray we start listens on 127.0.0.1 only, the dashboard
@@ -302,7 +302,7 @@ def _loopback_node() -> Iterator[None]:
     :func:`pneumotune.compat.ray_internals.ray_cluster_disabled`). The node's processes
     start inside ``ray.init`` and keep the variable; it is restored here so that a later
     join in this process is not affected. Ray pinned at 2.60 (pyproject.toml);
-    tests/data_tests/test_ray_session.py lists the listening sockets of a new local Ray.
+    tests/pneumotune_tests/test_ray_session.py lists the listening sockets of a new local Ray.
     """
     from pneumotune.compat import ray_internals
 

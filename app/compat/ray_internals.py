@@ -26,12 +26,12 @@ def check_version() -> str:
 # --------------------------------------------------------------------------- ray.init
 
 # Ray warns on every start of a local cluster that token authentication is on "by
-# default" (it is, on purpose: data/ray_session.py quiets that logger). A logger name, so
+# default" (it is, on purpose: app/ray_session.py quiets that logger). A logger name, so
 # a rename makes the warning come back, nothing worse.
 AUTH_TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 # Ray Data's progress-bar module logs a line per dataset execution; our commands draw
-# their own progress (data/ray_session.py's quiet_ray_data). A rename: the lines come back.
+# their own progress (app/ray_session.py's quiet_ray_data). A rename: the lines come back.
 DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
 
 
@@ -41,7 +41,7 @@ def ray_cluster_disabled() -> Iterator[None]:
 
     Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` into that constant once, at import;
     ``ray._private.services.get_node_ip_address`` gives a new local node 127.0.0.1 when it
-    is false, so every server of the node listens on loopback only (data/ray_session.py's
+    is false, so every server of the node listens on loopback only (app/ray_session.py's
     ``_loopback_node``, which also sets the variable for the node's processes). No public
     option does this (``ray.init``'s ``_node_ip_address`` is private too). Without it a
     local Ray listens on every interface of a Linux machine.
@@ -205,7 +205,7 @@ def add_function_trainable_mixin(trainable: Callable, mixin: type) -> Callable:
     """Have Tune mix ``mixin`` into the class it wraps the function ``trainable`` in
     (``ray.tune.trainable.function_trainable.wrap_function`` reads the function's
     ``__mixins__``, a convention without public documentation); returns ``trainable``.
-    search/dashboard.py names trial actors this way."""
+    search/watch/trial_telemetry.py names trial actors this way."""
     trainable.__mixins__ = (mixin, *getattr(trainable, "__mixins__", ()))
     return trainable
 
@@ -220,7 +220,7 @@ def set_function_trainable_repr(trainable: Any, text: str) -> None:
 def actor_name_log_line(name: str) -> str:
     """The line that makes Ray's log monitor name the lines that follow ``name`` (what Ray
     prints when an actor starts: ``ray._private.ray_constants.LOG_PREFIX_ACTOR_NAME``).
-    search/dashboard.py re-announces a reused actor's trial this way; without it the
+    search/watch/trial_telemetry.py re-announces a reused actor's trial this way; without it the
     driver's console prefixes the trial's lines with the runner's name."""
     from ray._private.ray_constants import LOG_PREFIX_ACTOR_NAME
 
