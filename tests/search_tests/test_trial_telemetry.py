@@ -177,7 +177,9 @@ def test_a_running_search_in_the_dashboard_and_a_second_search_beside_it(tiny_da
     token = _token()
     # Two trials one after the other, neither stopped early: the second runs in the first
     # one's actor (warm_trials, on by default).
-    watched = _experiment(tmp_path, "watched", 30, 1, grace=30)
+    # 80 epochs each: the search must outlive the reads below on a loaded machine (with 30
+    # it once ended before its runner's log was read: connection refused).
+    watched = _experiment(tmp_path, "watched", 80, 1, grace=80)
     first = _start(tmp_path, watched, tiny_dataset, "watched")
     try:
         url = _dashboard_url(tmp_path / "watched.log", first)
