@@ -66,7 +66,6 @@ def train_trial(
     cfg = train_config(config)
     train, val = split_fold(data[cfg.img_size], cfg.val_fold)
     console = TrialConsole(cfg.epochs)  # the actor's log lines and the trial's series
-    console.started(backend)
 
     def on_epoch_end(epoch: int, metrics: dict[str, float], model: Any) -> None:
         with tempfile.TemporaryDirectory(prefix="pneumotune-ckpt-") as d:
@@ -79,7 +78,9 @@ def train_trial(
             )
 
     named = trial_tag(console.trial_id, config) if warm else contextlib.nullcontext()
-    with named, resume_from(tune.get_checkpoint()) as resume:
+    with named as tag, resume_from(tune.get_checkpoint()) as resume:
+        console.tag = tag  # a runner's trial: its lines also go to its tag's log
+        console.started(backend)
         if resume["resume_from"] is not None:
             console.resumed(resume["initial_epoch"])
         if nothing_left(resume["initial_epoch"], cfg.epochs):

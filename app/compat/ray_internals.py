@@ -227,6 +227,15 @@ def actor_name_log_line(name: str) -> str:
     return f"{LOG_PREFIX_ACTOR_NAME}{name}"
 
 
+def end_actor_after_pending(handle: Any) -> Any:
+    """End the actor behind ``handle`` once the method calls already sent to it have run
+    (``handle.__ray_terminate__.remote()``, which Ray's docs name for this: "let pending
+    tasks finish"; ``ray.kill`` drops them). Returns at once, with the ObjectRef of the
+    ending (ready, as an error, once the actor has ended). A trial's tag actor ends so:
+    lines sent before it was ALIVE still reach its log."""
+    return handle.__ray_terminate__.remote()
+
+
 # ------------------------------------------------------------ Train's checkpoint records
 
 

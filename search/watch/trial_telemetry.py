@@ -10,12 +10,16 @@
   trial, and Ray reads an actor's repr only once. Such an actor's repr names the process
   (``pneumotune trial runner pid=<pid>``), and each trial it runs starts a resource-free
   :class:`TrialTag` actor whose repr is the trial's name and settings plus that pid,
-  alive exactly while the trial runs: the Actors table lists every running trial by name
+  alive while the trial runs: the Actors table lists every running trial by name
   beside the runner that trains it. The trial also re-announces its name to Ray's log
-  monitor, so the driver's console prefixes its lines with it, not the runner's.
+  monitor, so the driver's console prefixes its lines with it, not the runner's. The
+  tag's class lives in :mod:`.tag_actor`, which imports nothing, so that its process
+  starts fast.
 * **Actor log**: one line per epoch with every validation metric, the loss and the
   epoch's seconds, and a line when a trial resumes from a checkpoint
-  (:func:`epoch_line`, :func:`resume_line`), printed by the trial.
+  (:func:`epoch_line`, :func:`resume_line`), printed by the trial; a trial that a runner
+  trains also sends each line to its tag, which prints it in its own log (so the row
+  that names the trial has its lines; the runner's log keeps them all).
 * **Metrics**: per-trial gauges through ``ray.util.metrics`` (:class:`TrialMetrics`),
   tagged with the experiment and the trial id, and the search's trial counts by state
   (:class:`SearchMetrics`, a Tune callback in the driver). Ray exports them at each
@@ -28,6 +32,7 @@ Nothing here shows a patient identifier: trials know only their config and metri
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -36,6 +41,7 @@ from typing import Any
 
 from pneumotune.compat import ray_internals
 from pneumotune.model.config import KEY_PARAMS, VAL_KEYS, TrainConfig, format_epoch
+from pneumotune.search.watch.tag_actor import TrialTag
 from pneumotune.text import short
 
 
@@ -85,33 +91,41 @@ def name_trial_actors(trainable: Any, reused: bool = False) -> Any:
     return ray_internals.add_function_trainable_mixin(trainable, mixin)
 
 
-class TrialTag:
-    """A resource-free actor whose repr names a trial that a reused actor is running: the
-    trial's label and the runner's pid (see the module docstring). It does nothing else."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-
-    def __repr__(self) -> str:
-        return self.label
-
-
 @contextlib.contextmanager
 def trial_tag(trial_id: str, config: dict[str, Any]):
     """While the block runs, a :class:`TrialTag` names trial ``trial_id`` (this process
-    runs it) in the Actors table, and this process' log lines carry the trial's name."""
+    runs it) in the Actors table, and this process' log lines carry the trial's name.
+    Yields the tag's handle: ``tag.log.remote(line)`` puts a line in the tag's own log
+    (:class:`TrialConsole` does, given the handle). The call returns at once; lines sent
+    before the tag is ALIVE wait in Ray and arrive in order. At the block's end the tag
+    ends after the lines sent to it, not before."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     label = f"{trial_label(trial_id, _settings(config))} runner pid={os.getpid()}"
     # Ray's log monitor takes this line as the actor's new name for the lines that follow
     # (what Ray itself prints once, when an actor is created).
     for stream in (sys.stdout, sys.stderr):
         print(ray_internals.actor_name_log_line(label), file=stream, flush=True)
-    tag = ray.remote(num_cpus=0, max_restarts=0)(TrialTag).remote(label)
+    # On this node (the runner's pid means something there), detached: Ray ends an
+    # actor with its owner, a tag not yet ALIVE at once, so the lines queued for the
+    # last trial of a runner that Tune ends would be lost. It ends after its lines.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    tag = _tag_actor_class().options(scheduling_strategy=here).remote(label, os.getpid())
     try:
-        yield label
+        yield tag
     finally:
-        ray.kill(tag)
+        ray_internals.end_actor_after_pending(tag)
+
+
+@functools.cache
+def _tag_actor_class() -> Any:
+    """:class:`TrialTag` as a Ray actor class: no CPU (it must not take a trial's slot),
+    never restarted (a restarted tag's log would start empty), detached (see
+    :func:`trial_tag`)."""
+    import ray
+
+    return ray.remote(num_cpus=0, max_restarts=0, lifetime="detached")(TrialTag)
 
 
 def _settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -156,21 +170,29 @@ class TrialConsole:
     """What a running trial shows of itself: its log lines and its series. Made inside
     the trial (it reads the trial id and experiment name from Tune's context)."""
 
-    def __init__(self, max_t: int) -> None:
+    def __init__(self, max_t: int, tag: Any = None) -> None:
         from ray import tune
 
         ctx = tune.get_context()
         self.trial_id, self.max_t = ctx.get_trial_id(), max_t
         self.series = TrialMetrics(ctx.get_experiment_name(), self.trial_id)
+        self.tag = tag  # the trial's TrialTag (trial_tag), when a runner trains it
+
+    def say(self, line: str) -> None:
+        """Print ``line`` in this process' log and, with a tag, in the tag's log too
+        (fire and forget: training never waits for the tag, alive or not)."""
+        print(line, flush=True)
+        if self.tag is not None:
+            self.tag.log.remote(line)
 
     def started(self, backend: str) -> None:
-        print(f"trial_{self.trial_id} trains with Keras on {backend}", flush=True)
+        self.say(f"trial_{self.trial_id} trains with Keras on {backend}")
 
     def resumed(self, epoch: int) -> None:
-        print(resume_line(self.trial_id, epoch, self.max_t), flush=True)
+        self.say(resume_line(self.trial_id, epoch, self.max_t))
 
     def epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
-        print(epoch_line(self.trial_id, epoch, self.max_t, metrics), flush=True)
+        self.say(epoch_line(self.trial_id, epoch, self.max_t, metrics))
         self.series.record(epoch, metrics)
 
 

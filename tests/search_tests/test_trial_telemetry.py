@@ -263,3 +263,55 @@ def test_a_running_search_in_the_dashboard_and_a_second_search_beside_it(tiny_da
     for t in study.trials:
         assert t.state.is_finished() and set(t.params) == {"lr"}
         assert len(t.intermediate_values) >= 1
+
+
+@pytest.mark.slow
+def test_a_warm_trials_tag_has_the_trials_lines_in_its_log(tmp_path):
+    """Issue 23: the row that names a trial (its tag) shows the trial's epoch lines, even
+    those sent before the tag was ALIVE and right before the trial ended."""
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tests.search_tests.tag_log_driver", str(tmp_path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=Path(__file__).parents[2],
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
+    try:
+        deadline = time.monotonic() + 400
+        while not (tmp_path / "info.json").exists() and time.monotonic() < deadline:
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(1)
+        info = json.loads((tmp_path / "info.json").read_text())
+        url, sent, token = info["url"], info["sent"], _token()
+        assert len(sent) == 2, info
+
+        runners, sent_before_alive = set(), []
+        for trial_id, sent_at in sent.items():
+            named = f"trial_{trial_id} "
+            tag = _actor(url, token, lambda a, named=named: a["reprName"].startswith(named), False)
+            runners.add(tag["reprName"].rsplit("runner pid=", 1)[1])
+            lines, deadline = [], time.monotonic() + 120
+            while len(lines) < 2 and time.monotonic() < deadline:
+                _, text = _get(
+                    f"{url}/api/v0/logs/file?actor_id={tag['actorId']}&suffix=out&lines=1000",
+                    token,
+                )
+                lines = [x for x in text.splitlines() if x.startswith("trial_")]
+                time.sleep(1)
+            # Its own lines, in order, and no other trial's.
+            assert lines == [
+                epoch_line(trial_id, 1, 2, {"loss": 1.0, "val_iou": 0.1}),
+                epoch_line(trial_id, 2, 2, {"loss": 0.5, "val_iou": 0.2}),
+            ], text[-2000:]
+            # startTime: when the tag became ALIVE (ms).
+            sent_before_alive.append(tag["startTime"] / 1000 > sent_at)
+        assert len(runners) == 1  # both trials trained by one runner process
+        assert any(sent_before_alive), sent_before_alive  # the lines waited in Ray
+    finally:
+        (tmp_path / "done").touch()
+        try:
+            driver.wait(timeout=120)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
