@@ -503,6 +503,7 @@ def run_search(
 
     from ray import tune
 
+    from pneumotune.compat import moved_modules
     from pneumotune.data.dataset import read_manifest
     from pneumotune.search.preflight import check_memory, nodes_now
 
@@ -519,6 +520,7 @@ def run_search(
         if not tune.Tuner.can_restore(str(plan.path)):
             raise UsageError(f"nothing to resume at {plan.path} (no Tune experiment state there)")
         check_resumable(plan.path)  # again, as late as can be: Ray unpickles it next
+        moved_modules.install()  # a folder an older release wrote names moved modules
         tuner = tune.Tuner.restore(str(plan.path), trainable=wrapped, resume_errored=False)
     else:
         if plan.path.exists() and any(plan.path.iterdir()):
