@@ -13,8 +13,8 @@ the JSON it comes from::
 and is rendered from that file alone, so a number in a table is always what a bench
 command wrote (each JSON says which command, seeds and atlas). The kinds of JSON:
 bench/peers.py's (peers, with our rows), bench/replay.py's (strategies),
-bench/surrogate.py's (held-out accuracy) and bench/atlas_agreement.py's (the resolution
-study).
+bench/surrogate.py's (held-out accuracy), bench/atlas_agreement.py's (the resolution
+study) and bench/headroom.py's (what any search could reach).
 """
 
 from __future__ import annotations
@@ -110,12 +110,53 @@ def _agreement(data: dict[str, Any]) -> str:
     )
 
 
+def _headroom(data: dict[str, Any]) -> str:
+    """bench/headroom.py's JSON: best-of-M and the best two-stage splits, with hindsight."""
+    budget = data["budget"]
+    random_fifo = data["best_of"][str(budget)]["median"]
+
+    def row(what: str, cost: str, q: dict[str, float]) -> list[str]:
+        ratio = f"{q['median'] / random_fifo:.2f}"
+        return [what, cost, f"{q['median']:.4f}", f"{q['q75']:.4f}", ratio]
+
+    rows = [
+        row(
+            f"best of {m}, trained to the end" + (" (random+fifo)" if int(m) == budget else ""),
+            f"{int(m) / budget:g}x",
+            q,
+        )
+        for m, q in data["best_of"].items()
+    ]
+    ranked = sorted(data["two_stage"].values(), key=lambda r: r["median"])
+    rows += [
+        row(f"{r['n']} configs {r['e']} epoch(s), top {r['k']} to the end", "1x", r)
+        for r in ranked[:3]
+    ]
+    tutorial = data["tutorial_regret"]
+    rows.append(
+        [
+            "the tutorial point alone",
+            f"{1 / budget:g}x",
+            f"{tutorial:.4f}",
+            "-",
+            f"{tutorial / random_fifo:.2f}",
+        ]
+    )
+    return (
+        f"*{data['surrogate']} (best {data['best']:.4f}), budget {budget} x {data['max_t']} "
+        f"trial-epochs, {data['draws']} draws per row, uniform samples of the space*\n\n"
+        + _md(["search", "cost / budget", "median regret", "q75", "x random+fifo"], rows)
+    )
+
+
 def render(name: str) -> str:
     data = json.loads((ATLAS_DIR / name).read_text())
     if "models" in data:
         return _surrogate(data)
     if "between" in data:
         return _agreement(data)
+    if "best_of" in data:
+        return _headroom(data)
     if "peers" in data or "strategies" in data:
         return _searches(data)
     raise ValueError(f"bench/atlas/{name}: not a JSON this knows how to render")

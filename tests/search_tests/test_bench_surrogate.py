@@ -109,3 +109,32 @@ def test_docs_tables_are_the_jsons():
         cwd=ROOT,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_headroom_two_stages_and_best_of():
+    """bench/headroom.py: best-of-M and the two-stage split, on curves whose answers are
+    known (config i's curve rises to i / 100; epoch 1 ranks them exactly, or in reverse)."""
+    import numpy as np
+    from headroom import best_of, two_stage
+
+    finals = np.arange(100) / 100
+    rising = np.outer(finals, np.linspace(0.2, 1.0, 10))  # 100 configs x 10 epochs
+    rng = np.random.default_rng(0)
+    best = 0.99
+    # Trained to the end, more draws can only help; one draw's median regret is ~0.5.
+    one, many = best_of(rising, best, 1, 4000, rng), best_of(rising, best, 64, 4000, rng)
+    assert 0.4 < float(np.median(one)) < 0.6 and float(np.median(many)) < 0.03
+    # Budget of 2 full trainings (20 epochs): e=1, K=1 affords 11 configs at epoch 1.
+    n, regrets = two_stage(rising, best, 1, 1, 20, 4000, rng)
+    assert n == 11
+    # epoch 1 ranks exactly: the pick is the best of 11, as good as best-of-11 trained fully
+    assert (
+        abs(float(np.median(regrets)) - float(np.median(best_of(rising, best, 11, 4000, rng))))
+        < 0.02
+    )
+    # epoch 1 ranks in reverse: the continued config is the worst drawn
+    reverse = rising.copy()
+    reverse[:, 0] = 0.1 * (1.0 - finals)  # below every final: only its ranking matters
+    _, fooled = two_stage(reverse, best, 1, 1, 20, 4000, rng)
+    assert float(np.median(fooled)) > float(np.median(regrets)) + 0.2
+    assert two_stage(rising, best, 1, 3, 20, 10, rng) is None  # 3 x 9 epochs > 20
