@@ -142,10 +142,13 @@ def _headroom(data: dict[str, Any]) -> str:
             f"{tutorial / random_fifo:.2f}",
         ]
     )
+    spread = data["median_of_seeds"]
     return (
         f"*{data['surrogate']} (best {data['best']:.4f}), budget {budget} x {data['max_t']} "
         f"trial-epochs, {data['draws']} draws per row, uniform samples of the space*\n\n"
         + _md(["search", "cost / budget", "median regret", "q75", "x random+fifo"], rows)
+        + f"\n\nThe median of {spread['seeds']} random+fifo searches (a replay's row) lies in "
+        f"[{spread['q05']:.4f}, {spread['q95']:.4f}] 90% of the time, by the draw of seeds alone."
     )
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 POOL = 2**14
+SEEDS = 20  # the searches per row of a replay (bench/replay.py, bench/peers.py)
 
 
 def quartiles(regrets: np.ndarray) -> dict[str, float]:
@@ -101,6 +102,15 @@ def headroom(spec: str, budget: int, draws: int, seed: int = 0) -> dict[str, Any
     }
     for m in sorted({1, 2, budget, 2 * budget, 4 * budget, 8 * budget, 16 * budget, 32 * budget}):
         out["best_of"][str(m)] = quartiles(best_of(curves, bench.best, m, draws, rng))
+    # A replay reports the median of SEEDS searches: how far that median of random+fifo
+    # strays from the true one by the draw of seeds alone.
+    fifo = best_of(curves, bench.best, budget, draws * SEEDS, rng).reshape(draws, SEEDS)
+    low, high = np.quantile(np.median(fifo, axis=1), [0.05, 0.95])
+    out["median_of_seeds"] = {
+        "seeds": SEEDS,
+        "q05": round(float(low), 4),
+        "q95": round(float(high), 4),
+    }
     for e in (1, 2, 3, 4, 6, 8, 12):
         for k in (1, 2, 3, 4):
             got = two_stage(curves, bench.best, e, k, budget_epochs, draws, rng)
@@ -123,6 +133,11 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"  best of {m:>4} full trainings: median {q['median']:.4f}  q75 {q['q75']:.4f}"
         )
+    spread = result["median_of_seeds"]
+    lines.append(
+        f"  the median of {spread['seeds']} random+fifo searches: 90% of the time in "
+        f"[{spread['q05']:.4f}, {spread['q95']:.4f}]"
+    )
     ranked = sorted(result["two_stage"].values(), key=lambda r: r["median"])
     for r in ranked[:5]:
         lines.append(
