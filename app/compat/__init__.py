@@ -20,6 +20,9 @@ pin) and warns once per process, on import, when the installed release is outsid
 whose docstring says what it touches, why, and what breaks without it; everything else
 imports those. Public APIs come first: an internal stays only where none does the job.
 
+Beside them, :mod:`pneumotune.compat.moved_modules` keeps pneumotune's own old module
+names importable for the search folders an older release pickled (see its docstring).
+
 ``tests/pneumotune_tests/test_compat.py`` holds the rule: one canary test per internal
 (it still exists, with the shape used here; its failure names the internal and the
 function that uses it), and a test that finds no internal name outside this package.
