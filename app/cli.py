@@ -99,6 +99,8 @@ def usage_line(name: str, p: argparse.ArgumentParser, command: Command) -> str:
     """``pneumotune NAME`` with its positional and required arguments and the options the
     command shows, read from its parser (a metavar, else the name upper-cased), so that
     the line cannot name an argument the command does not have."""
+    # argparse lists a parser's arguments only in _actions (no public accessor; the
+    # attribute has kept its name and shape since Python 2.7, and test_cli reads it too)
     options = {o: a for a in p._actions for o in a.option_strings}
     unknown = [o for o in command.shown if o not in options]
     if unknown:

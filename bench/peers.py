@@ -334,6 +334,8 @@ class KerasTunerHyperband(Peer):
             seed=seed or 1_000_003,  # Keras Tuner takes seed 0 for "no seed" (a random one)
             hyperparameters=hp,
         )
+        # Keras Tuner has no public setter: its own BaseTuner.__init__ makes this call
+        # (1.4.8); the oracle writes its trials and state under that folder.
         self.oracle._set_project_dir(str(workdir), f"kt-{seed}")
         self.oracle.verbose = 0
         self.names = [p.name for p in bench.params]

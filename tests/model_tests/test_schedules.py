@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+from pneumotune.compat.keras_internals import optimizer_learning_rate
 from pneumotune.model import schedules
 from pneumotune.model.schedules import SCHEDULES, LinearWarmup, OneCycle, make_schedule
 
@@ -205,10 +206,10 @@ def test_every_schedule_survives_a_saved_optimizer(tmp_path):
         loaded = keras.models.load_model(path)
         opt, opt2 = model.optimizer, loaded.optimizer
         assert int(opt2.iterations) == int(opt.iterations) == 12
-        assert type(opt2._learning_rate) is type(opt._learning_rate), name
+        assert type(optimizer_learning_rate(opt2)) is type(optimizer_learning_rate(opt)), name
         assert float(opt2.learning_rate) == pytest.approx(float(opt.learning_rate), rel=1e-6)
         np.testing.assert_allclose(
-            _values(opt2._learning_rate, STEPS), _values(schedule, STEPS), rtol=1e-6
+            _values(optimizer_learning_rate(opt2), STEPS), _values(schedule, STEPS), rtol=1e-6
         )
 
 
@@ -252,10 +253,10 @@ def test_step_table_survives_a_saved_optimizer(tmp_path):
     model.optimizer.iterations.assign(40)
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras").optimizer
-    assert isinstance(loaded._learning_rate, schedules.StepTable)
+    assert isinstance(optimizer_learning_rate(loaded), schedules.StepTable)
     assert float(loaded.learning_rate) == float(model.optimizer.learning_rate)
     np.testing.assert_allclose(
-        _values(loaded._learning_rate, STEPS), _values(schedule, STEPS), rtol=2e-5
+        _values(optimizer_learning_rate(loaded), STEPS), _values(schedule, STEPS), rtol=2e-5
     )
 
 
@@ -308,7 +309,7 @@ def test_a_saved_table_is_sized_only_after_its_count_is_checked(tmp_path):
     ):
         keras.models.load_model(path)
     with schedules.steps_at_most(TOTAL, "10 epochs x 10 steps"):
-        loaded = keras.models.load_model(path).optimizer._learning_rate
+        loaded = optimizer_learning_rate(keras.models.load_model(path).optimizer)
     assert loaded.total_steps == TOTAL
     # The bound was the loader's only: a later load is back to the global one.
     _saved_table(path, schedules.MAX_TABLE_STEPS + 1)
