@@ -19,26 +19,17 @@ REPO = Path(__file__).resolve().parents[2]
 SIZE = 64
 NONE = AugmentConfig.none()
 
-# Each group alone at p=1 and its strongest setting.
-GROUPS = {
-    "flip": dataclasses.replace(NONE, flip_p=1.0),
-    "color": dataclasses.replace(NONE, color_p=1.0, color_strength=0.8),
-    "distort": dataclasses.replace(NONE, distort_p=1.0, distort_strength=1.0),
-    "affine": dataclasses.replace(NONE, affine_p=1.0, affine_strength=0.5),
-    "crop": dataclasses.replace(NONE, crop_p=1.0, crop_min_scale=0.3),
+# Each group's strongest setting at p=1: alone (GROUPS), and all five together (ALL_ON).
+STRONGEST = {
+    "flip": {"flip_p": 1.0},
+    "color": {"color_p": 1.0, "color_strength": 0.8},
+    "distort": {"distort_p": 1.0, "distort_strength": 1.0},
+    "affine": {"affine_p": 1.0, "affine_strength": 0.5},
+    "crop": {"crop_p": 1.0, "crop_min_scale": 0.3},
 }
+GROUPS = {group: dataclasses.replace(NONE, **setting) for group, setting in STRONGEST.items()}
 GEOMETRIC = ("distort", "affine", "crop")
-ALL_ON = AugmentConfig(
-    flip_p=1.0,
-    color_p=1.0,
-    color_strength=0.8,
-    distort_p=1.0,
-    distort_strength=1.0,
-    affine_p=1.0,
-    affine_strength=0.5,
-    crop_p=1.0,
-    crop_min_scale=0.3,
-)
+ALL_ON = AugmentConfig(**{k: v for setting in STRONGEST.values() for k, v in setting.items()})
 
 
 def _batch(n: int = 6, size: int = SIZE, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
