@@ -228,12 +228,21 @@ class _PooledRatio(_ThresholdMetric):
 
     scale = 1.0
     denominator_name = "union"
+    # The subclasses' constructors differ only in these defaults (an argument of None
+    # picks them), so each subclass sets them instead of repeating the constructor.
+    default_name: str
+    default_empty_score = 1.0
 
     def __init__(
-        self, threshold: float, empty_score: float, name: str | None = None, dtype=None
+        self,
+        threshold: float = 0.5,
+        empty_score: float | None = None,
+        name: str | None = None,
+        dtype=None,
     ) -> None:
+        name = self.default_name if name is None else name
         super().__init__(threshold=threshold, name=name, dtype=dtype)
-        self.empty_score = float(empty_score)
+        self.empty_score = float(self.default_empty_score if empty_score is None else empty_score)
         self.intersection = self._sum_var("intersection")
         self._denominator = self._sum_var(self.denominator_name)
 
@@ -263,18 +272,11 @@ class _PooledRatio(_ThresholdMetric):
 class IoU(_PooledRatio):
     """Keras version of :func:`iou`: pixels pooled over every image seen since reset.
 
-    Inputs ``(B, H, W, 1)`` (or any shape with the batch first); ``empty_score`` when
-    nothing was found and nothing was there.
+    Inputs ``(B, H, W, 1)`` (or any shape with the batch first); ``empty_score`` (1.0 by
+    default) when nothing was found and nothing was there.
     """
 
-    def __init__(
-        self,
-        threshold: float = 0.5,
-        empty_score: float = 1.0,
-        name: str = "iou",
-        dtype=None,
-    ) -> None:
-        super().__init__(threshold=threshold, empty_score=empty_score, name=name, dtype=dtype)
+    default_name = "iou"
 
     def _sums(self, inter, t, p):
         return inter, t + p - inter
@@ -286,15 +288,7 @@ class Dice(_PooledRatio):
 
     scale = 2.0
     denominator_name = "total"
-
-    def __init__(
-        self,
-        threshold: float = 0.5,
-        empty_score: float = 1.0,
-        name: str = "dice",
-        dtype=None,
-    ) -> None:
-        super().__init__(threshold=threshold, empty_score=empty_score, name=name, dtype=dtype)
+    default_name = "dice"
 
     def _sums(self, inter, t, p):
         return inter, t + p
@@ -327,14 +321,8 @@ class PositiveIoU(_PooledRatio):
     """Keras version of :func:`positive_iou`: IoU pooled over images with a non-empty
     truth. Before any positive image it returns ``empty_score`` (NaN by default)."""
 
-    def __init__(
-        self,
-        threshold: float = 0.5,
-        empty_score: float = math.nan,
-        name: str = "positive_iou",
-        dtype=None,
-    ) -> None:
-        super().__init__(threshold=threshold, empty_score=empty_score, name=name, dtype=dtype)
+    default_name = "positive_iou"
+    default_empty_score = math.nan
 
     def _sums(self, inter, t, p):
         pos = ops.cast(t > 0, "float32")
