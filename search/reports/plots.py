@@ -147,6 +147,12 @@ def _kind(t: TrialRecord) -> str:
     return "failed" if t.failed else t.outcome
 
 
+def _legend_key(label: str, colour: str, **style: Any) -> Line2D:
+    """A legend entry drawn like the plot's lines but holding no data: the legend lists
+    every outcome once, not every trial's line."""
+    return Line2D([], [], color=colour, label=label, **style)
+
+
 def _outcome_legend(summary: SearchSummary) -> list[Line2D]:
     present = {_kind(t) for t in summary.trials if t.history}
     handles = []
@@ -160,37 +166,16 @@ def _outcome_legend(summary: SearchSummary) -> list[Line2D]:
             "running": "running (o: latest epoch)",
             "paused": "paused at a rung (o: latest epoch)",
         }.get(outcome, outcome)
-        handles.append(
-            Line2D(
-                [],
-                [],
-                color=colour,
-                marker=marker,
-                label=label,
-                markerfacecolor="none" if marker == "o" else colour,
-            )
-        )
+        fill = "none" if marker == "o" else colour
+        handles.append(_legend_key(label, colour, marker=marker, markerfacecolor=fill))
     if summary.tutorial is not None:
         handles.append(
-            Line2D(
-                [],
-                [],
-                color=TUTORIAL_COLOUR,
-                linestyle="--",
-                linewidth=2.4,
-                label="the tutorial's settings",
-            )
+            _legend_key("the tutorial's settings", TUTORIAL_COLOUR, linestyle="--", linewidth=2.4)
         )
     if summary.best is not None:
         handles.append(
-            Line2D(
-                [],
-                [],
-                color=BEST_COLOUR,
-                marker="*",
-                markersize=13,
-                linestyle="none",
-                label="best trial's best epoch",
+            _legend_key(
+                "best trial's best epoch", BEST_COLOUR, marker="*", markersize=13, linestyle="none"
             )
         )
     return handles
