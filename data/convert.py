@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumotune.compat import attribute_set
 from pneumotune.data import dataset, labels, rle
 from pneumotune.data.dicom import PIXEL_BUDGET, find_dicoms
 from pneumotune.data.ledger import write_ledger
@@ -558,12 +559,8 @@ def _without_op_reservation(ctx: Any) -> Iterator[None]:
     if not hasattr(ctx, "op_resource_reservation_enabled"):  # a Ray without the switch
         yield
         return
-    saved = ctx.op_resource_reservation_enabled
-    ctx.op_resource_reservation_enabled = False
-    try:
+    with attribute_set(ctx, "op_resource_reservation_enabled", False):
         yield
-    finally:
-        ctx.op_resource_reservation_enabled = saved
 
 
 def _dicom_root(src: Path) -> Path:

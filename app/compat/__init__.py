@@ -20,6 +20,9 @@ pin) and warns once per process, on import, when the installed release is outsid
 whose docstring says what it touches, why, and what breaks without it; everything else
 imports those. Public APIs come first: an internal stays only where none does the job.
 
+:func:`attribute_set` changes such a setting (or a public one with no scoped API) for
+one block.
+
 Beside them, :mod:`pneumotune.compat.moved_modules` keeps pneumotune's own old module
 names importable for the search folders an older release pickled (see its docstring).
 
@@ -34,7 +37,10 @@ function imports what it touches when called.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
+from typing import Any
 
 
 class UntestedVersionWarning(UserWarning):
@@ -82,3 +88,17 @@ def check_version(module: str, distribution: str, tested: str) -> str:
         _warned.add(module)
         warnings.warn(problem, UntestedVersionWarning, stacklevel=2)
     return problem
+
+
+@contextlib.contextmanager
+def attribute_set(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """``owner.name`` is ``value`` while the block runs, then what it was before, even when
+    the block raises: a library setting with no scoped API of its own (a module constant,
+    a class, a context's switch) changed for one call without leaking to the rest of the
+    process."""
+    saved = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)

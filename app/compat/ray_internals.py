@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from pneumotune.compat import attribute_set
 from pneumotune.compat import check_version as _check_version
 
 DISTRIBUTION = "ray"
@@ -48,12 +49,8 @@ def ray_cluster_disabled() -> Iterator[None]:
     """
     from ray._private import ray_constants
 
-    saved = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
+    with attribute_set(ray_constants, "ENABLE_RAY_CLUSTER", False):
         yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def default_dashboard_agent_port() -> int:
@@ -77,18 +74,13 @@ def dashboard_agent_port_defaulting_to(port: int) -> Iterator[None]:
     """
     from ray._private import parameter
 
-    original = parameter.RayParams
-
-    class RayParams(original):  # type: ignore[misc, valid-type]
+    class RayParams(parameter.RayParams):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs.setdefault("dashboard_agent_listen_port", port)
             super().__init__(*args, **kwargs)
 
-    parameter.RayParams = RayParams
-    try:
+    with attribute_set(parameter, "RayParams", RayParams):
         yield
-    finally:
-        parameter.RayParams = original
 
 
 # ------------------------------------------------------------------ Tune's OptunaSearch

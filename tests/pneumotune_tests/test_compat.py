@@ -100,6 +100,16 @@ def test_an_untested_release_warns_once_per_process():
         )  # still the problem, no second warning
 
 
+def test_attribute_set_restores_the_value_even_when_the_block_raises():
+    owner = type("Owner", (), {"switch": True})
+    with pneumotune.compat.attribute_set(owner, "switch", False):
+        assert owner.switch is False
+    assert owner.switch is True
+    with pytest.raises(KeyError), pneumotune.compat.attribute_set(owner, "switch", 0):
+        raise KeyError("the block failed")
+    assert owner.switch is True
+
+
 # ------------------------------------------------------------------ the rule, by grep
 
 # Private names of Ray, Keras and Optuna: module paths, and the attributes app/compat/
