@@ -31,6 +31,7 @@ from pneumotune.search.promotion import (
 from pneumotune.search.searcher import FidelityOptunaSearch
 from pneumotune.search.tuner import journal_storage, plan_search, run_search
 from tests.search_tests.cheap import cheap_trial
+from tests.search_tests.helpers import wiring_experiment
 
 # --------------------------------------------------------------------------- decisions
 
@@ -187,20 +188,15 @@ SPACE = {
 }
 
 
-def _experiment(**changes):
-    raw = {
-        "name": "promote",
-        "epochs": 4,
-        "num_samples": 8,
-        "max_concurrent": 2,
-        "seed": 3,
-        "max_failures": 0,
-        "asha": {"grace_period": 1, "reduction_factor": 2, "mode": "promote"},
-        "fixed": {"depth": 2},
-        "space": SPACE,
-        **changes,
-    }
-    return parse_experiment(raw)
+def _experiment():
+    """The wiring experiment under promotion ASHA, over :data:`SPACE`; no retry of a failed
+    trial (``max_failures`` 0), so that a pause or resume that breaks a trial shows."""
+    return wiring_experiment(
+        name="promote",
+        max_failures=0,
+        asha={"grace_period": 1, "reduction_factor": 2, "mode": "promote"},
+        space=SPACE,
+    )
 
 
 class Watch(tune.Callback):
