@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -74,6 +75,22 @@ def exported(cfg, tmp_path_factory):
 
 def images(n: int = 5, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE), dtype=np.uint8)
+
+
+def _export_again(
+    exported, tmp_path, train_config, metrics=None, data_manifest=None, extra=None
+) -> Path:
+    """The fixture's model exported once more, to ``tmp_path / "m"`` with the default
+    triplet: the tests of what export_model checks or records vary only the rest."""
+    return export_model(
+        exported["model"],
+        tmp_path / "m",
+        train_config=train_config,
+        triplet=Triplet(),
+        metrics={} if metrics is None else metrics,
+        data_manifest=data_manifest,
+        extra=extra,
+    )
 
 
 ON_TF = keras.backend.backend() == "tensorflow"
@@ -154,26 +171,11 @@ def test_loaded_model_carries_card_triplet_and_size(exported):
 )
 def test_identifier_keys_are_refused(exported, cfg, tmp_path, metrics, extra):
     with pytest.raises(ValueError, match="identifiers"):
-        export_model(
-            exported["model"],
-            tmp_path / "m",
-            train_config=cfg,
-            triplet=Triplet(),
-            metrics=metrics,
-            data_manifest=None,
-            extra=extra,
-        )
+        _export_again(exported, tmp_path, cfg, metrics=metrics, extra=extra)
 
 
 def test_manifest_as_a_dict_is_hashed_canonically(exported, cfg, tmp_path):
-    out = export_model(
-        exported["model"],
-        tmp_path / "m",
-        train_config=cfg,
-        triplet=Triplet(),
-        metrics={},
-        data_manifest=MANIFEST,
-    )
+    out = _export_again(exported, tmp_path, cfg, data_manifest=MANIFEST)
     card = json.loads((out / CARD_FILE).read_text())
     canonical = json.dumps(MANIFEST, sort_keys=True, separators=(",", ":")).encode()
     assert card["data"]["manifest_sha256"] == hashlib.sha256(canonical).hexdigest()
@@ -183,14 +185,7 @@ def test_manifest_as_a_dict_is_hashed_canonically(exported, cfg, tmp_path):
 def test_wrong_input_size_is_refused(exported, tmp_path):
     other = TrainConfig(img_size=64, base_filters=4, depth=2)
     with pytest.raises(ValueError, match="the train config says"):
-        export_model(
-            exported["model"],
-            tmp_path / "m",
-            train_config=other,
-            triplet=Triplet(),
-            metrics={},
-            data_manifest=None,
-        )
+        _export_again(exported, tmp_path, other)
 
 
 def test_not_a_model_dir_says_what_is_missing(tmp_path, exported):
