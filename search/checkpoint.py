@@ -177,12 +177,17 @@ def repair_missing_checkpoints(trials: list[Any]) -> list[str]:
             continue
         index, folder = newest
         checkpoint = Checkpoint(str(folder))
-        ray_internals.set_latest_checkpoint(trial, checkpoint, {"epoch": read_epoch(folder)})
+        epoch = read_epoch(folder)
+        # Tune's Trainable.restore takes its count of reports from these metrics: one
+        # report per epoch, so after epoch N it is N (without it the count restarts at 1,
+        # and ASHA's rungs and Optuna's steps, which read it, go wrong).
+        metrics = {"epoch": epoch, "training_iteration": epoch}
+        ray_internals.set_latest_checkpoint(trial, checkpoint, metrics)
         # New checkpoints must not overwrite the folder it goes on from.
         ray_internals.raise_checkpoint_index(trial, index + 1)
         notes.append(
             f"{trial.trial_id}: {Path(recorded.path).name} is gone; "
-            f"goes on from {folder.name} (epoch {read_epoch(folder)})"
+            f"goes on from {folder.name} (epoch {epoch})"
         )
     return notes
 

@@ -93,5 +93,10 @@ def test_restore_goes_on_from_the_newest_checkpoint_left(ray_local, tmp_path, ca
     history = grid[0].metrics_dataframe
     assert history["epoch"].max() == EPOCHS
     assert set(history["resumed_at"]) == {0, left_epoch}
+    # Tune's count of reports goes on from the checkpoint's epoch: ASHA's rungs and
+    # Optuna's steps read training_iteration (it once restarted at 1 after a repair, so a
+    # trial at epoch 6 stood at rung 1 and never reached max_t).
+    resumed = history[history["resumed_at"] == left_epoch]
+    assert list(resumed["training_iteration"]) == list(resumed["epoch"]), resumed
     said = capsys.readouterr().out
     assert f"is gone; goes on from {left[1].name} (epoch {left_epoch})" in said, said
