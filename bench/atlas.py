@@ -19,6 +19,12 @@ command again restores it, and trials that were running go on from their last ep
 checkpoint. Every finished trial rewrites bench/atlas/<name>.csv (columns: config_id,
 one per axis or parameter, seed, epoch, the val metrics, epoch_seconds), so a killed run keeps
 everything it finished. bench/replay.py replays the CSV.
+
+A run can lose epochs: a session that ends after a run's checkpoint was saved and before
+Tune saved that epoch's result leaves the run going on from the checkpoint without them.
+Its rows are written with the hole and the export names it; readers leave it out
+(bench/surrogate.py). Once the run folder has finished, moving it aside and running the
+same command again trains every run the CSV lacks or holds with a hole, and no other.
 """
 
 from __future__ import annotations
@@ -157,13 +163,14 @@ def read_rows(csv_path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def recorded_runs(csv_path: Path, max_t: int) -> set[tuple[int, int]]:
-    """(config_id, seed) of the CSV's complete curves: what a new session need not train."""
-    epochs: dict[tuple[int, int], int] = {}
-    for r in read_rows(csv_path):
-        key = (int(r["config_id"]), int(r["seed"]))
-        epochs[key] = epochs.get(key, 0) + 1
-    return {key for key, n in epochs.items() if n >= max_t}
+def recorded_runs(rows: Path | list[dict[str, str]], max_t: int) -> set[tuple[int, int]]:
+    """(config_id, seed) of the complete curves (every epoch 1..max_t) among ``rows`` (or
+    the CSV at that path): what a new session need not train."""
+    epochs: dict[tuple[int, int], set[int]] = {}
+    for r in read_rows(rows) if isinstance(rows, Path) else rows:
+        epochs.setdefault((int(r["config_id"]), int(r["seed"])), set()).add(int(r["epoch"]))
+    every = set(range(1, max_t + 1))
+    return {key for key, seen in epochs.items() if every <= seen}
 
 
 def export_csv(path: Path, csv_path: Path, design: Design, max_t: int) -> int:
@@ -175,28 +182,43 @@ def export_csv(path: Path, csv_path: Path, design: Design, max_t: int) -> int:
     by_values = design.values
     rows, n_runs = [], 0
     for trial in trials:
-        if trial.epochs < max_t:
+        # Each report's own epoch (a run resumed from a checkpoint reports an epoch again
+        # if its first report of it was not saved: the last report of an epoch stands).
+        reports = {int(r.get("epoch", r["training_iteration"])): r for r in trial.history}
+        if max(reports, default=0) < max_t:
             continue  # running, or lost when a session ended: rerun on resume
         config_id = next(
             i
             for i, v in enumerate(by_values)
             if all(trial.config.get(k) == x for k, x in v.items())
         )
-        n_runs += 1
-        for r in trial.history[:max_t]:
+        lost = [e for e in range(1, max_t + 1) if e not in reports]
+        if lost:
+            # A session ended after the run's checkpoint of these epochs was saved and
+            # before their results were: the run went on from the checkpoint without them.
+            # Written as it is (readers leave a run with holes out); a new session (the
+            # run folder moved aside) trains it again, as it does every run not complete.
+            print(
+                f"atlas: config {config_id} seed {trial.config['seed']}: epochs {lost} "
+                "lost when a session ended; its run is in the CSV with them missing"
+            )
+        else:
+            n_runs += 1
+        for epoch in sorted(e for e in reports if e <= max_t):
+            r = reports[epoch]
             rows.append(
                 {
                     "config_id": config_id,
                     **design.configs[config_id],
                     "seed": trial.config["seed"],
-                    "epoch": int(r["training_iteration"]),
+                    "epoch": epoch,
                     **{m: round(float(r[m]), 6) for m in METRICS},
                     "epoch_seconds": round(float(r["epoch_seconds"]), 3),
                 }
             )
     here = {(int(r["config_id"]), int(r["seed"])) for r in rows}
     kept = [r for r in read_rows(csv_path) if (int(r["config_id"]), int(r["seed"])) not in here]
-    n_runs += len({(r["config_id"], r["seed"]) for r in kept})
+    n_runs += len(recorded_runs(kept, max_t))
     rows += kept
     rows.sort(key=lambda r: (int(r["config_id"]), int(r["seed"]), int(r["epoch"])))
     csv_path.parent.mkdir(parents=True, exist_ok=True)

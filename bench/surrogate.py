@@ -30,7 +30,9 @@ points of the space and the atlas's own configs. bench/replay.py and bench/peers
 The atlas grows while it is built (its configs are trained in design order), so a
 surrogate is named by the atlas and how many of its first configs it is fitted on:
 ``space32.csv:64`` is configs 0-63 (seed 0), whatever the CSV holds beyond them; the same
-spec gives the same surrogate on any later CSV.
+spec gives the same surrogate on any later CSV. A run whose epochs were lost when an atlas
+session ended (written with the hole, see bench/atlas.py) is left out of the fit and named
+(``left_out`` in the facts and the JSON).
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ class Runs:
     configs: dict[int, dict[str, str]] = field(default_factory=dict)
     curves: dict[tuple[int, int], list[tuple[float, float]]] = field(default_factory=dict)
     max_t: int = 0
+    # Runs that reached max_t with epochs lost when an atlas session ended (bench/atlas.py's
+    # export_csv): recorded, but left out of the fit. (config_id, seed) -> the lost epochs.
+    holed: dict[tuple[int, int], list[int]] = field(default_factory=dict)
 
     def seed0(self) -> list[int]:
         return sorted(c for c, s in self.curves if s == 0)
@@ -119,9 +124,15 @@ def read_runs(path: Path, params: Sequence[ParamSpec], configs: int | None = Non
             continue
         values[key[0]] = {p.name: r[p.name] for p in params}
         epochs[key].append((int(r["epoch"]), float(r[METRIC]), float(r["epoch_seconds"])))
-    max_t = max(len(v) for v in epochs.values())
-    curves = {k: [(v, s) for _, v, s in sorted(e)] for k, e in epochs.items() if len(e) == max_t}
-    return Runs(values, curves, max_t)
+    max_t = max(epoch for e in epochs.values() for epoch, _, _ in e)
+    curves, holed = {}, {}
+    for key, e in epochs.items():
+        seen = {epoch for epoch, _, _ in e}
+        if len(seen) == len(e) == max_t:
+            curves[key] = [(v, s) for _, v, s in sorted(e)]
+        elif max_t in seen:
+            holed[key] = sorted(set(range(1, max_t + 1)) - seen)
+    return Runs(values, curves, max_t, holed)
 
 
 def gp_model(inputs: int) -> Any:
@@ -143,7 +154,23 @@ def trees_model(inputs: int) -> Any:
 
 
 def bench_name(path: Path, configs: int) -> str:
+    """The surrogate's name: the atlas and the ``N`` of ``CSV:N`` (its first N configs,
+    fitted on those of them with complete curves)."""
     return f"surrogate:{path.name}:{configs}"
+
+
+def fitted_ids(runs: Runs, path: Path, upto: int | None) -> tuple[list[int], list[int]]:
+    """The seed-0 configs a surrogate of ``CSV:upto`` is fitted on, and those it leaves out
+    (epochs lost: :attr:`Runs.holed`); ValueError while configs below ``upto`` are still
+    to be recorded."""
+    ids = runs.seed0()
+    left_out = sorted(c for c, seed in runs.holed if seed == 0)
+    if upto is not None and sorted(ids + left_out) != list(range(upto)):
+        raise ValueError(
+            f"{path}: configs 0-{upto - 1} are not all complete ({len(ids)} are): the atlas "
+            "has not recorded them yet"
+        )
+    return ids, left_out
 
 
 MODELS = {"gaussian-process": gp_model, "extra-trees": trees_model}
@@ -168,6 +195,7 @@ class SurrogateBenchmark:
     tutorial: dict[str, Any]
     configs: int  # the atlas configs it was fitted on
     best: float = math.nan
+    left_out: list[int] = field(default_factory=list)  # configs with epochs lost (Runs.holed)
 
     def key(self, config: Mapping[str, Any]) -> tuple[Any, ...]:
         """The config's active values (floats to 6 digits): what a run records."""
@@ -204,6 +232,7 @@ class SurrogateBenchmark:
             "max_t": self.max_t,
             "best": self.best,
             "model": str(self.model.kernel_),
+            **({"left_out": self.left_out} if self.left_out else {}),
         }
 
 
@@ -238,12 +267,7 @@ def load_surrogate(spec: str | Path = ATLAS, experiment: str = EXPERIMENT) -> Su
     path, upto = parse_spec(spec)
     params = space(experiment)
     runs = read_runs(path, params, upto)
-    ids = runs.seed0()
-    if upto is not None and ids != list(range(upto)):
-        raise ValueError(
-            f"{path}: configs 0-{upto - 1} are not all complete ({len(ids)} are): the atlas "
-            "has not recorded them yet"
-        )
+    ids, left_out = fitted_ids(runs, path, upto)
     if len(ids) < 2 * len(params):
         raise ValueError(
             f"{path}: {len(ids)} complete configs; a surrogate of {len(params)} params "
@@ -263,13 +287,14 @@ def load_surrogate(spec: str | Path = ATLAS, experiment: str = EXPERIMENT) -> Su
     }
     point, _ = tutorial_point(load_experiment(experiment))
     bench = SurrogateBenchmark(
-        bench_name(path, len(ids)),
+        bench_name(path, len(ids) + len(left_out)),
         params,
         runs.max_t,
         model,
         seconds,
         {k: v for k, v in point.items() if any(p.name == k for p in params)},
         len(ids),
+        left_out=left_out,
     )
     probe = sobol_configs(params, BEST_SAMPLE, seed=1) + [runs.configs[i] for i in ids]
     bench.best = round(float(bench.values(probe).max()), 6)
@@ -284,7 +309,7 @@ def cross_validate(spec: str | Path, folds: int, experiment: str = EXPERIMENT) -
     path, upto = parse_spec(spec)
     params = space(experiment)
     runs = read_runs(path, params, upto)
-    ids = runs.seed0()
+    ids, left_out = fitted_ids(runs, path, upto)
     x = np.array([features(params, runs.configs[i]) for i in ids])
     y = np.array([[v for v, _ in runs.curves[i, 0]] for i in ids])
 
@@ -292,8 +317,9 @@ def cross_validate(spec: str | Path, folds: int, experiment: str = EXPERIMENT) -
         return round(float(spearmanr(a, b).statistic), 3)
 
     out: dict[str, Any] = {
-        "atlas": bench_name(path, len(ids)),
+        "atlas": bench_name(path, len(ids) + len(left_out)),
         "configs": len(ids),
+        **({"left_out": left_out} if left_out else {}),
         "max_t": runs.max_t,
         "folds": folds,
         "used": USED,

@@ -62,6 +62,27 @@ def test_spec_names_the_configs_fitted(atlas_csv):
         surrogate.load_surrogate(f"{atlas_csv}:10")
 
 
+def test_a_run_with_lost_epochs_is_left_out_and_named(atlas_csv, tmp_path):
+    """A run whose first epochs were lost when an atlas session ended (bench/atlas.py
+    writes it with the hole) is no complete curve: the surrogate of its N leaves it out
+    and names it; a new atlas session trains it again (atlas.recorded_runs)."""
+    from atlas import recorded_runs
+
+    rows = list(csv.DictReader(atlas_csv.open(newline="")))
+    holed = [r for r in rows if not (r["config_id"] == "5" and r["epoch"] in ("1", "2"))]
+    path = tmp_path / "holed.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(holed)
+    runs = surrogate.read_runs(path, surrogate.space(), 32)
+    assert runs.holed == {(5, 0): [1, 2]} and (5, 0) not in runs.curves
+    bench = surrogate.load_surrogate(f"{path}:32")
+    assert bench.name.endswith(":32") and bench.configs == 31
+    assert bench.facts()["left_out"] == [5]
+    assert (5, 0) not in recorded_runs(path, MAX_T) and (6, 0) in recorded_runs(path, MAX_T)
+
+
 def test_any_point_has_a_curve_and_held_out_ranks_hold(atlas_csv):
     result = surrogate.cross_validate(atlas_csv, folds=5)
     gp = result["models"]["gaussian-process"]
