@@ -143,6 +143,18 @@ def config_from(args: argparse.Namespace, cls: type, **options: str) -> Any:
         raise UsageError(str(exc)) from exc
 
 
+def add_path(
+    p: argparse.ArgumentParser,
+    flag: str,
+    help: str,
+    metavar: str | None = None,
+    default: Path | None = None,
+) -> None:
+    """An option that names a file or folder: a :class:`Path`, ``default`` (None: the
+    command works it out, as its help says) when not given."""
+    p.add_argument(flag, type=Path, default=default, metavar=metavar, help=help)
+
+
 def add_results(p: argparse.ArgumentParser) -> None:
     """RESULTS: a search's results folder (`status`, `export`)."""
     p.add_argument("results", type=Path, help="the search directory, <storage>/<name>")

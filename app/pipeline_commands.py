@@ -20,11 +20,11 @@ from pneumotune.errors import UsageError
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     from pneumotune.demo import DEMO_IMAGES, DEMO_TRIALS
 
-    p.add_argument(
+    A.add_path(
+        p,
         "--out",
-        type=Path,
+        "folder for everything (default: ./pneumotune-demo)",
         default=Path("pneumotune-demo"),
-        help="folder for everything (default: ./pneumotune-demo)",
     )
     p.add_argument(
         "--images", type=int, default=DEMO_IMAGES, help=f"training DICOMs (default {DEMO_IMAGES})"
@@ -74,12 +74,11 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DATASET|RESULTS",
         help="a dataset folder (holds manifest.json) or a search directory (holds pneumotune.json)",
     )
-    p.add_argument(
+    A.add_path(
+        p,
         "--out",
-        type=Path,
-        default=None,
+        "output folder (default: report/ inside the dataset or search folder)",
         metavar="DIR",
-        help="output folder (default: report/ inside the dataset or search folder)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for the sampled images (default 0)")
     p.add_argument(

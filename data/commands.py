@@ -88,12 +88,11 @@ SYNTH = A.Command(
 def _convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", type=Path, help="folder searched recursively for *.dcm")
     p.add_argument("out", type=Path, help="dataset folder to write (must be empty or absent)")
-    p.add_argument(
+    A.add_path(
+        p,
         "--labels",
-        type=Path,
-        default=None,
+        "label CSV with columns ImageId, EncodedPixels (default: found in SRC)",
         metavar="CSV",
-        help="label CSV with columns ImageId, EncodedPixels (default: found in SRC)",
     )
     p.add_argument(
         "--sizes",

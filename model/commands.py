@@ -16,11 +16,11 @@ from pneumotune import cli_args as A
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", type=Path, help="exported model directory (holds model_card.json)")
     p.add_argument("dicom_dir", type=Path, help="folder searched recursively for *.dcm")
-    p.add_argument(
+    A.add_path(
+        p,
         "--out",
-        type=Path,
+        "submission CSV to write (default ./submission.csv)",
         default=Path("submission.csv"),
-        help="submission CSV to write (default ./submission.csv)",
     )
     p.add_argument(
         "--batch-size", type=A.positive_int, default=16, help="images per model call (default 16)"
@@ -67,22 +67,20 @@ def _score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "truth", type=Path, help="label CSV, e.g. train-rle.csv or a synthetic test-rle.csv"
     )
-    p.add_argument(
+    A.add_path(
+        p,
         "--dicoms",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="DICOM folder of these images: masks are decoded at each DICOM's own size "
+        "DICOM folder of these images: masks are decoded at each DICOM's own size "
         "(default: 1024x1024 for every image, as SIIM)",
+        metavar="DIR",
     )
     A.add_rle_dialect(p)
-    p.add_argument(
+    A.add_path(
+        p,
         "--errors",
-        type=Path,
-        default=None,
-        metavar="CSV",
-        help="ledger of the rows that cannot be decoded (file,line,image_id,reason), written "
+        "ledger of the rows that cannot be decoded (file,line,image_id,reason), written "
         "even when empty (default: <SUBMISSION stem>.score-errors.csv beside it)",
+        metavar="CSV",
     )
     A.add_pixel_budget(
         p, "with --dicoms, such a file's size is not used (its masks are decoded at 1024x1024)"

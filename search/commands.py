@@ -21,12 +21,8 @@ from pneumotune.errors import UsageError
 # --------------------------------------------------------------------------- search
 def _search_arguments(p: argparse.ArgumentParser) -> None:
     A.add_experiment(p)
-    p.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        metavar="DATASET",
-        help="converted dataset (default: the experiment's `data:`)",
+    A.add_path(
+        p, "--data", "converted dataset (default: the experiment's `data:`)", metavar="DATASET"
     )
     A.add_address(p)
     p.add_argument("--num-samples", type=A.positive_int, default=None, help="trials to run")
@@ -37,11 +33,8 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
         help="trials at once (default: the experiment's max_concurrent)",
     )
     p.add_argument("--name", default=None, help="experiment name (default: <experiment>-<time>)")
-    p.add_argument(
-        "--storage",
-        type=Path,
-        default=None,
-        help="results root (default: the experiment's storage, pneumotune-results)",
+    A.add_path(
+        p, "--storage", "results root (default: the experiment's storage, pneumotune-results)"
     )
     p.add_argument(
         "--resume",
@@ -168,13 +161,12 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         help="experiment YAML, or the name of a shipped one (demo, siim); "
         "required unless --from-search",
     )
-    p.add_argument(
+    A.add_path(
+        p,
         "--from-search",
-        type=Path,
-        default=None,
-        metavar="RESULTS_DIR",
-        help="retrain the best config of this search (<storage>/<name>) on all labelled "
+        "retrain the best config of this search (<storage>/<name>) on all labelled "
         "data with --workers Ray Train workers, keep the search's tuned triplet, export",
+        metavar="RESULTS_DIR",
     )
     p.add_argument(
         "--workers",
@@ -195,23 +187,22 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         help="with --from-search: GPUs of each worker (default: 1 if the cluster has GPUs)",
     )
     A.add_address(p, "with --from-search: ")
-    p.add_argument(
+    A.add_path(
+        p,
         "--data",
-        type=Path,
-        default=None,
-        metavar="DATASET",
-        help="dataset folder written by `pneumotune convert` (default: the experiment's data, "
+        "dataset folder written by `pneumotune convert` (default: the experiment's data, "
         "or the search's with --from-search)",
+        metavar="DATASET",
     )
     p.add_argument(
         "--epochs", type=A.positive_int, default=None, help="epochs (default: the experiment's)"
     )
-    p.add_argument(
+    A.add_path(
+        p,
         "--out",
-        type=Path,
-        default=Path("pneumotune-model"),
+        "model directory to write (default ./pneumotune-model)",
         metavar="DIR",
-        help="model directory to write (default ./pneumotune-model)",
+        default=Path("pneumotune-model"),
     )
     p.add_argument(
         "--set",
@@ -297,12 +288,7 @@ TRAIN = A.Command(
 def _export_arguments(p: argparse.ArgumentParser) -> None:
     A.add_results(p)
     p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="model directory")
-    p.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help="the dataset, if it moved since the search (default: the search's)",
-    )
+    A.add_path(p, "--data", "the dataset, if it moved since the search (default: the search's)")
     A.add_backend(p)
 
 
