@@ -36,6 +36,7 @@ import itertools
 import math
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,14 +164,20 @@ def read_rows(csv_path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def lost_epochs(seen: Iterable[int], max_t: int) -> list[int]:
+    """The epochs 1..max_t a run has no result for: [] for a complete curve (the one
+    definition the export, a new session and bench/surrogate.py's reader share)."""
+    have = set(seen)
+    return [e for e in range(1, max_t + 1) if e not in have]
+
+
 def recorded_runs(rows: Path | list[dict[str, str]], max_t: int) -> set[tuple[int, int]]:
     """(config_id, seed) of the complete curves (every epoch 1..max_t) among ``rows`` (or
     the CSV at that path): what a new session need not train."""
     epochs: dict[tuple[int, int], set[int]] = {}
     for r in read_rows(rows) if isinstance(rows, Path) else rows:
         epochs.setdefault((int(r["config_id"]), int(r["seed"])), set()).add(int(r["epoch"]))
-    every = set(range(1, max_t + 1))
-    return {key for key, seen in epochs.items() if every <= seen}
+    return {key for key, seen in epochs.items() if not lost_epochs(seen, max_t)}
 
 
 def export_csv(path: Path, csv_path: Path, design: Design, max_t: int) -> int:
@@ -192,7 +199,7 @@ def export_csv(path: Path, csv_path: Path, design: Design, max_t: int) -> int:
             for i, v in enumerate(by_values)
             if all(trial.config.get(k) == x for k, x in v.items())
         )
-        lost = [e for e in range(1, max_t + 1) if e not in reports]
+        lost = lost_epochs(reports, max_t)
         if lost:
             # A session ended after the run's checkpoint of these epochs was saved and
             # before their results were: the run went on from the checkpoint without them.

@@ -124,14 +124,17 @@ def read_runs(path: Path, params: Sequence[ParamSpec], configs: int | None = Non
             continue
         values[key[0]] = {p.name: r[p.name] for p in params}
         epochs[key].append((int(r["epoch"]), float(r[METRIC]), float(r["epoch_seconds"])))
+    from atlas import lost_epochs  # bench/atlas.py: what a complete run is
+
     max_t = max(epoch for e in epochs.values() for epoch, _, _ in e)
     curves, holed = {}, {}
     for key, e in epochs.items():
         seen = {epoch for epoch, _, _ in e}
-        if len(seen) == len(e) == max_t:
+        lost = lost_epochs(seen, max_t)
+        if not lost and len(e) == max_t:
             curves[key] = [(v, s) for _, v, s in sorted(e)]
-        elif max_t in seen:
-            holed[key] = sorted(set(range(1, max_t + 1)) - seen)
+        elif lost and max_t in seen:
+            holed[key] = lost
     return Runs(values, curves, max_t, holed)
 
 
