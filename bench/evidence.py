@@ -82,6 +82,13 @@ def _surrogate(data: dict[str, Any]) -> str:
         f"{s['epoch1_vs_best_epoch_on_2048_sobol_points']:.3f}. Surrogate best {s['best']:.4f} "
         f"(recorded best {s['recorded_best']:.4f})."
     )
+    if "later_configs" in data:
+        h = data["later_configs"]
+        text += (
+            f" Configs {h['ids'][0]}-{h['ids'][1]} ({h['configs']}), recorded after the fit and "
+            f"never seen by it: Spearman {h['spearman_epoch24']:.3f} at epoch 24, "
+            f"{h['spearman_best_epoch']:.3f} at the best epoch, RMSE {h['rmse']:.4f}."
+        )
     if "repeats" in data:
         r = data["repeats"]
         text += (
