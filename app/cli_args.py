@@ -160,6 +160,11 @@ def add_results(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", type=Path, help="the search directory, <storage>/<name>")
 
 
+def add_dicom_dir(p: argparse.ArgumentParser, name: str) -> None:
+    """A folder of DICOM files to read (`convert`'s SRC, `predict`'s DICOM_DIR)."""
+    p.add_argument(name, type=Path, help="folder searched recursively for *.dcm")
+
+
 def add_experiment(p: argparse.ArgumentParser) -> None:
     """--config of a search (`search`, `demo`): an experiment file or a shipped one's name."""
     p.add_argument(

@@ -11,11 +11,23 @@ that library callers may catch them as such.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class PneumotuneError(Exception):
     """A problem with the user's input that stops the command."""
 
     exit_code = 2
+
+    @classmethod
+    def require_file(cls, folder: Path, name: str, what: str, hint: str) -> Path:
+        """``folder / name``, the file that makes ``folder`` ``what`` (a dataset's manifest,
+        a model's card, a search's plan); when it is missing, this error, saying "FOLDER is
+        not WHAT (no NAME); HINT"."""
+        path = Path(folder) / name
+        if not path.is_file():
+            raise cls(f"{folder} is not {what} (no {name}); {hint}")
+        return path
 
 
 class UsageError(PneumotuneError, ValueError):

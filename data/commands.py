@@ -86,7 +86,7 @@ SYNTH = A.Command(
 
 # --------------------------------------------------------------------------- convert
 def _convert_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", type=Path, help="folder searched recursively for *.dcm")
+    A.add_dicom_dir(p, "src")
     p.add_argument("out", type=Path, help="dataset folder to write (must be empty or absent)")
     A.add_path(
         p,

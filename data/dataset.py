@@ -120,12 +120,9 @@ class DatasetError(PneumotuneError, ValueError):
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
-    path = Path(root) / MANIFEST
-    if not path.is_file():
-        raise DatasetError(
-            f"{root} is not a pneumotune dataset (no {MANIFEST}); create one with "
-            "`pneumotune convert SRC OUT`"
-        )
+    path = DatasetError.require_file(
+        root, MANIFEST, "a pneumotune dataset", "create one with `pneumotune convert SRC OUT`"
+    )
     manifest = json.loads(path.read_text())
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise DatasetError(

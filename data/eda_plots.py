@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,6 +135,19 @@ def sex_of(value: object) -> str:
 
 def view_of(value: object) -> str:
     return str(value) if isinstance(value, str) and value.strip() else "unknown"
+
+
+def _counts_by_class(
+    meta: pd.DataFrame, column: str, name_of: Callable[[object], str]
+) -> pd.DataFrame | None:
+    """Images per name of a ``column`` value (``name_of`` gives it; a row each) and per
+    class (a column for each present class, in :data:`CLASS_ORDER`); None when there is
+    no image."""
+    classes = present_classes(meta)
+    if not classes:
+        return None
+    names = meta[column].map(name_of)
+    return pd.crosstab(names, meta["label_state"]).reindex(columns=classes).fillna(0)
 
 
 def _label_bars(ax: Any, bars: Any, labels: list[str], **kw: Any) -> None:
@@ -293,13 +307,12 @@ def fig_age(meta: pd.DataFrame) -> Figure | None:
 
 
 def fig_sex(meta: pd.DataFrame) -> Figure | None:
-    classes = present_classes(meta)
-    if not classes:
+    counts = _counts_by_class(meta, "sex", sex_of)
+    if counts is None:
         return None
-    sexes = meta["sex"].map(sex_of)
-    table = pd.crosstab(meta["label_state"], sexes).reindex(index=classes).fillna(0)
-    order = [s for s in SEX_COLOURS if s in table.columns]
-    table = table[order]
+    order = [s for s in SEX_COLOURS if s in counts.index]
+    classes = list(counts.columns)
+    table = counts.T[order]
     fig = new_figure(12.0, 3.8)
     axes = fig.subplots(1, 1 + len(classes), width_ratios=(2.2, *[1] * len(classes)))
     ax_bar, pies = axes[0], axes[1:]
@@ -338,12 +351,11 @@ def fig_sex(meta: pd.DataFrame) -> Figure | None:
 
 
 def fig_view_position(meta: pd.DataFrame) -> Figure | None:
-    classes = present_classes(meta)
-    if not classes:
+    counts = _counts_by_class(meta, "view_position", view_of)
+    if counts is None:
         return None
-    views = meta["view_position"].map(view_of)
-    table = pd.crosstab(views, meta["label_state"]).reindex(columns=classes).fillna(0)
-    table = table.loc[table.sum(axis=1).sort_values(ascending=False).index]
+    classes = list(counts.columns)
+    table = counts.loc[counts.sum(axis=1).sort_values(ascending=False).index]
     fig = new_figure(11.0, 3.6)
     ax_count, ax_rate = fig.subplots(1, 2, width_ratios=(1.6, 1))
     x = np.arange(len(table))

@@ -130,8 +130,7 @@ def build_sections(
         class_balance_section(meta),
         regions_section(meta),
         age_section(meta),
-        sex_section(meta),
-        view_position_section(meta),
+        *meta_figure_sections(meta),
         mask_area_section(meta),
         heatmap_section(pixels),
         quality_section(manifest, meta),
@@ -307,11 +306,10 @@ def samples_section(pixels: Pixels, meta: pd.DataFrame, rows: list[int]) -> Sect
 
 
 def positives_section(pixels: Pixels, meta: pd.DataFrame, rows: list[int]) -> Section:
-    fig = fig_positive_examples(pixels, meta, rows)
     return figure_section(
         "positives",
         "Positive images: mask, CLAHE, raw",
-        fig,
+        fig_positive_examples(pixels, meta, rows),
         "There is no image with a pneumothorax in this dataset, so no mask to show.",
         caption=f"{len(rows)} positive images drawn at random. Left: the mask in colour with a "
         "box around each connected region (at the shown size, overlapping annotated regions "
@@ -381,26 +379,34 @@ def age_section(meta: pd.DataFrame) -> Section:
     )
 
 
-def sex_section(meta: pd.DataFrame) -> Section:
-    return figure_section(
+# The sections that are a figure of the metadata and its caption, nothing more:
+# (key, title, figure, text when there is no figure, caption), in page order.
+META_FIGURES = (
+    (
         "sex",
         "Sex by class",
-        fig_sex(meta),
+        fig_sex,
         "No images were converted.",
-        caption="PatientSex within each label state: stacked shares (bar labels are image "
-        "counts) and the same as pies.",
-    )
-
-
-def view_position_section(meta: pd.DataFrame) -> Section:
-    return figure_section(
+        "PatientSex within each label state: stacked shares (bar labels are image counts) "
+        "and the same as pies.",
+    ),
+    (
         "view_position",
         "View position by class",
-        fig_view_position(meta),
+        fig_view_position,
         "No images were converted.",
-        caption="Left: images per ViewPosition and label state. Right: the share of labelled "
-        "images with a pneumothorax in each view (bedside AP films are often sicker patients).",
-    )
+        "Left: images per ViewPosition and label state. Right: the share of labelled images "
+        "with a pneumothorax in each view (bedside AP films are often sicker patients).",
+    ),
+)
+
+
+def meta_figure_sections(meta: pd.DataFrame) -> list[Section]:
+    """The sections of :data:`META_FIGURES`."""
+    return [
+        figure_section(key, title, figure(meta), empty, caption=caption)
+        for key, title, figure, empty, caption in META_FIGURES
+    ]
 
 
 def mask_area_section(meta: pd.DataFrame) -> Section:

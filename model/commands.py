@@ -15,7 +15,7 @@ from pneumotune import cli_args as A
 # --------------------------------------------------------------------------- predict
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", type=Path, help="exported model directory (holds model_card.json)")
-    p.add_argument("dicom_dir", type=Path, help="folder searched recursively for *.dcm")
+    A.add_dicom_dir(p, "dicom_dir")
     A.add_path(
         p,
         "--out",

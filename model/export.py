@@ -317,12 +317,12 @@ class ExportedModel:
 
 def read_card(model_dir: Path) -> dict[str, Any]:
     """The model card of ``model_dir``; :class:`ModelDirError` when it is not a model dir."""
-    path = Path(model_dir) / CARD_FILE
-    if not path.is_file():
-        raise ModelDirError(
-            f"{model_dir} is not an exported pneumotune model (no {CARD_FILE}); train one with "
-            "`pneumotune train --config demo --data DATASET --out MODEL_DIR`"
-        )
+    path = ModelDirError.require_file(
+        model_dir,
+        CARD_FILE,
+        "an exported pneumotune model",
+        "train one with `pneumotune train --config demo --data DATASET --out MODEL_DIR`",
+    )
     if path.stat().st_size > MAX_CARD_BYTES:
         raise ModelDirError(f"{path} is larger than a model card ({MAX_CARD_BYTES} bytes at most)")
     try:

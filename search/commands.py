@@ -152,6 +152,37 @@ STATUS = A.Command(
 )
 
 
+# --------------------------------------------------------------------------- export
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    A.add_results(p)
+    p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="model directory")
+    A.add_path(p, "--data", "the dataset, if it moved since the search (default: the search's)")
+    A.add_backend(p)
+
+
+def _run_export(args: argparse.Namespace) -> Any:
+    from pneumotune.search.products.export_best import export_best
+
+    return export_best(args.results, args.out, data_dir=args.data)
+
+
+EXPORT = A.Command(
+    "export",
+    help="export the best model of a search",
+    description=(
+        "Take the best trial's best checkpoint of a search (finished, or running: its best "
+        "so far), tune the post-processing triplet (threshold, minimum area, lower "
+        "threshold) on that trial's validation fold, and write a model directory: "
+        "model.keras, saved_model/ (on the TensorFlow backend only) and model_card.json "
+        "(config, trial id, metrics)."
+    ),
+    epilog="Then: pneumotune predict MODEL_DIR DICOM_DIR --out submission.csv",
+    arguments=_export_arguments,
+    run=_run_export,
+    needs=frozenset({"keras"}),
+)
+
+
 # --------------------------------------------------------------------------- train
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -281,35 +312,4 @@ TRAIN = A.Command(
     run=_run_train,
     needs=frozenset({"keras", "ray"}),  # Ray with --from-search
     shown=("--config", "--data", "--from-search"),
-)
-
-
-# --------------------------------------------------------------------------- export
-def _export_arguments(p: argparse.ArgumentParser) -> None:
-    A.add_results(p)
-    p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="model directory")
-    A.add_path(p, "--data", "the dataset, if it moved since the search (default: the search's)")
-    A.add_backend(p)
-
-
-def _run_export(args: argparse.Namespace) -> Any:
-    from pneumotune.search.products.export_best import export_best
-
-    return export_best(args.results, args.out, data_dir=args.data)
-
-
-EXPORT = A.Command(
-    "export",
-    help="export the best model of a search",
-    description=(
-        "Take the best trial's best checkpoint of a search (finished, or running: its best "
-        "so far), tune the post-processing triplet (threshold, minimum area, lower "
-        "threshold) on that trial's validation fold, and write a model directory: "
-        "model.keras, saved_model/ (on the TensorFlow backend only) and model_card.json "
-        "(config, trial id, metrics)."
-    ),
-    epilog="Then: pneumotune predict MODEL_DIR DICOM_DIR --out submission.csv",
-    arguments=_export_arguments,
-    run=_run_export,
-    needs=frozenset({"keras"}),
 )

@@ -155,12 +155,12 @@ def read_plan(path: Path) -> dict[str, Any]:
     :class:`ResultsError` (one line, naming the key) when it is not the file
     ``pneumotune search`` writes."""
     path = Path(path)
-    where = path / PLAN_FILE
-    if not where.is_file():
-        raise ResultsError(
-            f"{path} is not a pneumotune search directory (no {PLAN_FILE}); it is "
-            "<storage>/<name> of `pneumotune search`, e.g. pneumotune-results/demo-..."
-        )
+    where = ResultsError.require_file(
+        path,
+        PLAN_FILE,
+        "a pneumotune search directory",
+        "it is <storage>/<name> of `pneumotune search`, e.g. pneumotune-results/demo-...",
+    )
     try:
         plan = parse_json(read_text(path, where, MAX_PLAN_BYTES))
     except (Unreadable, ValueError, OSError) as exc:
