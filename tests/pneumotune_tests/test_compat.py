@@ -119,7 +119,7 @@ FORBIDDEN = [
     r"\bkeras\.src\b",
     r"\b_private\b|\b_internal\b",
     r"\._ot_trials\b|\._ot_study\b|\._completed_trials\b|\._space\b",
-    r"__mixins__|\._name\b|\bLOG_PREFIX_ACTOR_NAME\b",
+    r"__mixins__|\._name\b|\bLOG_PREFIX_ACTOR_NAME\b|\b__ray_terminate__\b",
     r"\._tune_controller\b|\b_mark_trial_to_checkpoint\b|\._limit_concurrency\b",
     r"\b_supports_buffered_results\b|\b_actor_task_failed\b",
     r"\b_checkpoint_results\b|\b_latest_checkpoint_result\b|\b_TrainingResult\b",
@@ -397,6 +397,22 @@ def test_an_actor_name_line_is_what_rays_log_monitor_reads():
         assert isinstance(prefix, str) and prefix
         assert "LOG_PREFIX_ACTOR_NAME" in inspect.getsource(log_monitor)
         assert ray_internals.actor_name_log_line("trial_1") == f"{prefix}trial_1"
+
+
+def test_every_actor_class_ends_itself_in_ray_terminate():
+    import ray.actor
+
+    with canary(
+        "the __ray_terminate__ method Ray adds to every actor class (it calls "
+        "ray.actor.exit_actor, queued after the calls already sent)",
+        ray_internals.end_actor_after_pending,
+    ):
+
+        class Tag:
+            pass
+
+        method = ray.actor._modify_class(Tag).__ray_terminate__
+        assert "exit_actor" in inspect.getsource(method)
 
 
 # ------------------------------------------------------------ Ray: checkpoint records
