@@ -339,11 +339,14 @@ def cross_validate(spec: str | Path, folds: int, experiment: str = EXPERIMENT) -
             "spearman_epoch1": rho(predicted[:, 0], y[:, 0]),
             "rmse": round(float(np.sqrt(((predicted - y) ** 2).mean())), 4),
         }
-    # Seed noise, where the atlas has repeats: how well one seed ranks the other.
-    repeats = [i for i in ids if (i, 1) in runs.curves]
+    # Every complete run of the atlas, fitted on or not: its later configs and its repeats.
+    recorded = read_runs(path, params) if upto is not None else runs
+    # Seed noise, where the atlas has repeats: how well one seed ranks the other (a fact of
+    # the atlas, not of the fit, so every repeat counts).
+    repeats = sorted(i for i, s in recorded.curves if s == 1 and (i, 0) in recorded.curves)
     if len(repeats) >= 3:
-        a = np.array([[v for v, _ in runs.curves[i, 0]] for i in repeats])
-        b = np.array([[v for v, _ in runs.curves[i, 1]] for i in repeats])
+        a = np.array([[v for v, _ in recorded.curves[i, 0]] for i in repeats])
+        b = np.array([[v for v, _ in recorded.curves[i, 1]] for i in repeats])
         out["repeats"] = {
             "configs": len(repeats),
             "spearman_best_epoch_seed0_vs_seed1": rho(a.max(1), b.max(1)),
@@ -353,11 +356,10 @@ def cross_validate(spec: str | Path, folds: int, experiment: str = EXPERIMENT) -
     if upto is not None:
         # Configs the fit never saw, recorded after it: the plainest held-out check, since
         # neither the model nor its kernel was chosen looking at them.
-        later = read_runs(path, params)
-        after = sorted(i for i, s in later.curves if s == 0 and i >= upto)
+        after = sorted(i for i, s in recorded.curves if s == 0 and i >= upto)
         if len(after) >= 3:
-            got = np.array([[v for v, _ in later.curves[i, 0]] for i in after])
-            predicted = bench.values([later.configs[i] for i in after])
+            got = np.array([[v for v, _ in recorded.curves[i, 0]] for i in after])
+            predicted = bench.values([recorded.configs[i] for i in after])
             out["later_configs"] = {
                 "configs": len(after),
                 "ids": [after[0], after[-1]],

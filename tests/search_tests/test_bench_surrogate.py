@@ -114,6 +114,26 @@ def test_any_point_has_a_curve_and_held_out_ranks_hold(atlas_csv):
     assert bench.final(bench.key(wide)) > bench.final(bench.key(narrow))
 
 
+def test_repeats_measure_seed_noise_over_the_whole_atlas(atlas_csv, tmp_path):
+    """Seed noise is the atlas's: a fit on the first 32 configs still counts the repeat of
+    config 36 (bench/atlas.py runs its repeats after every seed-0 run)."""
+    rows = list(csv.DictReader(atlas_csv.open(newline="")))
+    again = [
+        dict(r, seed="1", val_iou=str(round(float(r["val_iou"]) - 0.01, 5)))
+        for r in rows
+        if r["config_id"] in ("0", "12", "24", "36")
+    ]
+    path = tmp_path / "repeated.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows + again)
+    noise = surrogate.cross_validate(f"{path}:32", folds=3)["repeats"]
+    assert noise["configs"] == 4
+    assert noise["spearman_best_epoch_seed0_vs_seed1"] == 1.0  # the same order, 0.01 lower
+    assert noise["mean_abs_diff_best_epoch"] == pytest.approx(0.01, abs=1e-4)
+
+
 def test_peers_replay_on_the_surrogate(atlas_csv):
     from peers import run_peer
 
